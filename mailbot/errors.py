@@ -1,0 +1,47 @@
+"""The exceptions mailbot raises on purpose.
+
+    MailbotError
+    ├── ConfigError            the configuration file is wrong (one line names the key)
+    ├── RefusedError           a request a user made is refused (CLI exit 1, one line on stderr)
+    ├── TransientError         try again later: the caller answers 451 / exit 75 / retries
+    │   ├── TransientStoreError    the database could not commit
+    │   └── TransientDNSError      a DNS look-up failed (never read as a pass)
+    └── MessageRejected        the message itself is refused with an SMTP code (e.g. 552, 554)
+
+Outcomes of business rules (held, duplicate, ignored) are values, not exceptions.
+"""
+
+from __future__ import annotations
+
+
+class MailbotError(Exception):
+    """Base of every deliberate mailbot error."""
+
+
+class ConfigError(MailbotError):
+    """The configuration is invalid; str() is one line naming the key."""
+
+
+class RefusedError(MailbotError):
+    """A user's request is refused by a rule; str() says which rule."""
+
+
+class TransientError(MailbotError):
+    """A temporary failure: nothing was decided, the same input may succeed later."""
+
+
+class TransientStoreError(TransientError):
+    """The database could not durably store or read what was asked."""
+
+
+class TransientDNSError(TransientError):
+    """A DNS look-up failed or timed out."""
+
+
+class MessageRejected(MailbotError):
+    """The message is refused permanently or temporarily with this SMTP reply."""
+
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(f"{code} {text}")
+        self.code = code
+        self.text = text
