@@ -1,0 +1,272 @@
+"""The configuration file (TOML) -> frozen, validated values.
+
+Every error names the key and what is wrong, in one line, so `check-config` and `run` can refuse a bad file
+without a traceback. Durations are strings ("30s", "15m", "4h", "2d"); sizes are bytes or strings ("25MB").
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mailbot.errors import ConfigError
+from mailbot.hours import BusinessHours
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|MB|GB|KiB|MiB|GiB)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def parse_duration(value: object) -> timedelta:
+    """'30s', '15m', '4h', '2d' (also '500ms') -> timedelta."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, str) and (match := _DURATION.match(value)):
+        return timedelta(seconds=float(match[1]) * _DURATION_UNITS[match[2]])
+    raise ValueError(f"expected a duration like \"30s\", \"15m\", \"4h\" or \"2d\", got {value!r}")
+
+
+def parse_size(value: object) -> int:
+    """An integer number of bytes, or a string like '25MB' / '512KiB'."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and (match := _SIZE.match(value)):
+        return int(match[1]) * _SIZE_UNITS[(match[2] or "b").lower()]
+    raise ValueError(f"expected a size in bytes or like \"25MB\", got {value!r}")
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def read_secret(value: str | None, path: Path | None) -> str | None:
+    """A secret given inline or, better, by file (systemd's LoadCredential=); one trailing newline stripped."""
+    if path is None:
+        return value
+    try:
+        return path.read_text(encoding="utf-8").removesuffix("\n")
+    except OSError as exc:
+        raise ConfigError(f"cannot read secret file {path}: {exc.strerror}") from exc
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatabaseConfig(_Section):
+    url: str = "sqlite:///var/mailbot.db"
+    lock_timeout: Duration = timedelta(seconds=10)  # how long a write waits for another writer (SQLite)
+
+    @field_validator("url")
+    @classmethod
+    def _known_backend(cls, url: str) -> str:
+        if not url.startswith(("sqlite:", "postgresql")):
+            raise ValueError("only sqlite:/// and postgresql+psycopg:// URLs are supported")
+        return url
+
+
+class SupportConfig(_Section):
+    addresses: list[str] = Field(default_factory=lambda: ["herosupport@schoolmint.com"], min_length=1)
+    from_: str = Field("Hero Support <herosupport@schoolmint.com>", alias="from")
+    templates: Path | None = None  # a folder of templates to use instead of the shipped ones
+
+    @field_validator("addresses")
+    @classmethod
+    def _lowercase(cls, addresses: list[str]) -> list[str]:
+        for address in addresses:
+            if address.count("@") != 1 or " " in address:
+                raise ValueError(f"{address!r} is not an email address")
+        return [a.lower() for a in addresses]
+
+
+class SmtpConfig(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(2525, ge=0, le=65535)
+    protocol: Literal["smtp", "lmtp"] = "smtp"
+    hostname: str | None = None  # the name we greet with; default: the host part of support.from
+    max_message_size: Size = 25 * 10**6
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    require_starttls: bool = False
+    max_recipients: int = Field(50, ge=1)
+    max_sessions: int = Field(200, ge=1)
+    max_sessions_per_client: int = Field(20, ge=1)
+    max_commands: int = Field(10_000, ge=10)  # uses of each mail command (MAIL, RCPT, DATA...) per session
+    timeout: Duration = timedelta(minutes=5)
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> SmtpConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.require_starttls and self.tls_cert is None:
+            raise ValueError("require_starttls needs tls_cert and tls_key")
+        return self
+
+
+class ImapConfig(_Section):
+    host: str
+    port: int = Field(993, ge=1, le=65535)
+    security: Literal["ssl", "starttls", "none"] = "ssl"
+    username: str
+    password: str | None = None
+    password_file: Path | None = None
+    folder: str = "INBOX"
+    processed_folder: str | None = "Processed"
+    failed_folder: str = "Failed"
+    idle: bool = True
+    poll_interval: Duration = timedelta(seconds=60)
+
+    @model_validator(mode="after")
+    def _checks(self) -> ImapConfig:
+        if (self.password is None) == (self.password_file is None):
+            raise ValueError("give exactly one of password and password_file")
+        if self.security == "none" and not is_loopback(self.host):
+            raise ValueError('security = "none" is allowed only on a loopback host')
+        return self
+
+    @property
+    def name(self) -> str:
+        return f"{self.username}@{self.host}:{self.port}/{self.folder}"
+
+
+class DkimConfig(_Section):
+    domain: str
+    selector: str
+    private_key_file: Path
+
+
+class OutboundConfig(_Section):
+    transport: Literal["smtp", "maildir"] = "smtp"
+    host: str = "127.0.0.1"
+    port: int = Field(25, ge=1, le=65535)
+    starttls: bool = False
+    username: str | None = None
+    password: str | None = None
+    password_file: Path | None = None
+    maildir: Path = Path("var/sent")
+    timeout: Duration = timedelta(seconds=30)
+    retry_max_interval: Duration = timedelta(seconds=60)
+    dkim: DkimConfig | None = None
+
+
+class BusinessHoursConfig(_Section):
+    timezone: str = "America/New_York"
+    open_days: list[str] = Field(default_factory=lambda: ["mon", "tue", "wed", "thu", "fri"])
+    opens: str = "08:00"
+    closes: str = "18:00"
+    holidays: list[date] = Field(default_factory=list)
+    holiday_country: str | None = None
+
+    @field_validator("open_days")
+    @classmethod
+    def _days(cls, days: list[str]) -> list[str]:
+        for day in days:
+            if day.lower() not in _DAYS:
+                raise ValueError(f"{day!r} is not one of {', '.join(_DAYS)}")
+        return [d.lower() for d in days]
+
+    @model_validator(mode="after")
+    def _buildable(self) -> BusinessHoursConfig:
+        self.business_hours()  # the clock is the authority on what it accepts (it raises ValueError)
+        return self
+
+    def business_hours(self) -> BusinessHours:
+
+        return BusinessHours.from_settings(
+            timezone=self.timezone,
+            open_days=self.open_days,
+            opens=self.opens,
+            closes=self.closes,
+            holidays=self.holidays,
+            holiday_country=self.holiday_country,
+        )
+
+
+class SlaConfig(_Section):
+    confirmation_within: Duration = timedelta(hours=1)
+    introduction_within: Duration = timedelta(hours=4)
+    auto_assign_after: Duration = timedelta(hours=3)
+
+    @model_validator(mode="after")
+    def _order(self) -> SlaConfig:
+        if self.auto_assign_after > self.introduction_within:
+            raise ValueError("auto_assign_after must not exceed introduction_within")
+        return self
+
+
+class SecurityConfig(_Section):
+    require_sender_auth: bool = True
+    trusted_authserv_ids: list[str] = Field(default_factory=list)
+
+
+class Config(_Section):
+    database: DatabaseConfig = DatabaseConfig()
+    support: SupportConfig = SupportConfig()
+    smtp: SmtpConfig = SmtpConfig()
+    imap: list[ImapConfig] = Field(default_factory=list)
+    outbound: OutboundConfig = OutboundConfig()
+    business_hours: BusinessHoursConfig = BusinessHoursConfig()
+    sla: SlaConfig = SlaConfig()
+    security: SecurityConfig = SecurityConfig()
+    path: Path | None = Field(None, exclude=True)  # where it was read from, for messages
+
+    def templates_dir(self) -> Path | None:
+        return self.support.templates
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif first["type"] == "missing":
+        message = "required key is missing"
+    return f"{source}: {key or '(top level)'}: {message}"
+
+
+def from_mapping(data: dict[str, Any], source: str = "config") -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from None
+
+
+def locate(explicit: str | Path | None) -> Path:
+    """--config PATH, else $MAILBOT_CONFIG, else ./config.toml (INTERFACE.md)."""
+    return Path(explicit or os.environ.get("MAILBOT_CONFIG") or "config.toml")
+
+
+def load(explicit: str | Path | None = None) -> Config:
+    path = locate(explicit)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such configuration file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    config = from_mapping(data, str(path))
+    return config.model_copy(update={"path": path.resolve()})

@@ -1,0 +1,95 @@
+"""`mailbot run`: start, serve, drain, stop — reading top to bottom.
+
+Startup: schema check, listener, intake runner, sender, watchers, then READY=1 for systemd.
+Shutdown (SIGTERM/SIGINT): stop accepting connections, let sessions in flight finish their DATA (bounded),
+commit what the door holds, stop the runners, STOPPING=1, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from datetime import timedelta
+
+from mailbot import listener, notify
+from mailbot.app import App
+from mailbot.door import Door
+from mailbot.scheduler import Scheduler
+
+log = logging.getLogger("mailbot")
+DRAIN_TIMEOUT = 20.0
+
+
+class Daemon:
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.config = app.config
+        self.stopping = asyncio.Event()
+        self.scheduler = Scheduler()
+        self.door = Door(app.db, app.clock, on_stored=app.processor.wake)
+        self.servers: list[asyncio.Server] = []
+        self.handlers: list[listener.Handler] = []
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def hostname(self) -> str:
+        return self.config.smtp.hostname or self.app.identity.domain
+
+    async def start(self) -> None:
+        app = self.app
+        app.processor.on_outcome = lambda _outcome: self.scheduler.wake("outbox")
+        if self.config.smtp.enabled:
+            handler = listener.Handler(
+                self.door, self.config.smtp, self.config.support.addresses, app.clock, self.hostname()
+            )
+            server = await listener.start(handler, self.config.smtp)
+            self.servers.append(server)
+            self.handlers.append(handler)
+            for sock in server.sockets:
+                log.info("listening for %s on %s", self.config.smtp.protocol.upper(), sock.getsockname()[:2])
+        self.tasks.append(asyncio.create_task(app.processor.run(), name="intake"))
+        self.scheduler.every("outbox", timedelta(seconds=15), self._drain_outbox)
+        self.scheduler.start()
+        if (interval := notify.watchdog_interval()) is not None:
+            self.tasks.append(asyncio.create_task(self._watchdog(interval), name="watchdog"))
+        notify.ready()
+        notify.status("accepting mail")
+        log.info("mailbot started")
+
+    async def _drain_outbox(self) -> None:
+        await self.app.sender.drain()
+        if (due := await self.app.sender.next_due()) is not None:
+            self.scheduler.wake("outbox", due)
+
+    async def _watchdog(self, interval: float) -> None:
+        while True:
+            notify.watchdog()
+            await asyncio.sleep(interval)
+
+    async def stop(self) -> None:
+        notify.stopping()
+        log.info("stopping: no new connections; finishing the work in hand")
+        for server in self.servers:
+            server.close()
+        for handler in self.handlers:
+            if not await handler.drained(DRAIN_TIMEOUT):
+                log.warning("gave up waiting for %d message(s) being received", handler.in_flight)
+        await self.door.close()
+        self.scheduler.shutdown()
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        log.info("mailbot stopped")
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.stopping.set)
+        await self.start()
+        await self.stopping.wait()
+        await self.stop()
+
+
+def run(app: App) -> int:
+    asyncio.run(Daemon(app).serve())
+    return 0

@@ -1,0 +1,100 @@
+"""One stored raw message -> parsed, deduplicated, turned into a ticket (or a follow-up, a hold...): one transaction.
+
+The steps are rules applied in order; each either decides the outcome or passes. Outcomes are values:
+the caller records them on the inbound row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from mailbot.parse import ParsedMessage, ParseLimits, UnparseableMessage, content_key, parse
+from mailbot.store import tickets as ticket_store
+from mailbot.store.schema import InboundMessage
+from mailbot.workflow import Workflow
+
+
+@dataclass(frozen=True)
+class Outcome:
+    action: str  # created | threaded | held | duplicate | ignored | failed
+    ticket_id: int | None = None
+    detail: str | None = None
+
+    def to_json(self) -> dict[str, object]:
+        data: dict[str, object] = {"ticket": self.ticket_id, "action": self.action}
+        if self.detail:
+            data["detail"] = self.detail
+        return data
+
+
+class Intake:
+    def __init__(self, workflow: Workflow, limits: ParseLimits = ParseLimits()) -> None:
+        self.workflow = workflow
+        self.limits = limits
+
+    def process(self, session: Session, inbound: InboundMessage, now: datetime) -> Outcome:
+        """Decide what the message is and store the result; the inbound row records the outcome."""
+        try:
+            parsed = parse(inbound.raw, self.limits)
+        except UnparseableMessage as exc:
+            outcome = Outcome("failed", detail=f"unparseable: {exc}")
+        else:
+            key = parsed.message_id or content_key(inbound.raw)
+            inbound.message_id = key
+            try:
+                with session.begin_nested():
+                    outcome = self._decide(session, inbound, parsed, key, now)
+            except IntegrityError:
+                # Another instance stored the same Message-ID a moment ago (the unique index is the guard).
+                outcome = Outcome("duplicate")
+        inbound.status = "failed" if outcome.action == "failed" else "processed"
+        inbound.action = outcome.action
+        inbound.error = outcome.detail if outcome.action == "failed" else None
+        inbound.ticket_id = outcome.ticket_id
+        inbound.processed_at = now
+        inbound.claimed_until = None
+        return outcome
+
+    def _decide(self, session: Session, inbound: InboundMessage, parsed: ParsedMessage, key: str, now: datetime) -> Outcome:
+        if ticket_store.message_id_known(session, key):
+            return Outcome("duplicate")
+        return self._new_ticket(session, inbound, parsed, key, now)
+
+    def _new_ticket(
+        self, session: Session, inbound: InboundMessage, parsed: ParsedMessage, key: str, now: datetime
+    ) -> Outcome:
+        sender = parsed.from_
+        requester = sender.address.lower() if sender else (inbound.envelope_from or "").lower()
+        held = None if requester else ("no-sender-address", "the message names no sender to answer")
+        ticket = self.workflow.open_ticket(
+            session,
+            requester=requester,
+            requester_name=sender.name if sender else "",
+            subject=parsed.subject,
+            now=now,
+            held=held,
+        )
+        ticket_store.add_message(
+            session,
+            ticket,
+            direction="in",
+            kind="customer",
+            message_id=key,
+            inbound_id=inbound.id,
+            from_address=requester,
+            from_name=sender.name if sender else "",
+            to=[a.address for a in parsed.to],
+            cc=[a.address for a in parsed.cc],
+            subject=parsed.subject,
+            at=now,
+            text=parsed.text,
+            attachments=parsed.attachments,
+        )
+        if held:
+            return Outcome("held", ticket.id, held[1])
+        self.workflow.start_clock(session, ticket, now)
+        return Outcome("created", ticket.id)

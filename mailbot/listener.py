@@ -1,0 +1,196 @@
+"""SMTP and LMTP in (aiosmtpd): accept mail for the support addresses, answer 250 only once it is stored.
+
+The handler follows aiosmtpd's design: plain `handle_*` methods that return reply lines. Every unexpected
+error answers 451 (try again later) instead of aiosmtpd's default `500 (ExcType) message`, which would make
+the sending server bounce the mail and would leak internals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections import Counter
+from collections.abc import Sequence
+from email.utils import format_datetime
+from typing import Any
+
+from aiosmtpd.lmtp import LMTP
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from mailbot.clock import Clock
+from mailbot.config import SmtpConfig
+from mailbot.door import Door
+from mailbot.errors import TransientError
+
+log = logging.getLogger("mailbot.listener")
+
+
+def is_support_address(address: str, addresses: Sequence[str]) -> bool:
+    """An address of ours, or its plus form (herosupport+anything@domain); domains compare case-insensitively."""
+    local, _, domain = address.rpartition("@")
+    base = local.split("+", 1)[0]
+    return f"{base}@{domain}".lower() in addresses or address.lower() in addresses
+
+
+class SessionLimits:
+    """Caps on concurrent sessions, in total and per client address, shared by every connection."""
+
+    def __init__(self, total: int, per_client: int) -> None:
+        self.total = total
+        self.per_client = per_client
+        self.active: Counter[str] = Counter()
+
+    def admit(self, client: str) -> str | None:
+        """None when the client may go on, else the 421 reply to give it."""
+        if sum(self.active.values()) >= self.total:
+            return "421 4.3.2 Too many connections, try again later"
+        if self.active[client] >= self.per_client:
+            return "421 4.7.0 Too many connections from your address, try again later"
+        return None
+
+
+class Handler:
+    def __init__(self, door: Door, config: SmtpConfig, addresses: Sequence[str], clock: Clock, hostname: str) -> None:
+        self.door = door
+        self.config = config
+        self.addresses = [a.lower() for a in addresses]
+        self.clock = clock
+        self.hostname = hostname
+        self.lmtp = config.protocol == "lmtp"
+        self.in_flight = 0  # DATA commands being stored right now: shutdown waits for them
+
+    async def drained(self, timeout: float) -> bool:
+        """Wait until no message is being stored; False if that took longer than `timeout` seconds."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.in_flight and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        return not self.in_flight
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
+    ) -> str:
+        if not is_support_address(address, self.addresses):
+            return "550 5.1.1 No such user here (this server only accepts mail for the support address)"
+        if len(envelope.rcpt_tos) >= self.config.max_recipients:
+            return "452 4.5.3 Too many recipients"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 OK"
+
+    def _received(self, session: Session, envelope: Envelope) -> bytes:
+        """A Received trace header (RFC 5321 4.4), so the stored message shows how it came in."""
+        peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
+        protocol = "LMTP" if self.lmtp else ("ESMTPS" if session.ssl else "ESMTP")
+        helo = (session.host_name or "unknown").replace("\r", "").replace("\n", "")[:100]
+        stamp = format_datetime(self.clock.now())
+        return f"Received: from {helo} ([{peer}])\r\n\tby {self.hostname} (mailbot) with {protocol}; {stamp}\r\n".encode()
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        raw = envelope.original_content or b""
+        self.in_flight += 1
+        try:
+            inbound_id = await self.door.accept(
+                self._received(session, envelope) + raw,
+                source="lmtp" if self.lmtp else "smtp",
+                envelope_from=envelope.mail_from or "",
+                envelope_to=envelope.rcpt_tos,
+            )
+        except TransientError as exc:
+            log.error("message from %s not stored: %s", envelope.mail_from, exc)
+            reply = "451 4.3.0 Temporary failure storing the message, please try again later"
+            return self._per_recipient(envelope, reply)
+        finally:
+            self.in_flight -= 1
+        return self._per_recipient(envelope, f"250 2.0.0 OK: queued as {inbound_id}")
+
+    def _per_recipient(self, envelope: Envelope, reply: str) -> str:
+        # LMTP (RFC 2033 4.2) wants one reply per accepted recipient after DATA; aiosmtpd sends our lines as is.
+        if self.lmtp:
+            return "\r\n".join(reply for _ in envelope.rcpt_tos)
+        return reply
+
+    async def handle_exception(self, error: Exception) -> str:
+        log.exception("SMTP session error", exc_info=error)
+        return "451 4.3.0 Temporary local problem, please try again later"
+
+
+class _Limited:
+    """Mixed into aiosmtpd's protocol class: admits a connection only within the session limits."""
+
+    limits: SessionLimits
+    _client: str | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if getattr(self, "_original_transport", None) is None and self._client is None:
+            peer = transport.get_extra_info("peername")
+            self._client = peer[0] if isinstance(peer, tuple) else str(peer)
+            self._refusal = self.limits.admit(self._client)
+            self.limits.active[self._client] += 1
+        super().connection_made(transport)  # type: ignore[misc]
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._client is not None:
+            self.limits.active[self._client] -= 1
+            if self.limits.active[self._client] <= 0:
+                del self.limits.active[self._client]
+            self._client = None
+        super().connection_lost(error)  # type: ignore[misc]
+
+    async def _handle_client(self) -> None:
+        if self._refusal:
+            await self.push(self._refusal)  # type: ignore[attr-defined]
+            self.transport.close()  # type: ignore[attr-defined]
+            return
+        await super()._handle_client()  # type: ignore[misc]
+
+
+class LimitedSMTP(_Limited, SMTP):
+    pass
+
+
+class LimitedLMTP(_Limited, LMTP):
+    pass
+
+
+def command_budget(per_session: int) -> dict[str, int]:
+    """How often each command may be used in one session: small budgets for the chatter a client never
+    needs much of (a session spinning on NOOP or VRFY is an attack), `per_session` for the mail commands."""
+    chatter = {"EHLO": 10, "HELO": 10, "LHLO": 10, "NOOP": 50, "VRFY": 10, "EXPN": 10, "HELP": 10, "STARTTLS": 2}
+    return {**chatter, "*": per_session}
+
+
+def tls_context(config: SmtpConfig) -> ssl.SSLContext | None:
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(config.tls_cert, config.tls_key)
+    return context
+
+
+async def start(
+    handler: Handler, config: SmtpConfig, *, host: str | None = None, port: int | None = None
+) -> asyncio.Server:
+    """Listen with loop.create_server (works with port 0, unlike aiosmtpd's threaded Controller)."""
+    protocol_class = LimitedLMTP if config.protocol == "lmtp" else LimitedSMTP
+    limits = SessionLimits(config.max_sessions, config.max_sessions_per_client)
+    context = tls_context(config)
+
+    def factory() -> Any:
+        protocol = protocol_class(
+            handler,
+            data_size_limit=config.max_message_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            hostname=handler.hostname,  # never socket.getfqdn(): a blocking DNS query per connection
+            ident="mailbot",
+            tls_context=context,
+            require_starttls=config.require_starttls,
+            timeout=config.timeout.total_seconds(),
+            command_call_limit=command_budget(config.max_commands),
+        )
+        protocol.limits = limits
+        return protocol
+
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(factory, host=host or config.host, port=config.port if port is None else port)

@@ -1,0 +1,1030 @@
+"""Raw message bytes -> a ParsedMessage value: addresses, thread keys, text, attachments and flags.
+
+Pure: bytes in, a value out, no I/O. Built on the standard library's `email` package with
+`policy.default`, with repairs where it is weak on real mail (see FIELD-NOTES, "Python's standard
+library"): raw 8-bit header bytes, charsets that need their supersets, unknown charsets, junk From
+headers, names given only in comments, broken header blocks and boundaries, several inline text
+parts. Hostile mail is refused early: a linear pre-scan of the raw bytes counts parts, nesting depth
+and header sizes before the standard parser (recursive, and quadratic in some header lengths) sees
+it, and parse() raises UnparseableMessage instead.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import re
+import unicodedata
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email import errors, policy
+from email.generator import BytesGenerator
+from email.message import EmailMessage
+from email.parser import BytesParser
+from email.utils import parsedate_to_datetime
+from io import BytesIO
+from typing import Any, cast
+
+from inscriptis import get_text
+from lxml.etree import LxmlError
+
+from mailbot.errors import MailbotError
+
+# What the standard `email` package raises on malformed input besides its own MessageError: its
+# header parser has raised IndexError, TypeError, AttributeError and AssertionError on junk in past
+# releases, and every lookup of a charset or codec can raise LookupError.
+_STDLIB_FAILURES = (
+    errors.MessageError, LookupError, ValueError, TypeError, AttributeError, AssertionError, RecursionError,
+)
+
+
+class UnparseableMessage(MailbotError):
+    """The message exceeds ParseLimits or cannot be read at all; str() names the problem."""
+
+
+@dataclass(frozen=True)
+class ParseLimits:
+    """Bounds on the work one message may cost; parse() raises UnparseableMessage beyond any of them.
+
+    max_bytes             64 MiB in all. The listener's max_message_size stops large mail at the door;
+                          this is the backstop for `parse FILE` and IMAP.
+    max_depth             30 levels of multipart or message/* nesting. Real mail seldom nests past 6 (a
+                          forward of a forward); the standard library fails near 2,000 levels while
+                          parsing and near 500 when re-serializing (RecursionError).
+    max_parts             500 MIME entities, containers included. 100,000 empty parts cost the
+                          standard library 4 to 9 seconds of CPU.
+    max_headers           1,000 header fields in any one header block (the top one or a part's). A long
+                          Received chain has about 100.
+    max_header_bytes      64 KiB in any one header field, folding included (Postfix's own
+                          header_size_limit is 100 KiB). The standard header parser is quadratic in a
+                          field's length, so read addresses from ParsedMessage rather than message["To"].
+    max_mime_header_bytes 8 KiB in any one Content-* field: the standard parser reads every part's
+                          Content-Type while parsing, and a hostile 32 KiB one costs it 1.8 seconds.
+    max_comment_depth     30 levels of nested (comments) in a header field: the standard header parser
+                          recurses once per level.
+    max_html_chars        4,000,000 characters of HTML rendered to text (inscriptis takes about 40 us per
+                          table row); longer HTML is rendered from its start and noted in `defects`.
+    """
+
+    max_bytes: int = 64 * 1024 * 1024
+    max_depth: int = 30
+    max_parts: int = 500
+    max_headers: int = 1000
+    max_header_bytes: int = 64 * 1024
+    max_mime_header_bytes: int = 8 * 1024
+    max_comment_depth: int = 30
+    max_html_chars: int = 4_000_000
+
+
+@dataclass(frozen=True)
+class Address:
+    """One mailbox: display name ("" when none) and address (domain lowercased, local part as written)."""
+
+    name: str
+    address: str
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """A part that is not body text: sanitized filename, decoded size and sha256, whether shown inline."""
+
+    filename: str
+    content_type: str
+    size: int
+    sha256: str
+    inline: bool
+    data: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class ParsedMessage:
+    """What mailbot needs from one message; `message` is the standard library's object for later rules."""
+
+    message_id: str | None
+    from_: Address | None
+    to: list[Address]
+    cc: list[Address]
+    reply_to: list[Address]
+    sender: Address | None
+    subject: str
+    date: datetime | None
+    in_reply_to: str | None
+    references: list[str]
+    text: str
+    html: str | None
+    attachments: list[Attachment]
+    auto_submitted: bool
+    bounce: bool
+    defects: list[str]
+    message: EmailMessage = field(repr=False, compare=False)
+
+    def to_json(self) -> dict[str, Any]:
+        """The `mailbot parse FILE` JSON of INTERFACE.md (attachment data and `message` left out)."""
+        return {
+            "message_id": self.message_id,
+            "from": _address_json(self.from_) if self.from_ else None,
+            "to": [_address_json(a) for a in self.to],
+            "cc": [_address_json(a) for a in self.cc],
+            "reply_to": [_address_json(a) for a in self.reply_to],
+            "subject": self.subject,
+            "date": self.date.isoformat() if self.date else None,
+            "in_reply_to": self.in_reply_to,
+            "references": list(self.references),
+            "text": self.text,
+            "html": self.html,
+            "attachments": [
+                {"filename": a.filename, "content_type": a.content_type, "size": a.size,
+                 "sha256": a.sha256, "inline": a.inline}
+                for a in self.attachments
+            ],
+            "auto_submitted": self.auto_submitted,
+            "bounce": self.bounce,
+        }
+
+
+def _address_json(address: Address) -> dict[str, str]:
+    return {"name": address.name, "address": address.address}
+
+
+def content_key(raw: bytes) -> str:
+    """The identity of a message without a Message-ID: "sha256:<hex>" of its raw bytes."""
+    return "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+def parse(raw: bytes, limits: ParseLimits = ParseLimits()) -> ParsedMessage:
+    """Parse one raw message; raise UnparseableMessage when it is over `limits` or unreadable."""
+    if len(raw) > limits.max_bytes:
+        raise UnparseableMessage(f"message is {len(raw)} bytes, over the limit of {limits.max_bytes}")
+    if not raw.strip():
+        raise UnparseableMessage("message is empty")
+    defects: list[str] = []
+    raw = _repair_header_block(raw, defects)
+    shape = _prescan(raw, limits)
+    msg = _parse_bytes(raw)
+    hint = _charset_hint(msg)
+    headers = _Headers(msg, hint, defects)
+    body = _Walker(limits, hint, defects, shape.parts).body(msg)
+    return ParsedMessage(
+        message_id=_message_id(headers.text("message-id")),
+        from_=_author(headers, defects),
+        to=headers.addresses("to", strict=False),
+        cc=headers.addresses("cc", strict=False),
+        reply_to=headers.addresses("reply-to", strict=True),
+        sender=_first(headers.addresses("sender", strict=True)),
+        subject=headers.unstructured("subject"),
+        date=_date(headers.text("date"), defects),
+        in_reply_to=_first(_message_ids(headers.text("in-reply-to"))),
+        references=_message_ids(headers.text("references")),
+        text=body.text,
+        html=body.html,
+        attachments=body.attachments,
+        auto_submitted=_auto_submitted(msg),
+        bounce=_bounce(msg),
+        defects=list(dict.fromkeys(defects + _stdlib_defects(msg))),
+        message=msg,
+    )
+
+
+def _parse_bytes(raw: bytes) -> EmailMessage:
+    """The standard parser (run only on pre-scanned bytes); its failures become UnparseableMessage."""
+    try:
+        return cast(EmailMessage, BytesParser(policy=policy.default).parsebytes(raw))
+    except _STDLIB_FAILURES as exc:
+        raise UnparseableMessage(f"MIME structure cannot be read: {type(exc).__name__}: {exc}") from exc
+
+
+def _first(items: list[Any]) -> Any:
+    return items[0] if items else None
+
+
+# --- Pre-scan: mirror email.feedparser's nesting rules in one loop, counting as it goes ---------------
+
+# email.feedparser.headerRE, on bytes: what the standard parser accepts as a header or continuation line.
+_HEADER_LINE = re.compile(rb"From |[\x21-\x39\x3b-\x7e]*:|[\t ]")
+_BLANK_LINES = (b"\r\n", b"\n", b"\r")
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """What the pre-scan counted."""
+
+    parts: int
+    depth: int
+
+
+@dataclass
+class _Multipart:
+    """An open multipart: how its delimiter lines start, and its depth."""
+
+    delimiter: bytes
+    depth: int
+    digest: bool
+
+
+class _Prescan:
+    """One pass over the raw lines, nesting entities the way email.feedparser does (RFC 2046 §5.1)."""
+
+    def __init__(self, limits: ParseLimits) -> None:
+        self.limits = limits
+        self.parts = 1
+        self.deepest = 0
+        self.open: list[_Multipart] = []
+        self.depth = 0
+        self.report_depth = 0
+        self.default_type = "text/plain"
+        self.fields = 0
+        self.field_lines: list[bytes] = []
+        self.content_type: list[bytes] | None = None
+
+    def run(self, raw: bytes) -> _Shape:
+        mode = "headers"
+        for line in raw.splitlines(keepends=True):
+            if mode == "body" and not self.open:
+                break  # the rest is one payload: nothing in it can start an entity
+            mode = self._line(mode, line)
+        if mode == "headers":
+            self._end_of_headers()
+        return _Shape(self.parts, self.deepest)
+
+    def _line(self, mode: str, line: bytes) -> str:
+        """Account for one line; return the mode for the next."""
+        if self.open and line.startswith(b"--"):
+            found = self._find_delimiter(line)
+            if found is not None:  # delimiters end any entity, headers included (RFC 2046 §5.1.2)
+                if mode == "headers":
+                    self._end_of_headers()
+                return self._take_delimiter(*found)
+        if mode == "report":
+            self._report_line(line)
+            return mode
+        if mode == "body":
+            return mode
+        if _HEADER_LINE.match(line):
+            self._header_line(line)
+            return mode
+        mode = self._end_of_headers()
+        # Without the blank separator the line already belongs to what follows the headers.
+        return mode if line in _BLANK_LINES else self._line(mode, line)
+
+    def _header_line(self, line: bytes) -> None:
+        if line[:1] not in (b" ", b"\t"):
+            self._end_field()
+            self.fields += 1
+            if self.fields > self.limits.max_headers:
+                raise UnparseableMessage(f"more than {self.limits.max_headers} header fields in one block")
+        self.field_lines.append(line)
+
+    def _end_field(self) -> None:
+        if not self.field_lines:
+            return
+        value = b"".join(self.field_lines)
+        is_mime = value[:8].lower() == b"content-"
+        limit = self.limits.max_mime_header_bytes if is_mime else self.limits.max_header_bytes
+        if len(value) > limit:
+            raise UnparseableMessage(f"a header field is {len(value)} bytes, over the limit of {limit}")
+        if value.count(b"(") > self.limits.max_comment_depth \
+                and _comment_depth(value) > self.limits.max_comment_depth:
+            raise UnparseableMessage(f"header comments nested over {self.limits.max_comment_depth} deep")
+        if self.content_type is None and value[:13].lower() == b"content-type:":
+            self.content_type = self.field_lines
+        self.field_lines = []
+
+    def _end_of_headers(self) -> str:
+        """Decide what the body of the entity whose headers just ended holds; return the next mode."""
+        self._end_field()
+        content_type, boundary = _entity_type(self.content_type, self.default_type)
+        self.fields, self.content_type = 0, None
+        if content_type == "message/delivery-status":
+            # RFC 3464 §2.1: blocks of fields separated by blank lines; the parser makes each an entity.
+            self._enter(self.depth + 1, "text/plain")
+            self.report_depth = self.depth
+            return "report"
+        if content_type.startswith("message/"):
+            self._enter(self.depth + 1, "text/plain")
+            return "headers"
+        delimiter = _delimiter(boundary) if content_type.startswith("multipart/") else None
+        if delimiter is not None:
+            self.open.append(_Multipart(delimiter, self.depth, content_type == "multipart/digest"))
+        return "body"
+
+    def _find_delimiter(self, line: bytes) -> tuple[int, str] | None:
+        """The innermost open multipart this line delimits, and whether it is a part or the close."""
+        for index in range(len(self.open) - 1, -1, -1):
+            kind = _delimiter_kind(line, self.open[index].delimiter)
+            if kind is not None:
+                return index, kind
+        return None
+
+    def _take_delimiter(self, index: int, kind: str) -> str:
+        multipart = self.open[index]
+        del self.open[index + 1:]  # an outer delimiter closes every inner multipart
+        if kind == "close":
+            self.open.pop()
+            return "body"
+        # RFC 2046 §5.1.5: in a digest, parts are message/rfc822 unless they say otherwise.
+        self._enter(multipart.depth + 1, "message/rfc822" if multipart.digest else "text/plain")
+        return "headers"
+
+    def _report_line(self, line: bytes) -> None:
+        if line in _BLANK_LINES:
+            self._enter(self.report_depth, "text/plain")
+        elif _HEADER_LINE.match(line):
+            self._header_line(line)
+
+    def _enter(self, depth: int, default_type: str) -> None:
+        """A new entity starts at `depth`."""
+        self._end_field()
+        self.parts += 1
+        if self.parts > self.limits.max_parts:
+            raise UnparseableMessage(f"more than {self.limits.max_parts} MIME parts")
+        if depth > self.limits.max_depth:
+            raise UnparseableMessage(f"MIME parts nested more than {self.limits.max_depth} deep")
+        self.depth, self.deepest = depth, max(self.deepest, depth)
+        self.default_type = default_type
+        self.fields, self.field_lines, self.content_type = 0, [], None
+
+
+def _prescan(raw: bytes, limits: ParseLimits) -> _Shape:
+    """Count parts, depth and header sizes in linear time; raise UnparseableMessage past `limits`."""
+    return _Prescan(limits).run(raw)
+
+
+def _entity_type(field_lines: list[bytes] | None, default_type: str) -> tuple[str, str | None]:
+    """Content type and boundary exactly as the standard parser will read them from these lines."""
+    probe = EmailMessage(policy=policy.default)
+    probe.set_default_type(default_type)
+    try:
+        if field_lines:
+            name, value = policy.default.header_source_parse(
+                [line.decode("ascii", "surrogateescape") for line in field_lines])
+            probe.set_raw(name, value)
+        content_type = probe.get_content_type()
+        return content_type, probe.get_boundary() if content_type.startswith("multipart/") else None
+    except _STDLIB_FAILURES as exc:
+        raise UnparseableMessage(f"Content-Type cannot be read: {type(exc).__name__}: {exc}") from exc
+
+
+def _delimiter(boundary: str | None) -> bytes | None:
+    """The bytes a delimiter line starts with; None when there is none the standard parser can match."""
+    if boundary is None:
+        return None
+    try:
+        return ("--" + boundary).encode("ascii", "surrogateescape")
+    except UnicodeEncodeError:
+        return None
+
+
+def _delimiter_kind(line: bytes, delimiter: bytes) -> str | None:
+    """"part" or "close" when `line` is this multipart's delimiter (RFC 2046 §5.1.1), else None."""
+    if not line.startswith(delimiter):
+        return None
+    rest = line[len(delimiter):]
+    close = rest.startswith(b"--")
+    if close:
+        rest = rest[2:]
+    if rest.rstrip(b"\r\n").strip(b" \t"):
+        return None
+    return "close" if close else "part"
+
+
+def _comment_depth(value: bytes) -> int:
+    """How deeply (comments) nest in a header field, skipping quoted pairs (RFC 5322 §3.2.2)."""
+    depth = deepest = 0
+    escaped = False
+    for char in re.findall(rb"[()\\]", value):
+        if escaped:
+            escaped = False
+        elif char == b"\\":
+            escaped = True
+        elif char == b"(":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif depth:
+            depth -= 1
+    return deepest
+
+
+# --- Repairs of the top header block -----------------------------------------------------------------
+
+# Fields worth rescuing when a stray line splits the header block (the standard parser would read
+# everything after the stray line as body).
+_KNOWN_FIELDS = re.compile(
+    rb"(from|to|cc|bcc|subject|date|message-id|in-reply-to|references|reply-to|sender|mime-version|"
+    rb"content-[a-z-]+|received|return-path|delivered-to|list-[a-z-]+|auto-submitted|precedence|"
+    rb"x-[a-z0-9-]+|dkim-signature|authentication-results|arc-[a-z-]+|thread-[a-z-]+)[ \t]*:",
+    re.IGNORECASE,
+)
+
+
+_END_OF_HEADERS = re.compile(rb"\r?\n\r?\n")
+
+
+def _repair_header_block(raw: bytes, defects: list[str]) -> bytes:
+    """Drop blank lines before the first header field and rejoin header lines that lost their fold."""
+    stripped = raw.lstrip(b"\r\n")
+    if len(stripped) < len(raw) and _HEADER_LINE.match(stripped) and stripped[:1] not in (b" ", b"\t"):
+        defects.append("blank lines before the header block were dropped")
+        raw = stripped
+    blank = _END_OF_HEADERS.search(raw)
+    end = blank.start() if blank else len(raw)
+    lines = raw[:end].splitlines(keepends=True)
+    repaired = 0
+    for index, line in enumerate(lines[1:-1], start=1):
+        if not _HEADER_LINE.match(line) and _KNOWN_FIELDS.match(lines[index + 1]):
+            lines[index] = b" " + line  # RFC 5322 §2.2.3: a folded line starts with white space
+            repaired += 1
+    if not repaired:
+        return raw
+    defects.append(f"{repaired} header line(s) without a field name were read as folded continuations")
+    return b"".join(lines) + raw[end:]
+
+
+# --- Charsets ------------------------------------------------------------------------------------------
+
+# Labels that name a subset of what senders actually use (WHATWG Encoding Standard does the same).
+_SUPERSETS = {
+    "gb2312": "gb18030", "gbk": "gb18030", "cp936": "gb18030", "euc_kr": "cp949", "shift_jis": "cp932", "big5": "big5hkscs",
+    "tis-620": "cp874", "iso8859-11": "cp874",
+}
+_ALIASES = {"windows-874": "cp874", "iso-8859-8-i": "iso8859-8", "sjis": "cp932", "x-sjis": "cp932"}
+# Codecs that are not charsets a sender could mean.
+_REFUSED = {"idna", "punycode", "undefined", "unicode_escape", "raw_unicode_escape", "unicode-escape",
+            "raw-unicode-escape"}
+# us-ascii and iso-8859-1 labels are routinely put on windows-1252 or UTF-8 text.
+_WESTERN = {"ascii", "iso8859-1", "cp1252"}
+_UTF8_MULTIBYTE = re.compile(rb"[\xc2-\xf4][\x80-\xbf]")
+
+
+def _codec(label: str) -> str | None:
+    """The Python codec for a MIME charset label, widened to its superset; None when unknown."""
+    name = label.strip().strip("\"'").lower()
+    name = _ALIASES.get(name, name)
+    for candidate in (name, name[2:] if name.startswith("x-") else None):
+        if not candidate:
+            continue
+        try:
+            info = codecs.lookup(candidate)
+        except (LookupError, ValueError):
+            continue
+        if info.name in _REFUSED or not getattr(info, "_is_text_encoding", True):
+            return None
+        return _SUPERSETS.get(info.name, info.name)
+    return None
+
+
+def _guess(data: bytes) -> tuple[str, str]:
+    """Undeclared 8-bit bytes: UTF-8 if valid, else windows-1252, else Latin-1 (which never fails)."""
+    for codec in ("utf-8", "cp1252"):
+        try:
+            return data.decode(codec), codec
+        except UnicodeDecodeError:
+            pass
+    return data.decode("latin-1"), "latin-1"
+
+
+def decode_text(data: bytes, label: str | None) -> tuple[str, str | None]:
+    """Decode body bytes declared as charset `label`; return the text and a defect note or None."""
+    if data.isascii():
+        return data.decode("ascii"), None
+    codec = _codec(label) if label else None
+    if codec is None or codec in _WESTERN:
+        text, used = _guess(data)
+        if label and codec is None:
+            return text, f"unknown charset {label!r}; decoded as {used}"
+        if codec is None or (used == "utf-8") != (codec == "utf-8"):
+            return text, f"8-bit text labelled {label or 'us-ascii'!r} decoded as {used}"
+        return text, None
+    try:
+        return data.decode(codec), None
+    except UnicodeDecodeError:
+        pass
+    if codec != "utf-8":
+        try:
+            return data.decode("utf-8"), f"text labelled {label!r} is UTF-8"
+        except UnicodeDecodeError:
+            return data.decode(codec, "replace"), f"invalid {label!r} bytes replaced"
+    if not _UTF8_MULTIBYTE.search(data):  # no UTF-8 sequence at all: a legacy charset mislabelled
+        text, used = _guess(data)
+        return text, f"text labelled {label!r} decoded as {used}"
+    return data.decode("utf-8", "replace"), "invalid UTF-8 bytes replaced"
+
+
+def _decode_header_bytes(data: bytes, hint: str | None) -> str:
+    """Raw 8-bit header bytes: UTF-8 (RFC 6532), else the message's charset, else windows-1252/Latin-1."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    codec = _codec(hint) if hint else None
+    if codec and codec not in _WESTERN:
+        try:
+            return data.decode(codec)
+        except UnicodeDecodeError:
+            pass
+    return _guess(data)[0]
+
+
+_SURROGATES = re.compile("[\udc80-\udcff]")
+_CONTROLS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _clean(text: str) -> str:
+    """Text safe to store and print: line endings as \\n, no NULs, lone surrogates replaced."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "")
+    return _SURROGATES.sub("\ufffd", text).removeprefix("\ufeff")
+
+
+def _clean_header(text: str) -> str:
+    """A header value for display: one line, no control characters, trimmed."""
+    return _CONTROLS.sub("", _clean(text).replace("\n", " ").replace("\t", " ")).strip()
+
+
+# --- Headers ----------------------------------------------------------------------------------------
+
+# RFC 2047 §2 encoded word.
+_ENCODED_WORD = r"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?="
+_ADJACENT_WORDS = re.compile(rf"({_ENCODED_WORD})\s+(?={_ENCODED_WORD})")
+_WORD_CHARSET = re.compile(r"=\?([^?\s*]+)((?:\*[^?\s]*)?\?[bBqQ]\?)")
+_FOLD = re.compile(r"\r\n|\r|\n")
+
+
+def _prepare_encoded_words(value: str) -> str:
+    """Widen encoded-word charsets to their supersets and join adjacent words (RFC 2047 §6.2)."""
+    return _ADJACENT_WORDS.sub(r"\1", _WORD_CHARSET.sub(_widen_word_charset, value))
+
+
+def _widen_word_charset(match: re.Match[str]) -> str:
+    codec = _codec(match[1])
+    if codec is None:
+        return match[0]  # unknown: the registry decodes it with replacement and notes a CharsetError
+    return f"=?{'cp1252' if codec in _WESTERN else codec}{match[2]}"
+
+
+def _unstructured(value: str) -> tuple[str, list[str]]:
+    """Decode RFC 2047 encoded words in free text; return the text and notes on bad charsets."""
+    try:
+        header = policy.default.header_factory("x-mailbot-text", _prepare_encoded_words(value))
+    except _STDLIB_FAILURES:
+        return _clean_header(value), ["encoded words could not be decoded"]
+    notes = [str(d) for d in header.defects if isinstance(d, (errors.CharsetError, errors.UndecodableBytesDefect))]
+    return _clean_header(str(header)), notes
+
+
+class _Headers:
+    """The top-level header fields of one message, decoded."""
+
+    def __init__(self, msg: EmailMessage, hint: str | None, defects: list[str]) -> None:
+        self.raw: dict[str, str] = {}
+        for name, value in msg.raw_items():
+            self.raw.setdefault(name.lower(), value)
+        self.hint = hint
+        self.defects = defects
+
+    def text(self, name: str) -> str:
+        """The field's value as Unicode: unfolded, 8-bit bytes decoded, NULs dropped; "" when absent."""
+        return _header_text(self.raw.get(name, ""), self.hint)
+
+    def unstructured(self, name: str) -> str:
+        text, notes = _unstructured(self.text(name))
+        self.defects.extend(f"{name}: {note}" for note in notes)
+        return text
+
+    def addresses(self, name: str, strict: bool) -> list[Address]:
+        """Mailboxes of an address field; with `strict`, any unreadable entry voids the whole field."""
+        if name not in self.raw:
+            return []
+        found, junk = _addresses(name, self.text(name))
+        if junk and strict:
+            self.defects.append(f"{name} ignored: cannot read {junk[0]!r}")
+            return []
+        self.defects.extend(f"{name}: skipped unreadable entry {entry!r}" for entry in junk)
+        return found
+
+
+def _header_text(raw: str, hint: str | None) -> str:
+    value = "".join(_FOLD.split(raw))  # RFC 5322 §2.2.3 unfolding
+    if _SURROGATES.search(value):  # raw 8-bit bytes, kept by the parser as surrogate escapes
+        value = _decode_header_bytes(value.encode("ascii", "surrogateescape"), hint)
+    return value.replace("\x00", "")
+
+
+def _author(headers: _Headers, defects: list[str]) -> Address | None:
+    """From, or when it is missing or junk, the first Reply-To, then Sender."""
+    authors = headers.addresses("from", strict=True)
+    if len(authors) > 1:
+        defects.append("from: several authors; the first is used")
+    if authors:
+        return authors[0]
+    for fallback in ("reply-to", "sender"):
+        found = headers.addresses(fallback, strict=True)
+        if found:
+            defects.append(f"from missing or unreadable; {fallback} used")
+            return found[0]
+    return None
+
+
+# Entries longer than this are not mailboxes; the header parser is quadratic in an entry's length.
+_MAX_ENTRY_CHARS = 1000
+_ANGLE_ONLY = re.compile(r"\s*([^<>\"]*)<([^<>]+)>\s*")
+_COMMENT = re.compile(r"\(((?:[^()\\]|\\.)*)\)")
+
+
+def _addresses(name: str, value: str) -> tuple[list[Address], list[str]]:
+    """Parse an address list entry by entry with the policy.default header registry.
+
+    Returns the mailboxes and the entries that could not be read. An entry the registry reads only
+    with an InvalidHeaderDefect is not trusted (its guess may be the wrong address, as with
+    CVE-2023-27043), except in the common `name <address>` form, where the angle address is the mailbox.
+    """
+    found: list[Address] = []
+    junk: list[str] = []
+    for entry in _split_address_list(_prepare_encoded_words(value)):
+        mailboxes = _entry_mailboxes(name, entry) if len(entry) <= _MAX_ENTRY_CHARS else None
+        if mailboxes is None:
+            junk.append(_clean_header(entry)[:80])
+        else:
+            found.extend(mailboxes)
+    return found, junk
+
+
+def _entry_mailboxes(name: str, entry: str) -> list[Address] | None:
+    """The mailboxes of one address-list entry; None when it cannot be read safely."""
+    parsed = _registry_addresses(name, entry)
+    if parsed is None:
+        return _angle_mailbox(name, entry)
+    if len(parsed) == 1 and not parsed[0].name and '"' not in entry:
+        comments = _COMMENT.findall(entry)
+        if comments:  # `ana@x.org (Ana Diaz)`: the only name is in a comment (RFC 5322 §3.4)
+            return [Address(_unstructured(re.sub(r"\\(.)", r"\1", comments[-1]))[0], parsed[0].address)]
+    return parsed
+
+
+def _angle_mailbox(name: str, entry: str) -> list[Address] | None:
+    """`ana@x.org <ana@x.org>`: an unquoted phrase the registry rejects, before one angle address.
+
+    The angle address is the mailbox (it is also what DMARC checks); the phrase is only a name.
+    """
+    angle = _ANGLE_ONLY.fullmatch(entry)
+    parsed = _registry_addresses(name, f"<{angle[2]}>") if angle else None
+    if angle is None or parsed is None or len(parsed) != 1:
+        return None
+    return [Address(_unstructured(angle[1])[0], parsed[0].address)]
+
+
+def _registry_addresses(name: str, entry: str) -> list[Address] | None:
+    """The complete mailboxes the registry reads in `entry`; None if it reports the entry invalid."""
+    try:
+        header = policy.default.header_factory(name, entry)
+        addresses = header.addresses
+    except _STDLIB_FAILURES:
+        return None
+    if any(isinstance(d, errors.InvalidHeaderDefect) for d in header.defects):
+        return None
+    result = []
+    for address in addresses:
+        if not address.username or not address.domain:
+            return None
+        local = address.addr_spec.rpartition("@")[0]
+        result.append(Address(_clean_header(address.display_name), _clean_header(f"{local}@{address.domain.lower()}")))
+    return result
+
+
+def _split_address_list(text: str) -> list[str]:
+    """Split at top-level commas (RFC 5322 §3.4), not inside quotes, comments, <...> or groups."""
+    entries: list[str] = []
+    start = depth = 0
+    quoted = angle = group = escaped = False
+    for index, char in enumerate(text):
+        if escaped:
+            escaped = False
+        elif char == "\\" and (quoted or depth):
+            escaped = True
+        elif quoted:
+            quoted = char != '"'
+        elif char == "(":
+            depth += 1
+        elif depth:
+            depth -= char == ")"
+        elif char == '"':
+            quoted = True
+        elif char in "<>":
+            angle = char == "<"
+        elif angle:
+            continue
+        elif char in ":;":
+            group = char == ":"
+        elif char == "," and not group:
+            entries.append(text[start:index])
+            start = index + 1
+    entries.append(text[start:])
+    return [entry.strip() for entry in entries if entry.strip()]
+
+
+_MSG_ID = re.compile(r"<([^<>]*)>")
+
+
+def _message_ids(value: str) -> list[str]:
+    """Message-IDs in `<...>` form, in order, without duplicates; bare `x@y` tokens are wrapped."""
+    found = ["".join(inner.split()) for inner in _MSG_ID.findall(value)]
+    if not found:
+        found = [token.strip("<>") for token in re.split(r"[\s,]+", value) if "@" in token]
+    return list(dict.fromkeys(f"<{_clean_header(i)}>" for i in found if i and _clean_header(i)))
+
+
+def _message_id(value: str) -> str | None:
+    ids = _message_ids(value)
+    if ids:
+        return ids[0]
+    token = _clean_header(value).strip("<>")
+    return f"<{token}>" if token and not any(c.isspace() for c in token) else None
+
+
+def _date(value: str, defects: list[str]) -> datetime | None:
+    """The Date field; a date without a zone (-0000, RFC 5322 §3.3) is read as UTC."""
+    if not value.strip():
+        return None
+    try:
+        date = parsedate_to_datetime(value.strip())
+    except (ValueError, TypeError, IndexError, OverflowError):
+        defects.append(f"date: cannot read {_clean_header(value)[:80]!r}")
+        return None
+    return date if date.tzinfo else date.replace(tzinfo=UTC)
+
+
+def _charset_hint(msg: EmailMessage) -> str | None:
+    """The first charset any part declares: the best guess for raw 8-bit bytes in headers."""
+    for part in msg.walk():
+        charset = part.get_content_charset()
+        if charset:
+            return charset
+    return None
+
+
+def _stdlib_defects(msg: EmailMessage) -> list[str]:
+    """The standard parser's own defect notes, in words."""
+    notes = []
+    for part in msg.walk():
+        for defect in part.defects:
+            doc = (type(defect).__doc__ or type(defect).__name__).strip().splitlines()[0]
+            notes.append(f"{doc} {defect}".strip() if str(defect) else doc)
+    return notes
+
+
+# --- Flags ---------------------------------------------------------------------------------------------
+
+def _auto_submitted(msg: EmailMessage) -> bool:
+    """RFC 3834 §5: any Auto-Submitted value but "no" marks mail sent by a program."""
+    value = _first([v for k, v in msg.raw_items() if k.lower() == "auto-submitted"]) or ""
+    keyword = re.sub(r"\([^)]*\)", "", _header_text(value, None)).split(";")[0].strip().lower()
+    return bool(keyword) and keyword != "no"
+
+
+def _bounce(msg: EmailMessage) -> bool:
+    """RFC 3464: a delivery status notification is multipart/report; report-type=delivery-status."""
+    if msg.get_content_type() != "multipart/report":
+        return False
+    report_type = msg.get_param("report-type")
+    return isinstance(report_type, str) and report_type.strip().lower() == "delivery-status"
+
+
+# --- Body: text, HTML and attachments ----------------------------------------------------------------
+
+@dataclass
+class _Body:
+    """What a walk over the parts collects."""
+
+    plain: list[str] = field(default_factory=list)
+    html: list[str] = field(default_factory=list)
+    attachments: list[Attachment] = field(default_factory=list)
+    forwarded: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Result:
+    text: str
+    html: str | None
+    attachments: list[Attachment]
+
+
+class _Walker:
+    """Walks a parsed message collecting body text, HTML and attachments; recovers broken multiparts."""
+
+    def __init__(self, limits: ParseLimits, hint: str | None, defects: list[str], parts_used: int) -> None:
+        self.limits = limits
+        self.hint = hint
+        self.defects = defects
+        self.parts_used = parts_used
+
+    def body(self, msg: EmailMessage) -> _Result:
+        collected = _Body()
+        self.collect(msg, collected, 0)
+        html = "\n".join(collected.html) if collected.html else None
+        text = "\n".join(collected.plain)
+        if not text.strip() and html:
+            text = self.render(html)
+        text = "\n".join(t for t in [text.strip("\n"), *collected.forwarded] if t.strip())
+        return _Result(text, html, collected.attachments)
+
+    def collect(self, part: EmailMessage, body: _Body, depth: int) -> None:
+        content_type = part.get_content_type()
+        payload = part.get_payload()
+        if content_type.startswith("message/"):
+            self.message_part(part, body, depth)
+        elif content_type == "multipart/alternative" and isinstance(payload, list):
+            self.alternative(payload, body, depth)
+        elif content_type.startswith("multipart/") and isinstance(payload, list):
+            for sub in payload:
+                self.collect(sub, body, depth + 1)
+        elif content_type.startswith("multipart/"):
+            self.recover(part, body, depth)
+        elif content_type in ("text/plain", "text/html") and not _is_attachment(part):
+            text = self.text(part)
+            (body.plain if content_type == "text/plain" else body.html).append(text)
+        else:
+            body.attachments.append(self.attachment(part, content_type, _payload_bytes(part)))
+
+    def alternative(self, payload: list[EmailMessage], body: _Body, depth: int) -> None:
+        """RFC 2046 §5.1.4: text from the first alternative that has plain text, HTML from the last with HTML."""
+        choices = []
+        for sub in payload:
+            choice = _Body()
+            self.collect(sub, choice, depth + 1)
+            choices.append(choice)
+        plain = next((c for c in choices if "".join(c.plain).strip()), None)
+        html = next((c for c in reversed(choices) if c.html), None)
+        for chosen in _unique(plain, html):
+            body.attachments.extend(chosen.attachments)
+            body.forwarded.extend(chosen.forwarded)
+        if plain:
+            body.plain.extend(plain.plain)
+        if html:
+            body.html.extend(html.html)
+
+    def message_part(self, part: EmailMessage, body: _Body, depth: int) -> None:
+        """A message/* part is an attachment; a forwarded message not marked as attachment adds its text."""
+        payload = part.get_payload()
+        inner = payload[0] if isinstance(payload, list) and payload else None
+        data = _message_body(part, self.defects) if isinstance(payload, list) else _payload_bytes(part)
+        body.attachments.append(self.attachment(part, part.get_content_type(), data))
+        if isinstance(inner, EmailMessage) and part.get_content_type() == "message/rfc822" \
+                and _disposition(part) != "attachment":
+            body.forwarded.append(self.forwarded_text(inner, depth))
+
+    def forwarded_text(self, inner: EmailMessage, depth: int) -> str:
+        headers = _Headers(inner, self.hint, [])
+        collected = _Body()
+        self.collect(inner, collected, depth + 1)
+        html = "\n".join(collected.html)
+        text = "\n".join(collected.plain)
+        if not text.strip() and html:
+            text = self.render(html)
+        lines = ["---------- Forwarded message ----------"]
+        lines += [f"{label}: {headers.unstructured(name)}" for label, name in
+                  (("From", "from"), ("Date", "date"), ("Subject", "subject"), ("To", "to")) if name in headers.raw]
+        return "\n".join(lines) + "\n\n" + text.strip("\n")
+
+    def recover(self, part: EmailMessage, body: _Body, depth: int) -> None:
+        """A multipart whose boundary never matched: find the delimiter actually used, else keep it as text."""
+        raw = _payload_bytes(part)
+        self.defects.append("a multipart part has no usable boundary; its content was recovered")
+        found = _GUESSED_DELIMITER.search(raw)
+        if found is None:
+            body.plain.append(self.decode(raw, part.get_content_charset()))
+            return
+        wrapper = b'Content-Type: multipart/mixed; boundary="' + found[1] + b'"\r\n\r\n' + raw
+        try:
+            shape = _prescan(wrapper, self.limits)
+        except UnparseableMessage as exc:
+            self.defects.append(f"recovery abandoned: {exc}")
+            return
+        if self.parts_used + shape.parts > self.limits.max_parts or depth + shape.depth > self.limits.max_depth:
+            self.defects.append("recovery abandoned: the recovered parts exceed the limits")
+            return
+        self.parts_used += shape.parts
+        try:
+            recovered = _parse_bytes(wrapper)
+        except UnparseableMessage as exc:
+            self.defects.append(f"recovery abandoned: {exc}")
+            return
+        if isinstance(recovered.get_payload(), list):
+            self.collect(recovered, body, depth)
+        else:
+            body.plain.append(self.decode(raw, part.get_content_charset()))
+
+    def text(self, part: EmailMessage) -> str:
+        return self.decode(_payload_bytes(part), part.get_content_charset())
+
+    def decode(self, data: bytes, charset: str | None) -> str:
+        text, defect = decode_text(data, charset)
+        if defect:
+            self.defects.append(defect)
+        return _clean(text)
+
+    def render(self, html: str) -> str:
+        """Plain text for HTML-only mail, by inscriptis (keeps lists, tables and paragraphs readable)."""
+        if len(html) > self.limits.max_html_chars:
+            self.defects.append(f"HTML over {self.limits.max_html_chars} characters; text rendered from its start")
+            html = html[: self.limits.max_html_chars]
+        try:
+            return _clean(get_text(html))
+        except (ValueError, LxmlError, RecursionError) as exc:  # lxml refuses some documents
+            self.defects.append(f"HTML could not be rendered to text: {exc}")
+            return ""
+
+    def attachment(self, part: EmailMessage, content_type: str, data: bytes) -> Attachment:
+        disposition = _disposition(part)
+        has_id = any(name.lower() == "content-id" and value.strip() for name, value in part.raw_items())
+        # Shown in the body: a part referenced by Content-ID (RFC 2392), or an image marked inline.
+        inline = disposition != "attachment" and (
+            has_id or (content_type.startswith("image/") and disposition == "inline"))
+        return Attachment(
+            filename=_filename(part, content_type, self.hint),
+            content_type=content_type,
+            size=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+            inline=inline,
+            data=data,
+        )
+
+
+def _unique(*bodies: _Body | None) -> Iterator[_Body]:
+    seen: list[_Body] = []
+    for body in bodies:
+        if body is not None and all(body is not s for s in seen):
+            seen.append(body)
+            yield body
+
+
+# A line that looks like a MIME delimiter and is followed by a Content-* field.
+_GUESSED_DELIMITER = re.compile(rb"^--([0-9A-Za-z'()+_,./:=?-]{1,70})[ \t]*\r?\n(?=content-)",
+                                re.MULTILINE | re.IGNORECASE)
+
+
+def _payload_bytes(part: EmailMessage) -> bytes:
+    """The part's body with its Content-Transfer-Encoding undone."""
+    payload = part.get_payload(decode=True)
+    if isinstance(payload, bytes):
+        return payload
+    raw = part.get_payload()
+    return raw.encode("ascii", "surrogateescape") if isinstance(raw, str) else b""
+
+
+def _message_body(part: EmailMessage, defects: list[str]) -> bytes:
+    """The body of a message/* part (the nested message, or a report's blocks), headers as received.
+
+    The standard library keeps no raw bytes for parsed entities, so the part is serialized again;
+    the pre-scan bounds its depth far below where the generator's recursion fails.
+    """
+    buffer = BytesIO()
+    generator_policy = part.policy.clone(refold_source="none", linesep="\n")
+    try:
+        BytesGenerator(buffer, mangle_from_=False, policy=generator_policy).flatten(part)
+    except _STDLIB_FAILURES as exc:
+        defects.append(f"an attached message could not be serialized: {exc}")
+        return b""
+    flat = buffer.getvalue()
+    return flat[1:] if flat.startswith(b"\n") else flat.partition(b"\n\n")[2]
+
+
+def _disposition(part: EmailMessage) -> str | None:
+    try:
+        return part.get_content_disposition()
+    except _STDLIB_FAILURES:
+        return None
+
+
+def _is_attachment(part: EmailMessage) -> bool:
+    """A text part is body text unless it is marked as an attachment or carries a filename."""
+    return _disposition(part) == "attachment" or _raw_filename(part, None) is not None
+
+
+def _raw_filename(part: EmailMessage, hint: str | None) -> str | None:
+    """The filename parameter (RFC 2231 decoded), from Content-Disposition or Content-Type's name."""
+    probe = EmailMessage(policy=policy.default)
+    for name, value in part.raw_items():
+        if name.lower() in ("content-disposition", "content-type"):
+            probe.set_raw(name, _header_text(value, hint))
+    try:
+        return probe.get_filename()
+    except _STDLIB_FAILURES:
+        return None
+
+
+_DEFAULT_NAMES = {"message/rfc822": "message.eml"}
+_MAX_FILENAME = 200
+
+
+def _filename(part: EmailMessage, content_type: str, hint: str | None) -> str:
+    """A filename safe to show and to store: no path, no control or format characters, not hidden."""
+    name = _raw_filename(part, hint) or ""
+    if "=?" in name:  # RFC 2047 words in a parameter are not standard but Outlook writes them
+        name = _unstructured(name)[0]
+    name = _clean(name).replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(c for c in name if unicodedata.category(c) not in ("Cc", "Cf", "Zl", "Zp"))
+    name = name.strip().lstrip(".").strip()
+    if len(name) > _MAX_FILENAME:
+        stem, dot, extension = name.rpartition(".")
+        name = (stem[: _MAX_FILENAME - len(extension) - 1] + dot + extension) if dot and len(extension) < 16 \
+            else name[:_MAX_FILENAME]
+    return name or _DEFAULT_NAMES.get(content_type, "attachment")

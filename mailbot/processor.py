@@ -1,0 +1,108 @@
+"""The runner that turns stored raw messages into tickets, off the accepting path.
+
+It claims pending rows in batches, runs the intake on each inside its own savepoint, and records failures on
+the row (status failed, with the reason) so one bad message never blocks the others and nothing is lost:
+`mailbot inbound retry` puts failed rows back. A database outage leaves rows pending for the next pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+
+from sqlalchemy.orm import Session
+
+from mailbot.clock import Clock
+from mailbot.errors import TransientError
+from mailbot.intake import Intake, Outcome
+from mailbot.store import Database
+from mailbot.store import inbound as inbound_store
+from mailbot.store.schema import InboundMessage
+
+log = logging.getLogger("mailbot.intake")
+LEASE = timedelta(minutes=5)
+
+
+class Processor:
+    def __init__(
+        self,
+        db: Database,
+        intake: Intake,
+        clock: Clock,
+        *,
+        batch: int = 200,
+        on_outcome: Callable[[Outcome], None] | None = None,
+    ) -> None:
+        self.db = db
+        self.intake = intake
+        self.clock = clock
+        self.batch = batch
+        self.on_outcome = on_outcome
+        self._wake = asyncio.Event()
+
+    def process_row(self, session: Session, row: InboundMessage) -> Outcome:
+        """Run the intake on one claimed row, isolating unexpected errors to that row."""
+        now = self.clock.now()
+        try:
+            with session.begin_nested():
+                outcome = self.intake.process(session, row, now)
+        except TransientError:
+            raise
+        except Exception as exc:  # a bug or hostile input: keep the message, record why, go on
+            log.exception("inbound message %s failed", row.id)
+            row.status, row.action, row.claimed_until = "failed", "failed", None
+            row.error = f"{type(exc).__name__}: {exc}"[:2000]
+            outcome = Outcome("failed", detail=row.error)
+        log.info(
+            "inbound %s from %s: %s%s",
+            row.id,
+            row.envelope_from or "-",
+            outcome.action,
+            f" ticket {outcome.ticket_id}" if outcome.ticket_id else "",
+        )
+        return outcome
+
+    def _drain_batch(self, session: Session) -> list[Outcome]:
+        rows = inbound_store.claim_pending(session, self.clock.now(), LEASE, self.batch)
+        return [self.process_row(session, row) for row in rows]
+
+    def run_once(self) -> list[Outcome]:
+        """Process one batch of pending messages (synchronously, for the CLI and tests)."""
+        return self.db.call(self._drain_batch)
+
+    def process_one(self, inbound_id: int) -> Outcome:
+        """Process one stored message now (the CLI's ingest, the IMAP door)."""
+
+        def work(session: Session) -> Outcome:
+            row = inbound_store.get(session, inbound_id)
+            if row is None:
+                raise LookupError(f"no inbound message {inbound_id}")
+            if row.status != "pending":
+                return Outcome(row.action or row.status, row.ticket_id, row.error)
+            return self.process_row(session, row)
+
+        return self.db.call(work)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self, sweep: float = 5.0) -> None:
+        """Process whatever is pending whenever woken (a door stored something), and every `sweep` seconds."""
+        while True:
+            try:
+                outcomes = await self.db.run(self._drain_batch)
+            except TransientError as exc:
+                log.error("cannot process inbound mail now: %s; retrying", exc)
+                outcomes = []
+            for outcome in outcomes:
+                if self.on_outcome:
+                    self.on_outcome(outcome)
+            if len(outcomes) >= self.batch:
+                continue  # more is waiting
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=sweep)
+            except TimeoutError:
+                pass

@@ -1,0 +1,133 @@
+"""The only package that speaks SQL.
+
+`Database` owns the engine. Store functions are plain synchronous functions taking a `Session`; the CLI calls
+them directly, and the daemon runs them through `Database.run`, which keeps all blocking database work on
+worker threads so the event loop never waits on a disk or a socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from mailbot.errors import ConfigError, TransientStoreError
+
+T = TypeVar("T")
+log = logging.getLogger("mailbot.store")
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+
+
+def _sqlite_pragmas(lock_timeout: float) -> Callable[[Any, Any], None]:
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # WAL lets readers work beside the writer; synchronous=FULL makes a commit durable before we answer 250.
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={int(lock_timeout * 1000)}")
+        cursor.close()
+
+    return on_connect
+
+
+def make_engine(url: str, lock_timeout: float = 10.0) -> Engine:
+    if url.startswith("sqlite"):
+        path = url.split(":///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": lock_timeout})
+        event.listen(engine, "connect", _sqlite_pragmas(lock_timeout))
+        # pysqlite's own transaction handling defers BEGIN; take the write lock at BEGIN instead so two writers
+        # never deadlock upgrading a read lock (the SQLAlchemy-documented recipe).
+        event.listen(engine, "connect", lambda conn, _r: setattr(conn, "isolation_level", None))
+        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        return engine
+    return create_engine(
+        url, pool_pre_ping=True, pool_size=5, max_overflow=5, connect_args={"connect_timeout": max(1, int(lock_timeout))}
+    )
+
+
+class Database:
+    def __init__(self, url: str, *, lock_timeout: float = 10.0, threads: int | None = None) -> None:
+        self.url = url
+        self.engine = make_engine(url, lock_timeout)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # SQLite has one writer at a time: one worker thread serializes writes without lock contention.
+        workers = threads or (1 if self.is_sqlite else 4)
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mailbot-db")
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.engine.dialect.name == "sqlite"
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A session whose work commits on success and rolls back on any error.
+
+        Database errors surface as TransientStoreError: the caller answers 451 / exit 75 / retries later.
+        """
+        try:
+            with self.sessions.begin() as session:
+                yield session
+        except (OperationalError, DBAPIError) as exc:
+            raise TransientStoreError(f"database unavailable: {type(exc.orig or exc).__name__}") from exc
+
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run fn(session, *args) in one transaction (synchronously)."""
+        with self.transaction() as session:
+            return fn(session, *args, **kwargs)
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run fn(session, *args) in one transaction on a database thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: self.call(fn, *args, **kwargs))
+
+    async def offload(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run any blocking callable on a database thread (it manages its own transactions)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: fn(*args))
+
+    def _alembic(self) -> AlembicConfig:
+        cfg = AlembicConfig()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        return cfg
+
+    def upgrade(self) -> None:
+        """Create or migrate the schema to the newest revision (alembic)."""
+        cfg = self._alembic()
+        try:
+            with self.engine.begin() as connection:
+                cfg.attributes["connection"] = connection
+                command.upgrade(cfg, "head")
+        except (OperationalError, DBAPIError) as exc:
+            raise TransientStoreError(f"database unavailable: {exc.orig or exc}") from exc
+
+    def check_current(self) -> None:
+        """Refuse to serve on a schema older (or newer) than this code."""
+        head = ScriptDirectory.from_config(self._alembic()).get_current_head()
+        try:
+            with self.engine.connect() as connection:
+                current = MigrationContext.configure(connection).get_current_revision()
+        except (OperationalError, DBAPIError) as exc:
+            raise TransientStoreError(f"database unavailable: {exc.orig or exc}") from exc
+        if current != head:
+            raise ConfigError(
+                f"database schema is at {current or 'nothing'}, this mailbot needs {head}: run `mailbot db upgrade`"
+            )
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        self.engine.dispose()

@@ -1,0 +1,228 @@
+"""The tables. Every instant is stored in UTC and read back timezone-aware, on SQLite and PostgreSQL alike."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Aware datetimes in, aware UTC datetimes out (SQLite keeps no offset, so we store naive UTC)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; pass an aware instant")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {datetime: UtcDateTime, dict[str, Any]: JSON, list[str]: JSON}
+
+
+class Organization(Base):
+    __tablename__ = "organizations"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    product: Mapped[str] = mapped_column(String(20))
+    plan: Mapped[str] = mapped_column(String(20))
+    valid_from: Mapped[date | None] = mapped_column(Date)
+    valid_until: Mapped[date | None] = mapped_column(Date)
+    suspended: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime]
+
+
+class School(Base):
+    __tablename__ = "schools"
+    __table_args__ = (UniqueConstraint("organization_id", "name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    organization_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+
+
+class Contact(Base):
+    __tablename__ = "contacts"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    address: Mapped[str] = mapped_column(String(320), unique=True)  # normalized (mailbot.addresses)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    organization_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    school_id: Mapped[int | None] = mapped_column(ForeignKey("schools.id", ondelete="CASCADE"))
+    bounces: Mapped[int] = mapped_column(Integer, default=0)
+    bouncing: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime]
+
+
+class Specialist(Base):
+    __tablename__ = "specialists"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    address: Mapped[str] = mapped_column(String(320), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)  # False: away, skipped by auto-assignment
+    last_assigned_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+
+
+class InboundMessage(Base):
+    """Every message accepted by any door, raw bytes first: the durable truth the pipeline works from."""
+
+    __tablename__ = "inbound_messages"
+    __table_args__ = (Index("ix_inbound_status_id", "status", "id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    received_at: Mapped[datetime]
+    source: Mapped[str] = mapped_column(String(200))  # "smtp", "lmtp", "imap:<mailbox>", "cli"
+    envelope_from: Mapped[str | None] = mapped_column(String(998))
+    envelope_to: Mapped[list[str]] = mapped_column(default=list)
+    size: Mapped[int] = mapped_column(Integer)
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    # pending -> processed | failed (parse or pipeline error; `mailbot` retries it on request)
+    status: Mapped[str] = mapped_column(String(20), default="pending")
+    action: Mapped[str | None] = mapped_column(String(20))  # created | threaded | held | duplicate | ignored | bounce
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    claimed_until: Mapped[datetime | None]
+    processed_at: Mapped[datetime | None]
+    message_id: Mapped[str | None] = mapped_column(String(998), index=True)
+    ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id", ondelete="SET NULL"))
+
+
+class Ticket(Base):
+    __tablename__ = "tickets"
+    __table_args__ = (Index("ix_tickets_status", "status"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    status: Mapped[str] = mapped_column(String(20))  # new | open | held | resolved
+    held_reason: Mapped[str | None] = mapped_column(String(60))
+    held_detail: Mapped[str | None] = mapped_column(Text)
+    subject: Mapped[str] = mapped_column(Text, default="")
+    requester: Mapped[str] = mapped_column(String(320))
+    requester_name: Mapped[str] = mapped_column(String(200), default="")
+    organization_id: Mapped[int | None] = mapped_column(ForeignKey("organizations.id", ondelete="SET NULL"))
+    specialist_id: Mapped[int | None] = mapped_column(ForeignKey("specialists.id", ondelete="SET NULL"))
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    clock_started_at: Mapped[datetime | None]  # None while held: the promise starts on release
+    confirmation_due_at: Mapped[datetime | None]
+    confirmation_sent_at: Mapped[datetime | None]
+    assign_due_at: Mapped[datetime | None]
+    introduction_due_at: Mapped[datetime | None]
+    introduction_sent_at: Mapped[datetime | None]
+    resolved_at: Mapped[datetime | None]
+    sla_breach: Mapped[str | None] = mapped_column(Text)
+    sla_breached_at: Mapped[datetime | None]
+
+    messages: Mapped[list[TicketMessage]] = relationship(
+        back_populates="ticket", order_by="TicketMessage.id", cascade="all, delete-orphan"
+    )
+
+
+class TicketMessage(Base):
+    """One message of a ticket's conversation, in or out. Its Message-ID is unique: the dedupe guard."""
+
+    __tablename__ = "ticket_messages"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id", ondelete="CASCADE"), index=True)
+    direction: Mapped[str] = mapped_column(String(3))  # in | out
+    kind: Mapped[str] = mapped_column(String(20))  # customer | specialist | confirmation | introduction | ...
+    message_id: Mapped[str] = mapped_column(String(998), unique=True)
+    inbound_id: Mapped[int | None] = mapped_column(ForeignKey("inbound_messages.id", ondelete="SET NULL"))
+    from_address: Mapped[str] = mapped_column(String(320))
+    from_name: Mapped[str] = mapped_column(String(200), default="")
+    to: Mapped[list[str]] = mapped_column(default=list)
+    cc: Mapped[list[str]] = mapped_column(default=list)
+    subject: Mapped[str] = mapped_column(Text, default="")
+    at: Mapped[datetime]
+    text: Mapped[str] = mapped_column(Text, default="")  # the new text (quoted history split off)
+    quoted: Mapped[str] = mapped_column(Text, default="")
+
+    ticket: Mapped[Ticket] = relationship(back_populates="messages")
+    attachments: Mapped[list[Attachment]] = relationship(order_by="Attachment.id", cascade="all, delete-orphan")
+
+
+class Blob(Base):
+    """Attachment bytes, stored once by content hash."""
+
+    __tablename__ = "blobs"
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(Integer)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Attachment(Base):
+    __tablename__ = "attachments"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ticket_message_id: Mapped[int] = mapped_column(ForeignKey("ticket_messages.id", ondelete="CASCADE"), index=True)
+    filename: Mapped[str] = mapped_column(String(255))
+    content_type: Mapped[str] = mapped_column(String(255))
+    size: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"))
+    inline: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class OutboxItem(Base):
+    """A message to send: fully rendered when planned, so a retry is the very same message (same Message-ID)."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_status_next", "status", "next_attempt_at"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    message_id: Mapped[str] = mapped_column(String(998), unique=True)
+    envelope_from: Mapped[str] = mapped_column(String(320))
+    recipients: Mapped[list[str]] = mapped_column()
+    body: Mapped[bytes] = mapped_column(LargeBinary)  # without Date and DKIM-Signature, added at send time
+    created_at: Mapped[datetime]
+    due_at: Mapped[datetime]  # do not send before
+    deadline_at: Mapped[datetime | None]  # the promise: it must be out by then
+    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending | sent | failed | cancelled
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    claimed_by: Mapped[str | None] = mapped_column(String(100))
+    claimed_until: Mapped[datetime | None]
+    sent_at: Mapped[datetime | None]
+    delivery: Mapped[str | None] = mapped_column(String(20))  # None | "bounced" | "delayed"
+    delivery_detail: Mapped[str | None] = mapped_column(Text)
+
+
+class ImapCursor(Base):
+    __tablename__ = "imap_cursors"
+    mailbox: Mapped[str] = mapped_column(String(500), primary_key=True)
+    uidvalidity: Mapped[int] = mapped_column(BigInteger)  # RFC 3501: a 32-bit unsigned number
+    last_uid: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime]

@@ -1,0 +1,211 @@
+"""The SMTP/LMTP door, end to end: a real aiosmtpd listener, a real SMTP client, a real database."""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from mailbot.app import App
+from mailbot.daemon import Daemon
+from mailbot.store.schema import InboundMessage, Ticket
+from tests.mailers import lmtp_send, message, smtp_send
+
+
+class Running:
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.app = daemon.app
+
+    @property
+    def port(self) -> int:
+        return int(self.daemon.servers[0].sockets[0].getsockname()[1])
+
+    def count(self, model: type) -> int:
+        return int(self.app.db.call(lambda s: s.scalar(select(func.count()).select_from(model))))
+
+    async def settle(self, tickets: int, timeout: float = 10.0) -> None:
+        """Wait (bounded) until the intake runner has made `tickets` tickets."""
+        for _ in range(int(timeout / 0.05)):
+            if self.count(Ticket) >= tickets:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"expected {tickets} tickets, have {self.count(Ticket)}")
+
+
+@pytest.fixture
+async def running(make_app: Callable[..., App]) -> AsyncIterator[Callable[..., object]]:
+    daemons: list[Daemon] = []
+
+    async def start(overrides: dict | None = None, *, db: str | None = None) -> Running:
+        daemon = Daemon(make_app(overrides, db=db))
+        await daemon.start()
+        daemons.append(daemon)
+        return Running(daemon)
+
+    yield start
+    for daemon in daemons:
+        await daemon.stop()
+
+
+class TestSmtp:
+    async def test_message_becomes_ticket_with_confirmation(self, running, db_url: str, tmp_path: Path) -> None:
+        """A customer's mail is stored before 250, becomes a ticket, and its confirmation lands in the maildir."""
+        service = await running(db=db_url)
+        raw = message(message_id="<first@lincoln.example>")
+        refused = await asyncio.to_thread(smtp_send, service.port, raw)
+        assert refused == {}
+        assert service.count(InboundMessage) == 1  # durably stored by the time 250 came back
+        await service.settle(1)
+        for _ in range(200):
+            sent = list((tmp_path / "sent" / "new").glob("*"))
+            if sent:
+                break
+            await asyncio.sleep(0.05)
+        assert len(sent) == 1
+        confirmation = sent[0].read_bytes()
+        assert b"In-Reply-To: <first@lincoln.example>" in confirmation
+        assert b"[Ticket #1]" in confirmation
+        assert b"To: Ana Diaz <ana@lincoln.example>" in confirmation
+        stored = service.app.db.call(lambda s: s.scalars(select(InboundMessage)).one())
+        assert stored.raw.startswith(b"Received: from ") and stored.raw.endswith(raw)  # the bytes as sent
+
+    async def test_foreign_recipient_refused(self, running) -> None:
+        """Never an open relay: RCPT for anyone but the support address gets 550."""
+        service = await running()
+        with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+            await asyncio.to_thread(smtp_send, service.port, message(), rcpt=("someone@elsewhere.example",))
+        assert refused.value.recipients["someone@elsewhere.example"][0] == 550
+        assert service.count(InboundMessage) == 0
+
+    async def test_plus_form_accepted(self, running) -> None:
+        service = await running()
+        await asyncio.to_thread(smtp_send, service.port, message(), rcpt=("HeroSupport+billing@SchoolMint.com",))
+        assert service.count(InboundMessage) == 1
+
+    async def test_oversize_refused_with_552(self, running) -> None:
+        service = await running({"smtp": {"max_message_size": 2000}})
+
+        def session() -> tuple[str, int]:
+            with smtplib.SMTP("127.0.0.1", service.port) as client:
+                client.ehlo()
+                advertised = client.esmtp_features["size"]
+                try:
+                    client.sendmail("ana@lincoln.example", ["herosupport@schoolmint.com"], message(body="x" * 5000))
+                except smtplib.SMTPDataError as refused:
+                    return advertised, refused.smtp_code
+                except smtplib.SMTPSenderRefused as refused:  # the client checked SIZE itself
+                    return advertised, refused.smtp_code
+            return advertised, 250
+
+        advertised, code = await asyncio.to_thread(session)
+        assert int(advertised) == 2000
+        assert code == 552
+        assert service.count(InboundMessage) == 0
+
+    async def test_oversize_refused_after_data(self, running) -> None:
+        """A client that ignores SIZE still gets 552 once DATA exceeds the limit, and nothing is stored."""
+        service = await running({"smtp": {"max_message_size": 2000}})
+
+        def session() -> int:
+            with smtplib.SMTP("127.0.0.1", service.port) as client:
+                client.helo()  # plain HELO: the client sends no SIZE parameter
+                client.mail("ana@lincoln.example")
+                client.rcpt("herosupport@schoolmint.com")
+                code, _ = client.data(message(body=("x" * 70 + "\n") * 80))
+                return code
+
+        assert await asyncio.to_thread(session) == 552
+        assert service.count(InboundMessage) == 0
+
+    async def test_extensions_advertised(self, running) -> None:
+        service = await running()
+
+        def features() -> dict[str, str]:
+            with smtplib.SMTP("127.0.0.1", service.port) as client:
+                client.ehlo()
+                return dict(client.esmtp_features)
+
+        assert {"8bitmime", "smtputf8", "size"} <= set(await asyncio.to_thread(features))
+
+    async def test_duplicate_message_id_one_ticket(self, running, db_url: str) -> None:
+        """The same Message-ID delivered twice (an MTA retry) is stored twice but makes one ticket."""
+        service = await running(db=db_url)
+        raw = message(message_id="<twice@lincoln.example>")
+        await asyncio.to_thread(smtp_send, service.port, raw)
+        await asyncio.to_thread(smtp_send, service.port, raw)
+        await service.settle(1)
+        for _ in range(100):
+            actions = service.app.db.call(lambda s: sorted(s.scalars(select(InboundMessage.action)).all(), key=str))
+            if None not in actions:
+                break
+            await asyncio.sleep(0.05)
+        assert actions == ["created", "duplicate"]
+        assert service.count(Ticket) == 1
+
+    async def test_missing_message_id_deduplicated_by_content(self, running) -> None:
+        service = await running()
+        raw = b"From: ana@lincoln.example\r\nTo: herosupport@schoolmint.com\r\nSubject: no id\r\n\r\nhello\r\n"
+        app = service.app
+        first = app.processor.process_one(app.db.call(_insert, raw))
+        second = app.processor.process_one(app.db.call(_insert, raw))
+        assert (first.action, second.action) == ("created", "duplicate")
+
+    async def test_malformed_message_kept_as_failed_ingest(self, running) -> None:
+        """Mail that cannot be parsed is accepted, stored, and listed as a failed ingest, never dropped."""
+        service = await running()
+        hostile = b"From: x@lincoln.example\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n" + (
+            b"--b\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n" * 600
+        )
+        await asyncio.to_thread(smtp_send, service.port, hostile)
+        for _ in range(100):
+            row = service.app.db.call(lambda s: s.scalars(select(InboundMessage)).one())
+            if row.status != "pending":
+                break
+            await asyncio.sleep(0.05)
+        assert row.status == "failed" and row.error and "unparseable" in row.error
+        assert row.raw.endswith(hostile)
+
+    async def test_storage_failure_answers_451(self, running, sqlite_url: str) -> None:
+        """When the database cannot commit, the client is told to retry (451), never 250, never 5xx."""
+        service = await running({"database": {"lock_timeout": "200ms"}})
+        path = sqlite_url.split(":///", 1)[1]
+        blocker = sqlite3.connect(path, timeout=0)
+        blocker.execute("BEGIN EXCLUSIVE")  # another writer holds the database
+        try:
+            with pytest.raises(smtplib.SMTPDataError) as refused:
+                await asyncio.to_thread(smtp_send, service.port, message())
+            assert refused.value.smtp_code == 451
+        finally:
+            blocker.rollback()
+            blocker.close()
+        await asyncio.to_thread(smtp_send, service.port, message())  # and it recovers
+        assert service.count(InboundMessage) == 1
+
+
+class TestLmtp:
+    async def test_one_reply_per_recipient(self, running) -> None:
+        """RFC 2033: after DATA, one reply for each accepted recipient."""
+        service = await running({"smtp": {"protocol": "lmtp"}})
+        replies = await asyncio.to_thread(
+            lmtp_send,
+            service.port,
+            message(),
+            mail_from="ana@lincoln.example",
+            rcpt=("herosupport@schoolmint.com", "herosupport+urgent@schoolmint.com", "stranger@elsewhere.example"),
+        )
+        assert [code for code, _ in replies] == [250, 250]
+        assert service.count(InboundMessage) == 1
+
+
+def _insert(session, raw: bytes) -> int:  # type: ignore[no-untyped-def]
+    from datetime import UTC, datetime
+
+    from mailbot.store.inbound import RawMessage, insert_many
+
+    return insert_many(session, [RawMessage(raw, "test")], datetime.now(UTC))[0]
