@@ -1,0 +1,107 @@
+"""The store on both backends: the migration matches the models, leases are exclusive, times stay UTC."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from mailbot.compose import Outgoing
+from mailbot.store import Database
+from mailbot.store import inbound as inbound_store
+from mailbot.store import outbox as outbox_store
+from mailbot.store.inbound import RawMessage
+from mailbot.store.schema import Base, ImapCursor
+
+NOW = datetime(2026, 12, 1, 15, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def db(db_url: str):  # type: ignore[no-untyped-def]
+    database = Database(db_url)
+    database.upgrade()
+    yield database
+    database.close()
+
+
+def outgoing(n: int) -> Outgoing:
+    return Outgoing("confirmation", f"<m{n}@schoolmint.com>", "herosupport@schoolmint.com", ["ana@lincoln.example"],
+                    "Re: x", "text", b"Subject: x\r\n\r\ntext\r\n")
+
+
+class TestSchema:
+    def test_migration_matches_models(self, db: Database) -> None:
+        """`db upgrade` builds exactly the schema the code expects (no drift between models and migration)."""
+        with db.engine.connect() as connection:
+            diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+        assert diff == []
+
+    def test_upgrade_is_idempotent_and_current(self, db: Database) -> None:
+        db.upgrade()
+        db.check_current()
+
+    def test_times_round_trip_as_utc(self, db: Database) -> None:
+        eastern = datetime(2026, 12, 1, 10, 0, tzinfo=timezone(timedelta(hours=-5)))
+        db.call(lambda s: s.add(ImapCursor(mailbox="m", uidvalidity=2**32 - 1, last_uid=7, updated_at=eastern)))
+        stored = db.call(lambda s: s.get(ImapCursor, "m"))
+        assert stored.updated_at == eastern and stored.updated_at.tzinfo == UTC
+        assert stored.uidvalidity == 2**32 - 1  # RFC 3501 allows the full unsigned 32-bit range
+
+
+class TestInbound:
+    def test_insert_many_returns_ids_in_order(self, db: Database) -> None:
+        messages = [RawMessage(f"Subject: {i}\r\n\r\n".encode(), "smtp", "a@b.example", ("x@y.example",)) for i in range(5)]
+        ids = db.call(inbound_store.insert_many, messages, NOW)
+        assert len(ids) == 5 and ids == sorted(ids)
+        rows = db.call(lambda s: [inbound_store.get(s, i) for i in ids])
+        assert [r.raw for r in rows] == [m.raw for m in messages]
+        assert all(r.status == "pending" and r.envelope_to == ["x@y.example"] for r in rows)
+
+    def test_claim_is_exclusive_until_the_lease_runs_out(self, db: Database) -> None:
+        db.call(inbound_store.insert_many, [RawMessage(b"x", "smtp")] * 3, NOW)
+        first = db.call(lambda s: [r.id for r in inbound_store.claim_pending(s, NOW, timedelta(minutes=5), 10)])
+        second = db.call(lambda s: [r.id for r in inbound_store.claim_pending(s, NOW, timedelta(minutes=5), 10)])
+        later = db.call(
+            lambda s: [r.id for r in inbound_store.claim_pending(s, NOW + timedelta(minutes=6), timedelta(minutes=5), 10)]
+        )
+        assert len(first) == 3 and second == [] and later == first
+
+    def test_failed_rows_can_be_retried(self, db: Database) -> None:
+        [row_id] = db.call(inbound_store.insert_many, [RawMessage(b"x", "smtp")], NOW)
+
+        def fail(session):  # type: ignore[no-untyped-def]
+            row = inbound_store.get(session, row_id)
+            row.status, row.error = "failed", "boom"
+
+        db.call(fail)
+        assert [r.id for r in db.call(inbound_store.failed)] == [row_id]
+        assert db.call(inbound_store.retry_failed, [row_id]) == 1
+        assert db.call(lambda s: inbound_store.get(s, row_id).status) == "pending"
+
+
+class TestOutbox:
+    def test_two_workers_never_claim_the_same_item(self, db: Database) -> None:
+        for n in range(6):
+            db.call(lambda s, n=n: outbox_store.plan(s, outgoing(n), ticket_id=None, now=NOW))
+        a = db.call(lambda s: [i.id for i in outbox_store.claim_due(s, NOW, "a", timedelta(minutes=2), limit=4)])
+        b = db.call(lambda s: [i.id for i in outbox_store.claim_due(s, NOW, "b", timedelta(minutes=2), limit=4)])
+        assert len(a) == 4 and len(b) == 2 and not set(a) & set(b)
+
+    def test_not_due_until_next_attempt(self, db: Database) -> None:
+        item = db.call(lambda s: outbox_store.plan(s, outgoing(1), ticket_id=None, now=NOW, due_at=NOW + timedelta(hours=1)))
+        assert db.call(outbox_store.claim_due, NOW, "a", timedelta(minutes=2)) == []
+        assert db.call(outbox_store.next_due) == NOW + timedelta(hours=1)
+        claimed = db.call(outbox_store.claim_due, NOW + timedelta(hours=1), "a", timedelta(minutes=2))
+        assert [i.id for i in claimed] == [item.id]
+
+    def test_failed_attempt_backs_off_and_permanent_failure_stops(self, db: Database) -> None:
+        item = db.call(lambda s: outbox_store.plan(s, outgoing(1), ticket_id=None, now=NOW))
+        db.call(outbox_store.claim_due, NOW, "a", timedelta(minutes=2))
+        db.call(outbox_store.mark_attempt_failed, item.id, "relay down", NOW + timedelta(seconds=5))
+        assert db.call(outbox_store.claim_due, NOW, "a", timedelta(minutes=2)) == []
+        [again] = db.call(outbox_store.claim_due, NOW + timedelta(seconds=5), "a", timedelta(minutes=2))
+        assert again.attempts == 2
+        db.call(outbox_store.mark_attempt_failed, item.id, "550 no such user", None)
+        assert db.call(outbox_store.next_due) is None
