@@ -209,3 +209,44 @@ def _insert(session, raw: bytes) -> int:  # type: ignore[no-untyped-def]
     from mailbot.store.inbound import RawMessage, insert_many
 
     return insert_many(session, [RawMessage(raw, "test")], datetime.now(UTC))[0]
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1, made with openssl."""
+    import subprocess
+
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    return cert, key
+
+
+class TestStarttls:
+    async def test_starttls_offered_and_required(self, running, certificate: tuple[Path, Path]) -> None:
+        """With require_starttls, MAIL before STARTTLS gets 530; after it, mail is accepted over TLS."""
+        import ssl
+
+        cert, key = certificate
+        service = await running({"smtp": {"tls_cert": str(cert), "tls_key": str(key), "require_starttls": True}})
+
+        def session() -> tuple[int, bool]:
+            with smtplib.SMTP("127.0.0.1", service.port) as client:
+                client.ehlo()
+                offered = client.has_extn("starttls")
+                code, _ = client.mail("ana@lincoln.example")
+                context = ssl.create_default_context(cafile=str(cert))
+                context.check_hostname = False
+                client.starttls(context=context)
+                client.ehlo()
+                client.sendmail("ana@lincoln.example", ["herosupport@schoolmint.com"], message())
+                return code, offered
+
+        code, offered = await asyncio.to_thread(session)
+        assert offered and code == 530
+        stored = service.app.db.call(lambda s: s.scalars(select(InboundMessage)).one())
+        assert b"with ESMTPS" in stored.raw.split(b"\r\n\r\n", 1)[0]
