@@ -15,6 +15,8 @@ from datetime import timedelta
 from mailbot import listener, notify
 from mailbot.app import App
 from mailbot.door import Door
+from mailbot.imap import MailboxWatcher
+from mailbot.imap_door import DatabaseCursors, ImapSink
 from mailbot.scheduler import Scheduler
 
 log = logging.getLogger("mailbot")
@@ -30,6 +32,7 @@ class Daemon:
         self.door = Door(app.db, app.clock, on_stored=app.processor.wake)
         self.servers: list[asyncio.Server] = []
         self.handlers: list[listener.Handler] = []
+        self.watchers: list[MailboxWatcher] = []
         self.tasks: list[asyncio.Task[None]] = []
 
     def hostname(self) -> str:
@@ -48,6 +51,12 @@ class Daemon:
             for sock in server.sockets:
                 log.info("listening for %s on %s", self.config.smtp.protocol.upper(), sock.getsockname()[:2])
         self.tasks.append(asyncio.create_task(app.processor.run(), name="intake"))
+        sink, cursors = ImapSink(self.door, app.processor, app.db), DatabaseCursors(app.db, app.clock)
+        for mailbox in self.config.imap:
+            watcher = MailboxWatcher(mailbox, sink, cursors, log=logging.getLogger(f"mailbot.imap.{mailbox.username}"))
+            self.watchers.append(watcher)
+            self.tasks.append(asyncio.create_task(watcher.run(), name=f"imap {watcher.key}"))
+            log.info("watching IMAP mailbox %s", watcher.key)
         self.scheduler.every("outbox", timedelta(seconds=15), self._drain_outbox)
         self.scheduler.start()
         if (interval := notify.watchdog_interval()) is not None:
@@ -74,6 +83,7 @@ class Daemon:
         for handler in self.handlers:
             if not await handler.drained(DRAIN_TIMEOUT):
                 log.warning("gave up waiting for %d message(s) being received", handler.in_flight)
+        await asyncio.gather(*(watcher.stop() for watcher in self.watchers))  # each finishes its message, logs out
         await self.door.close()
         self.scheduler.shutdown()
         for task in self.tasks:

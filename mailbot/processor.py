@@ -76,7 +76,7 @@ class Processor:
         """Process one stored message now (the CLI's ingest, the IMAP door)."""
 
         def work(session: Session) -> Outcome:
-            row = inbound_store.get(session, inbound_id)
+            row = inbound_store.get(session, inbound_id, lock=True)  # the sweep may be on it too
             if row is None:
                 raise LookupError(f"no inbound message {inbound_id}")
             if row.status != "pending":

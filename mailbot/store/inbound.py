@@ -20,6 +20,7 @@ class RawMessage:
     source: str
     envelope_from: str | None = None
     envelope_to: Sequence[str] = ()
+    peer: str | None = None  # the SMTP/LMTP client's IP address
 
 
 def insert_many(session: Session, messages: Sequence[RawMessage], now: datetime) -> list[int]:
@@ -30,6 +31,7 @@ def insert_many(session: Session, messages: Sequence[RawMessage], now: datetime)
             "source": m.source,
             "envelope_from": m.envelope_from,
             "envelope_to": list(m.envelope_to),
+            "peer": m.peer,
             "size": len(m.raw),
             "raw": m.raw,
             "status": "pending",
@@ -66,8 +68,9 @@ def claim_pending(session: Session, now: datetime, lease: timedelta, limit: int)
     return list(session.scalars(select(InboundMessage).where(InboundMessage.id.in_(claimed)).order_by(InboundMessage.id)))
 
 
-def get(session: Session, inbound_id: int) -> InboundMessage | None:
-    return session.get(InboundMessage, inbound_id)
+def get(session: Session, inbound_id: int, *, lock: bool = False) -> InboundMessage | None:
+    """One row; `lock` holds it (SELECT ... FOR UPDATE on PostgreSQL; SQLite's write lock already does)."""
+    return session.get(InboundMessage, inbound_id, with_for_update=lock)
 
 
 def retry_failed(session: Session, ids: Sequence[int] = ()) -> int:
