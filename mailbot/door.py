@@ -31,13 +31,19 @@ class Door:
         self._writer: asyncio.Task[None] | None = None
 
     async def accept(
-        self, raw: bytes, *, source: str, envelope_from: str | None = None, envelope_to: Sequence[str] = ()
+        self,
+        raw: bytes,
+        *,
+        source: str,
+        envelope_from: str | None = None,
+        envelope_to: Sequence[str] = (),
+        peer: str | None = None,
     ) -> int:
         """Store one message durably; returns its inbound id. Raises TransientStoreError when it could not."""
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_loop(), name="mailbot-door")
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        await self._queue.put((RawMessage(raw, source, envelope_from, tuple(envelope_to)), future))
+        await self._queue.put((RawMessage(raw, source, envelope_from, tuple(envelope_to), peer), future))
         return await future
 
     async def _write_loop(self) -> None:
@@ -59,7 +65,7 @@ class Door:
         messages = [message for message, _ in batch]
         try:
             ids = await self.db.run(inbound_store.insert_many, messages, self.clock.now())
-        except Exception as exc:  # every waiter learns it was not stored: they answer 451 / exit 75
+        except Exception as exc:  # noqa: BLE001 - whatever failed, every waiter must learn it was not stored (451)
             log.error("could not store %d message(s): %s", len(batch), exc)
             error = exc if isinstance(exc, TransientStoreError) else TransientStoreError(str(exc))
             for _, future in batch:

@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from mailbot.clock import Clock
 from mailbot.door import Door
 from mailbot.processor import Processor
-from mailbot.store import Database
-from mailbot.store import cursors
+from mailbot.store import Database, cursors
 
 
 @dataclass(frozen=True)

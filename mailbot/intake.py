@@ -32,9 +32,9 @@ class Outcome:
 
 
 class Intake:
-    def __init__(self, workflow: Workflow, limits: ParseLimits = ParseLimits()) -> None:
+    def __init__(self, workflow: Workflow, limits: ParseLimits | None = None) -> None:
         self.workflow = workflow
-        self.limits = limits
+        self.limits = limits or ParseLimits()
 
     def process(self, session: Session, inbound: InboundMessage, now: datetime) -> Outcome:
         """Decide what the message is and store the result; the inbound row records the outcome."""

@@ -7,16 +7,18 @@ then it is the very same message (same Message-ID), which mail clients merge.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
 from typing import Protocol
 
 import aiosmtplib
+from sqlalchemy.orm import Session
 
 from mailbot.clock import Clock
 from mailbot.config import OutboundConfig, read_secret
@@ -79,6 +81,9 @@ class MaildirTransport:
             (path / sub).mkdir(parents=True, exist_ok=True)
 
     async def deliver(self, envelope_from: str, recipients: list[str], message: bytes) -> None:
+        await asyncio.to_thread(self._write, message)  # fsync blocks: keep it off the event loop
+
+    def _write(self, message: bytes) -> None:
         name = f"{time.time_ns()}.{os.getpid()}_{os.urandom(4).hex()}.{socket.gethostname()}"
         tmp = self.path / "tmp" / name
         try:
@@ -102,7 +107,7 @@ def make_transport(config: OutboundConfig) -> Transport:
     return SmtpTransport(config, read_secret(config.password, config.password_file))
 
 
-def _record_delivery(session, item_id: int, now) -> None:  # type: ignore[no-untyped-def]
+def _record_delivery(session: Session, item_id: int, now: datetime) -> None:
     item = outbox_store.mark_sent(session, item_id, now)
     if item.ticket_id is None:
         return
@@ -163,5 +168,5 @@ class Sender:
         log.info("sent %s %s for ticket %s to %s", item.kind, item.message_id, item.ticket_id, ", ".join(item.recipients))
         return 1
 
-    async def next_due(self):  # type: ignore[no-untyped-def]
+    async def next_due(self) -> datetime | None:
         return await self.db.run(outbox_store.next_due)

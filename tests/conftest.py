@@ -34,7 +34,7 @@ def _postgres_available() -> bool:
             pass
         engine.dispose()
         return True
-    except Exception:
+    except sa.exc.OperationalError:
         return False
 
 

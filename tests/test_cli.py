@@ -50,7 +50,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 class TestConfig:
     def test_shipped_config_is_valid(self, capsys: pytest.CaptureFixture[str]) -> None:
-        code, out, err = run(capsys, "--config", str(ROOT / "config.toml"), "check-config")
+        code, out, _ = run(capsys, "--config", str(ROOT / "config.toml"), "check-config")
         assert code == 0 and out.strip().endswith("OK")
 
     @pytest.mark.parametrize(

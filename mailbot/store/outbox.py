@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import ColumnElement, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from mailbot.compose import Outgoing
@@ -39,7 +39,7 @@ def plan(
     return item
 
 
-def _claimable(now: datetime):  # type: ignore[no-untyped-def]
+def _claimable(now: datetime) -> ColumnElement[bool]:
     return (
         (OutboxItem.status == "pending")
         & (OutboxItem.next_attempt_at <= now)

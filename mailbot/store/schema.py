@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -53,7 +53,7 @@ NAMING = {
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
-    type_annotation_map = {datetime: UtcDateTime, dict[str, Any]: JSON, list[str]: JSON}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UtcDateTime, dict[str, Any]: JSON, list[str]: JSON}
 
 
 class Organization(Base):
@@ -95,6 +95,9 @@ class Specialist(Base):
     name: Mapped[str] = mapped_column(String(200))
     active: Mapped[bool] = mapped_column(Boolean, default=True)  # False: away, skipped by auto-assignment
     last_assigned_at: Mapped[datetime | None]
+    # Where their latest assignment stands in the team's sequence (0: never): round-robin order (assignment.py),
+    # exact even when several tickets are assigned in the same instant.
+    last_turn: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime]
 
 
@@ -118,6 +121,7 @@ class InboundMessage(Base):
     claimed_until: Mapped[datetime | None]
     processed_at: Mapped[datetime | None]
     message_id: Mapped[str | None] = mapped_column(String(998), index=True)
+    peer: Mapped[str | None] = mapped_column(String(100))  # the SMTP/LMTP client's IP address
     ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id", ondelete="SET NULL"))
 
 
@@ -128,6 +132,11 @@ class Ticket(Base):
     status: Mapped[str] = mapped_column(String(20))  # new | open | held | resolved
     held_reason: Mapped[str | None] = mapped_column(String(60))
     held_detail: Mapped[str | None] = mapped_column(Text)
+    # The entitlement decision when the ticket was opened ("entitled" or a held reason), kept after a
+    # release, and how the sender was (or was not) authenticated.
+    entitlement: Mapped[str | None] = mapped_column(String(60))
+    sender_auth: Mapped[str | None] = mapped_column(Text)
+    released_at: Mapped[datetime | None]
     subject: Mapped[str] = mapped_column(Text, default="")
     requester: Mapped[str] = mapped_column(String(320))
     requester_name: Mapped[str] = mapped_column(String(200), default="")
