@@ -1,0 +1,66 @@
+"""The intake on stored rows: attachments kept once, HTML-only text, no sender, failed ingests re-run."""
+
+from __future__ import annotations
+
+from email.message import EmailMessage
+from email.policy import SMTP
+
+from sqlalchemy import func, select
+
+from mailbot.app import App
+from mailbot.store import inbound as inbound_store
+from mailbot.store.inbound import RawMessage
+from mailbot.store.schema import Attachment, Blob, InboundMessage, Ticket, TicketMessage
+
+
+def ingest(app: App, raw: bytes, sender: str | None = "ana@lincoln.example"):  # type: ignore[no-untyped-def]
+    [inbound_id] = app.db.call(inbound_store.insert_many, [RawMessage(raw, "test", sender)], app.clock.now())
+    return app.processor.process_one(inbound_id)
+
+
+def with_attachment(message_id: str, data: bytes) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = "Ana Diaz <ana@lincoln.example>"
+    msg["To"] = "herosupport@schoolmint.com"
+    msg["Subject"] = "Report attached"
+    msg["Message-ID"] = message_id
+    msg.set_content("See the attached report.\n")
+    msg.add_attachment(data, maintype="application", subtype="pdf", filename="../../report.pdf")
+    return msg.as_bytes(policy=SMTP)
+
+
+class TestIntake:
+    def test_attachment_bytes_stored_once_by_hash(self, app: App) -> None:
+        data = b"%PDF-1.4 " + bytes(range(256)) * 40
+        assert ingest(app, with_attachment("<a1@lincoln.example>", data)).action == "created"
+        assert ingest(app, with_attachment("<a2@lincoln.example>", data)).action == "created"
+        attachments = app.db.call(lambda s: list(s.scalars(select(Attachment))))
+        assert len(attachments) == 2
+        assert {a.filename for a in attachments} == {"report.pdf"}  # no path reaches the store
+        assert {a.size for a in attachments} == {len(data)}
+        blobs = app.db.call(lambda s: list(s.scalars(select(Blob))))
+        assert len(blobs) == 1 and blobs[0].data == data
+
+    def test_html_only_mail_gets_a_text_rendering(self, app: App) -> None:
+        raw = (b"From: ana@lincoln.example\r\nSubject: html\r\nMessage-ID: <h@lincoln.example>\r\n"
+               b"Content-Type: text/html; charset=utf-8\r\n\r\n<p>Hello <b>team</b></p><p>Second&nbsp;line</p>\r\n")
+        outcome = ingest(app, raw)
+        text = app.db.call(lambda s: s.scalars(select(TicketMessage.text).where(TicketMessage.direction == "in")).one())
+        assert outcome.action == "created" and "Hello team" in text and "Second" in text and "<p>" not in text
+
+    def test_no_sender_at_all_is_held_not_answered(self, app: App) -> None:
+        raw = b"Subject: who am I\r\nMessage-ID: <n@x.example>\r\n\r\nno From, no envelope sender\r\n"
+        outcome = ingest(app, raw, sender=None)
+        ticket = app.db.call(lambda s: s.get(Ticket, outcome.ticket_id))
+        assert outcome.action == "held" and ticket.status == "held" and ticket.held_reason == "no-sender-address"
+        assert ticket.clock_started_at is None and ticket.confirmation_due_at is None
+
+    def test_failed_ingest_can_be_retried(self, app: App) -> None:
+        deep = b"From: x@lincoln.example\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n" + (
+            b"--b\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n" * 600)
+        assert ingest(app, deep).action == "failed"
+        [failed] = app.db.call(inbound_store.failed)
+        assert failed.error and failed.raw == deep
+        assert app.db.call(inbound_store.retry_failed, []) == 1
+        assert [o.action for o in app.processor.run_once()] == ["failed"]  # still unparseable, still kept
+        assert app.db.call(lambda s: s.scalar(select(func.count()).select_from(InboundMessage))) == 1
