@@ -17,6 +17,8 @@ from mailbot.app import App
 from mailbot.clock import FrozenClock
 from mailbot.config import Config, from_mapping
 
+pytest_plugins = ["tests.dovecot"]  # the private Dovecot fixtures: dovecot, account
+
 PG_ADMIN_URL = os.environ.get("MAILBOT_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 # Tuesday 2026-12-01 10:00 US Eastern: inside business hours.
 TUESDAY_10_ET = datetime(2026, 12, 1, 15, 0, tzinfo=UTC)

@@ -22,6 +22,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 HOST = "127.0.0.1"
 PASSWORD = "s3cret-pass"
 INSTALL_HINT = (
@@ -342,3 +344,16 @@ class Account:
         for path in [maildir / "dovecot-uidlist", *maildir.glob("dovecot.index*")]:
             path.unlink()
         self.server.start()
+
+
+@pytest.fixture(scope="module")
+def dovecot() -> Iterator[Dovecot]:
+    """One private Dovecot per test module."""
+    with running_dovecot() as server:
+        yield server
+
+
+@pytest.fixture
+def account(dovecot: Dovecot) -> Account:
+    """A fresh mailbox for each test."""
+    return dovecot.add_account(f"support-{secrets.token_hex(4)}")

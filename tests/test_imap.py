@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import secrets
 import ssl
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
@@ -100,17 +99,6 @@ def ids(tag: str, numbers: range) -> list[str]:
 
 
 # ---- fixtures ------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def dovecot() -> Iterator[Dovecot]:
-    with running_dovecot() as server:
-        yield server
-
-
-@pytest.fixture
-def account(dovecot: Dovecot) -> Account:
-    return dovecot.add_account(f"support-{secrets.token_hex(4)}")
 
 
 @pytest.fixture

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from sqlalchemy import select
@@ -12,19 +11,8 @@ from sqlalchemy import select
 from mailbot.app import App
 from mailbot.daemon import Daemon
 from mailbot.store.schema import ImapCursor, InboundMessage, Ticket
-from tests.dovecot import Account, Dovecot, running_dovecot
+from tests.dovecot import Account
 from tests.mailers import message
-
-
-@pytest.fixture(scope="module")
-def dovecot() -> Iterator[Dovecot]:
-    with running_dovecot() as server:
-        yield server
-
-
-@pytest.fixture
-def account(dovecot: Dovecot) -> Account:
-    return dovecot.add_account(f"support-{secrets.token_hex(4)}")
 
 
 @pytest.fixture
