@@ -5,8 +5,8 @@ Pure: bytes in, a value out, no I/O. Built on the standard library's `email` pac
 library"): raw 8-bit header bytes, charsets that need their supersets, unknown charsets, junk From
 headers, names given only in comments, broken header blocks and boundaries, several inline text
 parts. Hostile mail is refused early: a linear pre-scan of the raw bytes counts parts, nesting depth
-and header sizes before the standard parser (recursive, and quadratic in some header lengths) sees
-it, and parse() raises UnparseableMessage instead.
+and header sizes before the standard parser (recursive, and slow on long or intricate header fields)
+sees it, and parse() raises UnparseableMessage instead (ParseLimits has the figures).
 """
 
 from __future__ import annotations
@@ -14,14 +14,17 @@ from __future__ import annotations
 import codecs
 import hashlib
 import re
+import textwrap
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email import errors, policy
 from email.generator import BytesGenerator
+from email.headerregistry import BaseHeader, HeaderRegistry
 from email.message import EmailMessage
 from email.parser import BytesParser
+from email.policy import EmailPolicy
 from email.utils import parsedate_to_datetime
 from io import BytesIO
 from typing import Any, cast
@@ -29,13 +32,21 @@ from typing import Any, cast
 from inscriptis import get_text
 from lxml.etree import LxmlError
 
+from mailbot.automatic import automatic_reason
+from mailbot.bounces import read_bounce
 from mailbot.errors import MailbotError
 
 # What the standard `email` package raises on malformed input besides its own MessageError: its
 # header parser has raised IndexError, TypeError, AttributeError and AssertionError on junk in past
 # releases, and every lookup of a charset or codec can raise LookupError.
 _STDLIB_FAILURES = (
-    errors.MessageError, LookupError, ValueError, TypeError, AttributeError, AssertionError, RecursionError,
+    errors.MessageError,
+    LookupError,
+    ValueError,
+    TypeError,
+    AttributeError,
+    AssertionError,
+    RecursionError,
 )
 
 
@@ -59,8 +70,12 @@ class ParseLimits:
     max_header_bytes      64 KiB in any one header field, folding included (Postfix's own
                           header_size_limit is 100 KiB). The standard header parser is quadratic in a
                           field's length, so read addresses from ParsedMessage rather than message["To"].
-    max_mime_header_bytes 8 KiB in any one Content-* field: the standard parser reads every part's
-                          Content-Type while parsing, and a hostile 32 KiB one costs it 1.8 seconds.
+    max_mime_header_bytes 8 KiB in any one Content-* field.
+    max_mime_complexity   16,000 for all Content-* fields together, counted as the sum over fields of
+                          (RFC 2045 special characters and runs of white space in the value) x (1 + KiB
+                          of the field). The standard header parser spends about 55 us on each special
+                          character, more in long fields: 500 parts with hostile 1 KiB Content-Type and
+                          -Disposition fields cost it 35 seconds. An attachment part counts about 11.
     max_comment_depth     30 levels of nested (comments) in a header field: the standard header parser
                           recurses once per level.
     max_html_chars        4,000,000 characters of HTML rendered to text (inscriptis takes about 40 us per
@@ -73,6 +88,7 @@ class ParseLimits:
     max_headers: int = 1000
     max_header_bytes: int = 64 * 1024
     max_mime_header_bytes: int = 8 * 1024
+    max_mime_complexity: int = 16_000
     max_comment_depth: int = 30
     max_html_chars: int = 4_000_000
 
@@ -99,7 +115,11 @@ class Attachment:
 
 @dataclass(frozen=True)
 class ParsedMessage:
-    """What mailbot needs from one message; `message` is the standard library's object for later rules."""
+    """What mailbot needs from one message.
+
+    `defects` says in words what was repaired or guessed; `message` is the standard library's object for
+    later rules (its policy caches parsed header fields, so reading one twice costs nothing).
+    """
 
     message_id: str | None
     from_: Address | None
@@ -134,8 +154,13 @@ class ParsedMessage:
             "text": self.text,
             "html": self.html,
             "attachments": [
-                {"filename": a.filename, "content_type": a.content_type, "size": a.size,
-                 "sha256": a.sha256, "inline": a.inline}
+                {
+                    "filename": a.filename,
+                    "content_type": a.content_type,
+                    "size": a.size,
+                    "sha256": a.sha256,
+                    "inline": a.inline,
+                }
                 for a in self.attachments
             ],
             "auto_submitted": self.auto_submitted,
@@ -160,11 +185,12 @@ def parse(raw: bytes, limits: ParseLimits = ParseLimits()) -> ParsedMessage:
         raise UnparseableMessage("message is empty")
     defects: list[str] = []
     raw = _repair_header_block(raw, defects)
-    shape = _prescan(raw, limits)
-    msg = _parse_bytes(raw)
+    message_policy = policy.default.clone(header_factory=_HeaderCache())
+    shape = _prescan(raw, limits, message_policy)
+    msg = _parse_bytes(raw, message_policy)
     hint = _charset_hint(msg)
     headers = _Headers(msg, hint, defects)
-    body = _Walker(limits, hint, defects, shape.parts).body(msg)
+    body = _Walker(limits, message_policy, hint, defects, shape.parts).body(msg)
     return ParsedMessage(
         message_id=_message_id(headers.text("message-id")),
         from_=_author(headers, defects),
@@ -179,17 +205,35 @@ def parse(raw: bytes, limits: ParseLimits = ParseLimits()) -> ParsedMessage:
         text=body.text,
         html=body.html,
         attachments=body.attachments,
-        auto_submitted=_auto_submitted(msg),
-        bounce=_bounce(msg),
+        auto_submitted=_is_automatic(msg, defects),
+        bounce=_is_bounce(msg, defects),
         defects=list(dict.fromkeys(defects + _stdlib_defects(msg))),
         message=msg,
     )
 
 
-def _parse_bytes(raw: bytes) -> EmailMessage:
+class _HeaderCache:
+    """policy.default's header registry, parsing each distinct header once per message.
+
+    The standard parser asks for a part's Content-Type about five times, and for its parent's once per
+    child; each request parses the field again.
+    """
+
+    def __init__(self) -> None:
+        self._registry = HeaderRegistry()
+        self._parsed: dict[tuple[str, str], BaseHeader] = {}
+
+    def __call__(self, name: str, value: str) -> BaseHeader:
+        key = (name, value)
+        if key not in self._parsed:
+            self._parsed[key] = self._registry(name, value)
+        return self._parsed[key]
+
+
+def _parse_bytes(raw: bytes, message_policy: EmailPolicy[EmailMessage]) -> EmailMessage:
     """The standard parser (run only on pre-scanned bytes); its failures become UnparseableMessage."""
     try:
-        return cast(EmailMessage, BytesParser(policy=policy.default).parsebytes(raw))
+        return cast(EmailMessage, BytesParser(policy=message_policy).parsebytes(raw))
     except _STDLIB_FAILURES as exc:
         raise UnparseableMessage(f"MIME structure cannot be read: {type(exc).__name__}: {exc}") from exc
 
@@ -202,6 +246,8 @@ def _first(items: list[Any]) -> Any:
 
 # email.feedparser.headerRE, on bytes: what the standard parser accepts as a header or continuation line.
 _HEADER_LINE = re.compile(rb"From |[\x21-\x39\x3b-\x7e]*:|[\t ]")
+# RFC 2045 §5.1 tspecials, and runs of white space: what the header parser spends its time on.
+_MIME_SPECIALS = re.compile(rb'[()<>@,;:\\"/\[\]?=]|[ \t\r\n]+')
 _BLANK_LINES = (b"\r\n", b"\n", b"\r")
 
 
@@ -225,8 +271,10 @@ class _Multipart:
 class _Prescan:
     """One pass over the raw lines, nesting entities the way email.feedparser does (RFC 2046 §5.1)."""
 
-    def __init__(self, limits: ParseLimits) -> None:
+    def __init__(self, limits: ParseLimits, message_policy: EmailPolicy[EmailMessage]) -> None:
         self.limits = limits
+        self.policy = message_policy
+        self.mime_complexity = 0
         self.parts = 1
         self.deepest = 0
         self.open: list[_Multipart] = []
@@ -283,8 +331,17 @@ class _Prescan:
         limit = self.limits.max_mime_header_bytes if is_mime else self.limits.max_header_bytes
         if len(value) > limit:
             raise UnparseableMessage(f"a header field is {len(value)} bytes, over the limit of {limit}")
-        if value.count(b"(") > self.limits.max_comment_depth \
-                and _comment_depth(value) > self.limits.max_comment_depth:
+        if is_mime:
+            specials = len(_MIME_SPECIALS.findall(value.partition(b":")[2].strip()))
+            self.mime_complexity += specials * (1 + len(value) // 1024)
+            if self.mime_complexity > self.limits.max_mime_complexity:
+                raise UnparseableMessage(
+                    f"Content-* fields more complex than the limit of {self.limits.max_mime_complexity}"
+                )
+        if (
+            value.count(b"(") > self.limits.max_comment_depth
+            and _comment_depth(value) > self.limits.max_comment_depth
+        ):
             raise UnparseableMessage(f"header comments nested over {self.limits.max_comment_depth} deep")
         if self.content_type is None and value[:13].lower() == b"content-type:":
             self.content_type = self.field_lines
@@ -293,7 +350,7 @@ class _Prescan:
     def _end_of_headers(self) -> str:
         """Decide what the body of the entity whose headers just ended holds; return the next mode."""
         self._end_field()
-        content_type, boundary = _entity_type(self.content_type, self.default_type)
+        content_type, boundary = _entity_type(self.content_type, self.default_type, self.policy)
         self.fields, self.content_type = 0, None
         if content_type == "message/delivery-status":
             # RFC 3464 §2.1: blocks of fields separated by blank lines; the parser makes each an entity.
@@ -318,7 +375,7 @@ class _Prescan:
 
     def _take_delimiter(self, index: int, kind: str) -> str:
         multipart = self.open[index]
-        del self.open[index + 1:]  # an outer delimiter closes every inner multipart
+        del self.open[index + 1 :]  # an outer delimiter closes every inner multipart
         if kind == "close":
             self.open.pop()
             return "body"
@@ -345,19 +402,22 @@ class _Prescan:
         self.fields, self.field_lines, self.content_type = 0, [], None
 
 
-def _prescan(raw: bytes, limits: ParseLimits) -> _Shape:
+def _prescan(raw: bytes, limits: ParseLimits, message_policy: EmailPolicy[EmailMessage]) -> _Shape:
     """Count parts, depth and header sizes in linear time; raise UnparseableMessage past `limits`."""
-    return _Prescan(limits).run(raw)
+    return _Prescan(limits, message_policy).run(raw)
 
 
-def _entity_type(field_lines: list[bytes] | None, default_type: str) -> tuple[str, str | None]:
+def _entity_type(
+    field_lines: list[bytes] | None, default_type: str, message_policy: EmailPolicy[EmailMessage]
+) -> tuple[str, str | None]:
     """Content type and boundary exactly as the standard parser will read them from these lines."""
-    probe = EmailMessage(policy=policy.default)
+    probe = EmailMessage(policy=message_policy)
     probe.set_default_type(default_type)
     try:
         if field_lines:
-            name, value = policy.default.header_source_parse(
-                [line.decode("ascii", "surrogateescape") for line in field_lines])
+            name, value = message_policy.header_source_parse(
+                [line.decode("ascii", "surrogateescape") for line in field_lines]
+            )
             probe.set_raw(name, value)
         content_type = probe.get_content_type()
         return content_type, probe.get_boundary() if content_type.startswith("multipart/") else None
@@ -376,10 +436,10 @@ def _delimiter(boundary: str | None) -> bytes | None:
 
 
 def _delimiter_kind(line: bytes, delimiter: bytes) -> str | None:
-    """"part" or "close" when `line` is this multipart's delimiter (RFC 2046 §5.1.1), else None."""
+    """ "part" or "close" when `line` is this multipart's delimiter (RFC 2046 §5.1.1), else None."""
     if not line.startswith(delimiter):
         return None
-    rest = line[len(delimiter):]
+    rest = line[len(delimiter) :]
     close = rest.startswith(b"--")
     if close:
         rest = rest[2:]
@@ -444,13 +504,26 @@ def _repair_header_block(raw: bytes, defects: list[str]) -> bytes:
 
 # Labels that name a subset of what senders actually use (WHATWG Encoding Standard does the same).
 _SUPERSETS = {
-    "gb2312": "gb18030", "gbk": "gb18030", "cp936": "gb18030", "euc_kr": "cp949", "shift_jis": "cp932", "big5": "big5hkscs",
-    "tis-620": "cp874", "iso8859-11": "cp874",
+    "gb2312": "gb18030",
+    "gbk": "gb18030",
+    "cp936": "gb18030",
+    "euc_kr": "cp949",
+    "shift_jis": "cp932",
+    "big5": "big5hkscs",
+    "tis-620": "cp874",
+    "iso8859-11": "cp874",
 }
 _ALIASES = {"windows-874": "cp874", "iso-8859-8-i": "iso8859-8", "sjis": "cp932", "x-sjis": "cp932"}
 # Codecs that are not charsets a sender could mean.
-_REFUSED = {"idna", "punycode", "undefined", "unicode_escape", "raw_unicode_escape", "unicode-escape",
-            "raw-unicode-escape"}
+_REFUSED = {
+    "idna",
+    "punycode",
+    "undefined",
+    "unicode_escape",
+    "raw_unicode_escape",
+    "unicode-escape",
+    "raw-unicode-escape",
+}
 # us-ascii and iso-8859-1 labels are routinely put on windows-1252 or UTF-8 text.
 _WESTERN = {"ascii", "iso8859-1", "cp1252"}
 _UTF8_MULTIBYTE = re.compile(rb"[\xc2-\xf4][\x80-\xbf]")
@@ -562,12 +635,17 @@ def _widen_word_charset(match: re.Match[str]) -> str:
 
 
 def _unstructured(value: str) -> tuple[str, list[str]]:
-    """Decode RFC 2047 encoded words in free text; return the text and notes on bad charsets."""
+    """Decode RFC 2047 encoded words in free text; return the text and notes on unknown charsets."""
+    notes = [
+        f"unknown charset {m[1]!r} in an encoded word"
+        for m in _WORD_CHARSET.finditer(value)
+        if not _codec(m[1])
+    ]
     try:
+        # Bytes of an unknown charset come back as UTF-8 where they are valid, replaced where not.
         header = policy.default.header_factory("x-mailbot-text", _prepare_encoded_words(value))
     except _STDLIB_FAILURES:
-        return _clean_header(value), ["encoded words could not be decoded"]
-    notes = [str(d) for d in header.defects if isinstance(d, (errors.CharsetError, errors.UndecodableBytesDefect))]
+        return _clean_header(value), [*notes, "encoded words could not be decoded"]
     return _clean_header(str(header)), notes
 
 
@@ -594,11 +672,8 @@ class _Headers:
         """Mailboxes of an address field; with `strict`, any unreadable entry voids the whole field."""
         if name not in self.raw:
             return []
-        found, junk = _addresses(name, self.text(name))
-        if junk and strict:
-            self.defects.append(f"{name} ignored: cannot read {junk[0]!r}")
-            return []
-        self.defects.extend(f"{name}: skipped unreadable entry {entry!r}" for entry in junk)
+        found, notes = _addresses(name, self.text(name), strict)
+        self.defects.extend(notes)
         return found
 
 
@@ -626,26 +701,34 @@ def _author(headers: _Headers, defects: list[str]) -> Address | None:
 
 # Entries longer than this are not mailboxes; the header parser is quadratic in an entry's length.
 _MAX_ENTRY_CHARS = 1000
+# Recipients read from one field; each costs the header parser about 150 us.
+_MAX_ENTRIES = 1000
 _ANGLE_ONLY = re.compile(r"\s*([^<>\"]*)<([^<>]+)>\s*")
 _COMMENT = re.compile(r"\(((?:[^()\\]|\\.)*)\)")
 
 
-def _addresses(name: str, value: str) -> tuple[list[Address], list[str]]:
+def _addresses(name: str, value: str, strict: bool) -> tuple[list[Address], list[str]]:
     """Parse an address list entry by entry with the policy.default header registry.
 
-    Returns the mailboxes and the entries that could not be read. An entry the registry reads only
-    with an InvalidHeaderDefect is not trusted (its guess may be the wrong address, as with
-    CVE-2023-27043), except in the common `name <address>` form, where the angle address is the mailbox.
+    Returns the mailboxes and notes on what was skipped; with `strict`, an unreadable entry voids the
+    field. An entry the registry reads only with an InvalidHeaderDefect is not trusted (its guess may
+    be the wrong address, as with CVE-2023-27043), except in the common `name <address>` form, where
+    the angle address is the mailbox.
     """
     found: list[Address] = []
-    junk: list[str] = []
-    for entry in _split_address_list(_prepare_encoded_words(value)):
+    notes: list[str] = []
+    entries = _split_address_list(_prepare_encoded_words(value))
+    if len(entries) > _MAX_ENTRIES:
+        notes.append(f"{name}: only the first {_MAX_ENTRIES} of {len(entries)} entries read")
+    for entry in entries[:_MAX_ENTRIES]:
         mailboxes = _entry_mailboxes(name, entry) if len(entry) <= _MAX_ENTRY_CHARS else None
-        if mailboxes is None:
-            junk.append(_clean_header(entry)[:80])
-        else:
+        if mailboxes is not None:
             found.extend(mailboxes)
-    return found, junk
+        elif strict:
+            return [], [f"{name} ignored: cannot read {_clean_header(entry)[:80]!r}"]
+        else:
+            notes.append(f"{name}: skipped unreadable entry {_clean_header(entry)[:80]!r}")
+    return found, notes
 
 
 def _entry_mailboxes(name: str, entry: str) -> list[Address] | None:
@@ -686,7 +769,9 @@ def _registry_addresses(name: str, entry: str) -> list[Address] | None:
         if not address.username or not address.domain:
             return None
         local = address.addr_spec.rpartition("@")[0]
-        result.append(Address(_clean_header(address.display_name), _clean_header(f"{local}@{address.domain.lower()}")))
+        result.append(
+            Address(_clean_header(address.display_name), _clean_header(f"{local}@{address.domain.lower()}"))
+        )
     return result
 
 
@@ -773,22 +858,27 @@ def _stdlib_defects(msg: EmailMessage) -> list[str]:
 
 # --- Flags ---------------------------------------------------------------------------------------------
 
-def _auto_submitted(msg: EmailMessage) -> bool:
-    """RFC 3834 §5: any Auto-Submitted value but "no" marks mail sent by a program."""
-    value = _first([v for k, v in msg.raw_items() if k.lower() == "auto-submitted"]) or ""
-    keyword = re.sub(r"\([^)]*\)", "", _header_text(value, None)).split(";")[0].strip().lower()
-    return bool(keyword) and keyword != "no"
+
+def _is_automatic(msg: EmailMessage, defects: list[str]) -> bool:
+    """Written by a program (mailbot.automatic); a check that fails on junk headers counts as automatic."""
+    try:
+        return automatic_reason(msg, None) is not None
+    except _STDLIB_FAILURES as exc:
+        defects.append(f"automatic-mail check failed ({type(exc).__name__}); treated as automatic")
+        return True
 
 
-def _bounce(msg: EmailMessage) -> bool:
-    """RFC 3464: a delivery status notification is multipart/report; report-type=delivery-status."""
-    if msg.get_content_type() != "multipart/report":
+def _is_bounce(msg: EmailMessage, defects: list[str]) -> bool:
+    """A delivery failure report (mailbot.bounces)."""
+    try:
+        return read_bounce(msg) is not None
+    except _STDLIB_FAILURES as exc:
+        defects.append(f"bounce check failed ({type(exc).__name__})")
         return False
-    report_type = msg.get_param("report-type")
-    return isinstance(report_type, str) and report_type.strip().lower() == "delivery-status"
 
 
 # --- Body: text, HTML and attachments ----------------------------------------------------------------
+
 
 @dataclass
 class _Body:
@@ -802,6 +892,8 @@ class _Body:
 
 @dataclass(frozen=True)
 class _Result:
+    """The body of a message: its text (rendered from HTML when it has none), HTML and attachments."""
+
     text: str
     html: str | None
     attachments: list[Attachment]
@@ -810,8 +902,16 @@ class _Result:
 class _Walker:
     """Walks a parsed message collecting body text, HTML and attachments; recovers broken multiparts."""
 
-    def __init__(self, limits: ParseLimits, hint: str | None, defects: list[str], parts_used: int) -> None:
+    def __init__(
+        self,
+        limits: ParseLimits,
+        message_policy: EmailPolicy[EmailMessage],
+        hint: str | None,
+        defects: list[str],
+        parts_used: int,
+    ) -> None:
         self.limits = limits
+        self.policy = message_policy
         self.hint = hint
         self.defects = defects
         self.parts_used = parts_used
@@ -828,13 +928,13 @@ class _Walker:
 
     def collect(self, part: EmailMessage, body: _Body, depth: int) -> None:
         content_type = part.get_content_type()
-        payload = part.get_payload()
+        subparts = _subparts(part)
         if content_type.startswith("message/"):
             self.message_part(part, body, depth)
-        elif content_type == "multipart/alternative" and isinstance(payload, list):
-            self.alternative(payload, body, depth)
-        elif content_type.startswith("multipart/") and isinstance(payload, list):
-            for sub in payload:
+        elif content_type == "multipart/alternative" and subparts is not None:
+            self.alternative(subparts, body, depth)
+        elif content_type.startswith("multipart/") and subparts is not None:
+            for sub in subparts:
                 self.collect(sub, body, depth + 1)
         elif content_type.startswith("multipart/"):
             self.recover(part, body, depth)
@@ -845,7 +945,7 @@ class _Walker:
             body.attachments.append(self.attachment(part, content_type, _payload_bytes(part)))
 
     def alternative(self, payload: list[EmailMessage], body: _Body, depth: int) -> None:
-        """RFC 2046 §5.1.4: text from the first alternative that has plain text, HTML from the last with HTML."""
+        """RFC 2046 §5.1.4: text from the first alternative with plain text, HTML from the last with HTML."""
         choices = []
         for sub in payload:
             choice = _Body()
@@ -863,12 +963,15 @@ class _Walker:
 
     def message_part(self, part: EmailMessage, body: _Body, depth: int) -> None:
         """A message/* part is an attachment; a forwarded message not marked as attachment adds its text."""
-        payload = part.get_payload()
-        inner = payload[0] if isinstance(payload, list) and payload else None
-        data = _message_body(part, self.defects) if isinstance(payload, list) else _payload_bytes(part)
+        subparts = _subparts(part)
+        inner = subparts[0] if subparts else None
+        data = _message_body(part, self.defects) if subparts is not None else _payload_bytes(part)
         body.attachments.append(self.attachment(part, part.get_content_type(), data))
-        if isinstance(inner, EmailMessage) and part.get_content_type() == "message/rfc822" \
-                and _disposition(part) != "attachment":
+        if (
+            isinstance(inner, EmailMessage)
+            and part.get_content_type() == "message/rfc822"
+            and _disposition(part) != "attachment"
+        ):
             body.forwarded.append(self.forwarded_text(inner, depth))
 
     def forwarded_text(self, inner: EmailMessage, depth: int) -> str:
@@ -880,12 +983,15 @@ class _Walker:
         if not text.strip() and html:
             text = self.render(html)
         lines = ["---------- Forwarded message ----------"]
-        lines += [f"{label}: {headers.unstructured(name)}" for label, name in
-                  (("From", "from"), ("Date", "date"), ("Subject", "subject"), ("To", "to")) if name in headers.raw]
+        lines += [
+            f"{label}: {headers.unstructured(name)}"
+            for label, name in (("From", "from"), ("Date", "date"), ("Subject", "subject"), ("To", "to"))
+            if name in headers.raw
+        ]
         return "\n".join(lines) + "\n\n" + text.strip("\n")
 
     def recover(self, part: EmailMessage, body: _Body, depth: int) -> None:
-        """A multipart whose boundary never matched: find the delimiter actually used, else keep it as text."""
+        """A multipart whose boundary never matched: find the delimiter really used, else keep it as text."""
         raw = _payload_bytes(part)
         self.defects.append("a multipart part has no usable boundary; its content was recovered")
         found = _GUESSED_DELIMITER.search(raw)
@@ -894,20 +1000,23 @@ class _Walker:
             return
         wrapper = b'Content-Type: multipart/mixed; boundary="' + found[1] + b'"\r\n\r\n' + raw
         try:
-            shape = _prescan(wrapper, self.limits)
+            shape = _prescan(wrapper, self.limits, self.policy)
         except UnparseableMessage as exc:
             self.defects.append(f"recovery abandoned: {exc}")
             return
-        if self.parts_used + shape.parts > self.limits.max_parts or depth + shape.depth > self.limits.max_depth:
+        if (
+            self.parts_used + shape.parts > self.limits.max_parts
+            or depth + shape.depth > self.limits.max_depth
+        ):
             self.defects.append("recovery abandoned: the recovered parts exceed the limits")
             return
         self.parts_used += shape.parts
         try:
-            recovered = _parse_bytes(wrapper)
+            recovered = _parse_bytes(wrapper, self.policy)
         except UnparseableMessage as exc:
             self.defects.append(f"recovery abandoned: {exc}")
             return
-        if isinstance(recovered.get_payload(), list):
+        if _subparts(recovered) is not None:
             self.collect(recovered, body, depth)
         else:
             body.plain.append(self.decode(raw, part.get_content_charset()))
@@ -924,10 +1033,12 @@ class _Walker:
     def render(self, html: str) -> str:
         """Plain text for HTML-only mail, by inscriptis (keeps lists, tables and paragraphs readable)."""
         if len(html) > self.limits.max_html_chars:
-            self.defects.append(f"HTML over {self.limits.max_html_chars} characters; text rendered from its start")
+            self.defects.append(
+                f"HTML over {self.limits.max_html_chars} characters; text rendered from its start"
+            )
             html = html[: self.limits.max_html_chars]
         try:
-            return _clean(get_text(html))
+            return textwrap.dedent(_clean(get_text(html)))
         except (ValueError, LxmlError, RecursionError) as exc:  # lxml refuses some documents
             self.defects.append(f"HTML could not be rendered to text: {exc}")
             return ""
@@ -937,7 +1048,8 @@ class _Walker:
         has_id = any(name.lower() == "content-id" and value.strip() for name, value in part.raw_items())
         # Shown in the body: a part referenced by Content-ID (RFC 2392), or an image marked inline.
         inline = disposition != "attachment" and (
-            has_id or (content_type.startswith("image/") and disposition == "inline"))
+            has_id or (content_type.startswith("image/") and disposition == "inline")
+        )
         return Attachment(
             filename=_filename(part, content_type, self.hint),
             content_type=content_type,
@@ -957,17 +1069,26 @@ def _unique(*bodies: _Body | None) -> Iterator[_Body]:
 
 
 # A line that looks like a MIME delimiter and is followed by a Content-* field.
-_GUESSED_DELIMITER = re.compile(rb"^--([0-9A-Za-z'()+_,./:=?-]{1,70})[ \t]*\r?\n(?=content-)",
-                                re.MULTILINE | re.IGNORECASE)
+_GUESSED_DELIMITER = re.compile(
+    rb"^--([0-9A-Za-z'()+_,./:=?-]{1,70})[ \t]*\r?\n(?=content-)", re.MULTILINE | re.IGNORECASE
+)
+
+
+def _subparts(part: EmailMessage) -> list[EmailMessage] | None:
+    """The parsed subparts of a multipart or message/* part; None for a leaf (or a broken multipart)."""
+    # Only ever get_payload() a list: on a leaf with 8-bit bytes it decodes them with the charset
+    # label, and a label like "utf-8\0" raises ValueError there.
+    return cast(list[EmailMessage], part.get_payload()) if part.is_multipart() else None
 
 
 def _payload_bytes(part: EmailMessage) -> bytes:
-    """The part's body with its Content-Transfer-Encoding undone."""
+    """A leaf part's body with its Content-Transfer-Encoding undone."""
     payload = part.get_payload(decode=True)
-    if isinstance(payload, bytes):
-        return payload
-    raw = part.get_payload()
-    return raw.encode("ascii", "surrogateescape") if isinstance(raw, str) else b""
+    return payload if isinstance(payload, bytes) else b""
+
+
+# Writes header fields as they were received, never refolded.
+_AS_RECEIVED = policy.default.clone(refold_source="none", linesep="\n")
 
 
 def _message_body(part: EmailMessage, defects: list[str]) -> bytes:
@@ -977,9 +1098,8 @@ def _message_body(part: EmailMessage, defects: list[str]) -> bytes:
     the pre-scan bounds its depth far below where the generator's recursion fails.
     """
     buffer = BytesIO()
-    generator_policy = part.policy.clone(refold_source="none", linesep="\n")
     try:
-        BytesGenerator(buffer, mangle_from_=False, policy=generator_policy).flatten(part)
+        BytesGenerator(buffer, mangle_from_=False, policy=_AS_RECEIVED).flatten(part)
     except _STDLIB_FAILURES as exc:
         defects.append(f"an attached message could not be serialized: {exc}")
         return b""
@@ -1001,7 +1121,7 @@ def _is_attachment(part: EmailMessage) -> bool:
 
 def _raw_filename(part: EmailMessage, hint: str | None) -> str | None:
     """The filename parameter (RFC 2231 decoded), from Content-Disposition or Content-Type's name."""
-    probe = EmailMessage(policy=policy.default)
+    probe = EmailMessage(policy=part.policy)  # the message's policy, which caches parsed fields
     for name, value in part.raw_items():
         if name.lower() in ("content-disposition", "content-type"):
             probe.set_raw(name, _header_text(value, hint))
@@ -1025,6 +1145,9 @@ def _filename(part: EmailMessage, content_type: str, hint: str | None) -> str:
     name = name.strip().lstrip(".").strip()
     if len(name) > _MAX_FILENAME:
         stem, dot, extension = name.rpartition(".")
-        name = (stem[: _MAX_FILENAME - len(extension) - 1] + dot + extension) if dot and len(extension) < 16 \
+        name = (
+            (stem[: _MAX_FILENAME - len(extension) - 1] + dot + extension)
+            if dot and len(extension) < 16
             else name[:_MAX_FILENAME]
+        )
     return name or _DEFAULT_NAMES.get(content_type, "attachment")
