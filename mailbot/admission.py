@@ -1,0 +1,173 @@
+"""The intake's entitlement step: is a new ticket's sender who they claim to be, and are they entitled?
+
+`Gate.judge` authenticates the From address, looks the sender up in the registry and decides with
+`mailbot.entitlement.decide` (today being the date in the business time zone). Authentication is, by the
+configuration's `[security]`:
+
+- `require_sender_auth = true` (the default): `mailbot.authn.authenticate`, trusted Authentication-Results
+  or an aligned DKIM signature, checked on the address of the From header (RFC 7489 section 3.1);
+- `trust_local_submission = true` (a trial switch): a message submitted over SMTP from a loopback address
+  counts as authenticated; anything else still needs the check above;
+- `require_sender_auth = false`: `authn.trusted_path`, the site trusts its receiving path.
+
+A DNS failure while authenticating decides nothing: `judge` raises TransientDNSError so the message stays
+pending and is tried again later, until `auth_retry_for` after it was received; past that it is held as
+`auth-temporarily-unavailable`, where people see it and can release it.
+
+`Gate.record` stores the decision on the ticket and answers a held ticket's sender with the explanation
+(templates/explanation.*), only when that sender is authenticated (a forged From must get no backscatter),
+fewer than `explanations_per_day` explanations went to that address in the last 24 hours, and the guard on
+all automatic replies (`Workflow.answer`, mailbot.loops: written by a person, `may_auto_reply_to` agrees,
+not bouncing, within the site's limit on automatic mail) lets it go.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from sqlalchemy.orm import Session
+
+from mailbot.addresses import same_person
+from mailbot.authn import AuthVerdict, authenticate, trusted_path
+from mailbot.automatic import header_addresses
+from mailbot.config import SecurityConfig
+from mailbot.dns import Resolver
+from mailbot.entitlement import Entitled, Held, decide
+from mailbot.errors import TransientDNSError
+from mailbot.parse import ParsedMessage
+from mailbot.store import explanations, registry
+from mailbot.store.schema import InboundMessage, Ticket
+from mailbot.workflow import Workflow
+
+ENTITLED = "entitled"
+
+
+@dataclass(frozen=True)
+class Admission:
+    """The entitlement decision for one new ticket, with what the intake needs to act on it."""
+
+    decision: Entitled | Held
+    auth: AuthVerdict
+    organization_id: int | None  # the sender's organization, once the sender is known and authenticated
+
+    @property
+    def held(self) -> tuple[str, str] | None:
+        """(reason, detail) for workflow.open_ticket, or None when entitled."""
+        if isinstance(self.decision, Held):
+            return self.decision.reason.value, self.decision.detail
+        return None
+
+
+def submitted_locally(inbound: InboundMessage) -> bool:
+    """Whether the message came over SMTP from a loopback address.
+
+    LMTP never counts: it is how a local MTA delivers mail that came from anywhere.
+    """
+    if inbound.source != "smtp" or not inbound.peer:
+        return False
+    try:
+        peer = ipaddress.ip_address(inbound.peer)
+    except ValueError:
+        return False
+    if isinstance(peer, ipaddress.IPv6Address) and peer.ipv4_mapped is not None:
+        peer = peer.ipv4_mapped  # ::ffff:127.0.0.1 on a dual-stack socket
+    return peer.is_loopback
+
+
+def trust_warnings(security: SecurityConfig) -> list[str]:
+    """What `run` must say loudly at start about senders it believes without checking."""
+    warnings = []
+    if not security.require_sender_auth:
+        warnings.append(
+            "require_sender_auth = false: any From address is believed. Use this only when the receiving path "
+            "is trusted (a local MTA that authenticates senders); never on a public-facing listener."
+        )
+    elif security.trust_local_submission:
+        warnings.append(
+            "trust_local_submission = true: TRIAL MODE. Mail submitted over SMTP from 127.0.0.1/::1 is believed "
+            "to come from its From address without DKIM. Never use this where an MTA relays mail to mailbot "
+            "over loopback; set it to false (the default) in production."
+        )
+    return warnings
+
+
+class Gate:
+    """Judges new tickets' senders and records the outcome (see the module docstring)."""
+
+    def __init__(
+        self, security: SecurityConfig, zone: ZoneInfo, workflow: Workflow, resolver: Resolver | None
+    ) -> None:
+        if security.require_sender_auth and resolver is None:
+            raise ValueError("require_sender_auth needs a DNS resolver")
+        self.security = security
+        self.zone = zone
+        self.workflow = workflow
+        self.resolver = resolver
+
+    def judge(
+        self, session: Session, inbound: InboundMessage, parsed: ParsedMessage, now: datetime
+    ) -> Admission:
+        """Authenticate the sender of a new ticket, look them up, and decide; TransientDNSError: try later."""
+        sender = parsed.from_.address if parsed.from_ else ""
+        verdict = self.authenticate(inbound, parsed, sender)
+        temporary = verdict.temporary and not verdict.authenticated
+        if temporary and now - inbound.received_at < self.security.auth_retry_for:
+            raise TransientDNSError(verdict.reason)
+        contact = registry.find_contact(session, sender)
+        decision = decide(
+            contact=registry.contact_facts(session, contact) if contact is not None else None,
+            authenticated=verdict.authenticated,
+            auth_required=self.security.require_sender_auth,
+            today=now.astimezone(self.zone).date(),
+            auth_temperror=temporary,
+        )
+        return Admission(
+            decision,
+            verdict,
+            organization_id=contact.organization_id
+            if contact is not None and verdict.authenticated
+            else None,
+        )
+
+    def authenticate(self, inbound: InboundMessage, parsed: ParsedMessage, sender: str) -> AuthVerdict:
+        """Whether `sender`, the From address, provably wrote the message (see the module docstring)."""
+        if not self.security.require_sender_auth:
+            return trusted_path(sender)
+        authors = header_addresses(parsed.message, "From")
+        if len(authors) != 1 or not same_person(authors[0].addr_spec, sender):
+            # Alignment is judged on the one From mailbox (RFC 7489 section 6.6.1); a Reply-To or Sender
+            # standing in for a missing From is never authenticated.
+            return AuthVerdict(False, "none", None, "the From header does not name exactly one mailbox")
+        if self.security.trust_local_submission and submitted_locally(inbound):
+            return AuthVerdict(
+                True,
+                "local-submission",
+                sender.rpartition("@")[2].lower(),
+                f"trust_local_submission: submitted over SMTP from {inbound.peer}",
+            )
+        assert self.resolver is not None  # guaranteed by __init__ when authentication is required
+        return authenticate(
+            inbound.raw,
+            sender,
+            trusted_authserv_ids=self.security.trusted_authserv_ids,
+            resolver=self.resolver,
+        )
+
+    def record(self, session: Session, ticket: Ticket, admission: Admission, now: datetime) -> None:
+        """Store the decision on the new ticket; explain a hold to its sender when that is allowed."""
+        ticket.entitlement = ENTITLED if admission.held is None else admission.held[0]
+        auth = admission.auth
+        ticket.sender_auth = (
+            f"{auth.method}: {auth.reason}" if auth.authenticated else f"failed: {auth.reason}"
+        )
+        if admission.held is None or not auth.authenticated:
+            return  # entitled, or the From may be forged: no backscatter
+        limit = self.security.explanations_per_day
+        if explanations.count_since(session, ticket.requester, now - timedelta(days=1)) >= limit:
+            ticket.auto_reply_refused = f"{limit} explanations already went to {ticket.requester} in 24 hours"
+            return
+        # The guard on every automatic reply (mailbot.loops) has the last word.
+        self.workflow.answer(session, ticket, explanations.KIND, now=now, reason=admission.held[0])
