@@ -1,0 +1,195 @@
+"""Mail written by machines: the intake's step for it, and the guard on every automatic reply mailbot plans.
+
+The rules (RFC 3834; README, "A hostile world: the limits"):
+
+1. **Our own mail coming back** (forwarded to the support address, or looping through a list) is ignored:
+   no ticket, no reply. It is ours when its `X-Mailbot-Loop` value is `automatic.loop_mark` of its own
+   Message-ID under the site's secret, so nobody can make a customer's message look like ours.
+2. **A bounce** (`bounces.read_bounce`: an RFC 3464 report or a mail system's plain-text notice) is ignored
+   too, and tied to the outgoing message it reports on, found by that message's Message-ID: its delivery
+   becomes `bounced` (or `delayed`, for a warning) with the status and the remote server's words, shown by
+   `ticket show`. A hard (5.x.x) bounce counts once per outgoing message against the named contact at the
+   failed address; after `security.bouncing_after` of them the contact is marked `bouncing`.
+3. **Other automatic mail** (`automatic.automatic_reason`: out-of-office, lists, bulk, no-reply senders...)
+   goes on through the intake: a reply to one of our messages threads onto its ticket and is kept there,
+   but it relays, notifies and reopens nothing (mailbot.followups); one that starts nothing becomes a
+   *held* ticket, reason `automatic`, where a person can see it (nothing accepted is dropped) and nothing
+   is sent back.
+4. **The guard.** Mail mailbot sends on its own in answer to a message (a confirmation, an explanation)
+   goes out only when the message that opened the ticket was written by a person, From names the
+   requester and `automatic.may_auto_reply_to` agrees that an automatic reply may go there, the requester
+   is not a contact marked bouncing, and fewer than `security.auto_reply_limit` such messages went to that
+   address in the last `security.auto_reply_window`. The limit stops a loop with an auto-responder that
+   marks nothing and threads nothing: each of its replies would open a new ticket and get a confirmation.
+   Mail a person causes (introduction, resolution) is not automatic in this sense.
+5. **A loop through a ticket.** Notifications and relays answer mail too (a customer's message, a
+   specialist's). An auto-responder on each side that marks nothing and replies on the thread would keep
+   them going forever; once `security.ticket_mail_per_hour` of them went out on one ticket within an hour,
+   that is such a loop, and no more go out until the hour has passed. No conversation between people is
+   that fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from email import policy
+from email.headerregistry import HeaderRegistry
+from email.message import EmailMessage
+from email.parser import BytesParser
+from typing import cast
+
+from sqlalchemy.orm import Session
+
+from mailbot.addresses import same_person
+from mailbot.automatic import automatic_reason, is_own_mail, loop_mark, may_auto_reply_to
+from mailbot.bounces import Bounce, read_bounce
+from mailbot.parse import ParsedMessage
+from mailbot.store import deliveries, registry
+from mailbot.store.schema import OutboxItem, Ticket
+
+log = logging.getLogger("mailbot.loops")
+
+AUTOMATIC_KINDS = frozenset({"confirmation", "explanation"})  # mail sent on receipt, with no person involved
+REACTIVE_KINDS = frozenset({"notification", "relay"})  # mail that passes a message on (rule 5)
+LOOP_WINDOW = timedelta(hours=1)
+HELD_AUTOMATIC = "automatic"  # the held reason of a ticket opened by automatic mail
+
+
+@dataclass(frozen=True)
+class Ignored:
+    """The intake keeps the message but makes no ticket of it; `ticket_id` is the ticket it reports on."""
+
+    detail: str
+    ticket_id: int | None = None
+
+
+def hold_reason(parsed: ParsedMessage, envelope_sender: str | None) -> tuple[str, str] | None:
+    """(reason, detail) for holding a new ticket opened by automatic mail, or None for a person's mail."""
+    reason = automatic_reason(parsed.message, envelope_sender)
+    return (HELD_AUTOMATIC, f"automatic mail: {reason}") if reason is not None else None
+
+
+def delivery_detail(bounce: Bounce) -> str:
+    """One line for people: the status, the remote server's words, the addresses that failed."""
+    parts = [bounce.status or "", bounce.diagnostic or ""]
+    if bounce.recipients:
+        parts.append(f"({', '.join(bounce.recipients)})")
+    return " ".join(part for part in parts if part) or "the receiving system gave no reason"
+
+
+def refusal(
+    message: EmailMessage,
+    envelope_sender: str | None,
+    requester: str,
+    *,
+    bouncing: bool,
+    sent_recently: int,
+    limit: int,
+) -> str | None:
+    """Why no automatic reply may go to `requester` about `message`, or None when one may (rule 4).
+
+    Without any return path (a message read from a file or a mailbox that kept none) there is no envelope
+    to hold From against: From stands, once the message is known to be a person's.
+    """
+    reason = automatic_reason(message, envelope_sender)
+    if reason is not None:
+        return f"automatic mail: {reason}"
+    has_return_path = envelope_sender is not None or "Return-Path" in message
+    allowed = may_auto_reply_to(message, envelope_sender) if has_return_path else requester
+    if allowed is None or not same_person(allowed, requester):
+        return "the sender's address cannot be trusted with a reply (From and the return path disagree)"
+    if bouncing:
+        return f"{requester} is marked bouncing"
+    if sent_recently >= limit:
+        return f"{sent_recently} automatic messages already went to {requester} recently (the limit is {limit})"
+    return None
+
+
+def _headers(raw: bytes) -> EmailMessage:
+    # Only the header block: the message already passed parse()'s limits when it was taken in. Each field is
+    # parsed once: the rules read From and Content-Type several times, and policy.default parses every read.
+    fields = policy.default.clone(header_factory=functools.lru_cache(maxsize=None)(HeaderRegistry()))
+    return cast(EmailMessage, BytesParser(policy=fields).parsebytes(raw, headersonly=True))
+
+
+class MachineMail:
+    """Rules 1, 2, 4 and 5 against the store: the intake's first step, and the guards the workflow calls."""
+
+    def __init__(
+        self,
+        secret: bytes,
+        *,
+        auto_reply_limit: int,
+        auto_reply_window: timedelta,
+        bouncing_after: int,
+        ticket_mail_per_hour: int,
+    ) -> None:
+        self.secret = secret
+        self.auto_reply_limit = auto_reply_limit
+        self.auto_reply_window = auto_reply_window
+        self.bouncing_after = bouncing_after
+        self.ticket_mail_per_hour = ticket_mail_per_hour
+
+    def screen(self, session: Session, parsed: ParsedMessage, now: datetime) -> Ignored | None:
+        """Rules 1 and 2: our own mail and bounces are ignored (bounces recorded); None for anything else."""
+        message_id = parsed.message_id
+        if message_id and is_own_mail(parsed.message, loop_mark(self.secret, message_id)):
+            item = deliveries.by_message_id(session, message_id)
+            return Ignored("our own message came back", item.ticket_id if item else None)
+        bounce = read_bounce(parsed.message)
+        if bounce is None:
+            return None
+        item = deliveries.by_message_id(session, bounce.original_message_id) if bounce.original_message_id else None
+        if item is None:
+            return Ignored("bounce of a message mailbot did not send")
+        self._record(session, item, bounce)
+        return Ignored(f"bounce: {item.kind} {item.message_id} {item.delivery}", item.ticket_id)
+
+    def _record(self, session: Session, item: OutboxItem, bounce: Bounce) -> None:
+        """Rule 2: the delivery of `item` as the bounce tells it, and a hard bounce against its contacts."""
+        already_bounced = item.delivery == "bounced"
+        if already_bounced and bounce.delayed:
+            return  # a late warning says nothing new about a message that already failed
+        item.delivery = "delayed" if bounce.delayed else "bounced"
+        item.delivery_detail = delivery_detail(bounce)[:2000]
+        log.warning(
+            "%s %s of ticket %s %s: %s", item.kind, item.message_id, item.ticket_id, item.delivery, item.delivery_detail
+        )
+        if not bounce.permanent or already_bounced:
+            return  # one hard bounce per outgoing message, however many reports arrive about it
+        failed = [r for r in item.recipients if any(same_person(r, b) for b in bounce.recipients)]
+        for address in failed or item.recipients:
+            contact = registry.find_contact(session, address)
+            if contact is None:
+                continue
+            contact.bounces += 1
+            if contact.bounces >= self.bouncing_after and not contact.bouncing:
+                contact.bouncing = True
+                log.warning("contact %s marked bouncing after %d hard bounces", contact.address, contact.bounces)
+
+    def loop_refusal(self, session: Session, ticket: Ticket, now: datetime) -> str | None:
+        """Rule 5: why no notification or relay may go out on `ticket` now, or None."""
+        count = deliveries.count_on_ticket(session, ticket.id, REACTIVE_KINDS, now - LOOP_WINDOW)
+        if count < self.ticket_mail_per_hour:
+            return None
+        limit = self.ticket_mail_per_hour
+        return f"mail loop suspected: {count} notifications and relays in the last hour (the limit is {limit})"
+
+    def auto_reply_refusal(self, session: Session, ticket: Ticket, now: datetime) -> str | None:
+        """Rule 4 for `ticket`'s requester: why no confirmation or explanation may go out now, or None."""
+        opening = deliveries.opening_message(session, ticket)
+        if opening is None:
+            return "no stored message to answer"
+        contact = registry.find_contact(session, ticket.requester)
+        since = now - self.auto_reply_window
+        return refusal(
+            _headers(opening.raw),
+            opening.envelope_from,
+            ticket.requester,
+            bouncing=contact is not None and contact.bouncing,
+            sent_recently=deliveries.count_to_requester(session, ticket.requester, AUTOMATIC_KINDS, since),
+            limit=self.auto_reply_limit,
+        )

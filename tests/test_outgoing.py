@@ -1,0 +1,208 @@
+"""What mailbot sends, read off the wire: customer text never adds a header or a recipient, and the mail is
+DKIM-signed so that it verifies. Real SMTP in, a real SMTP sink as the relay, dkimpy with fixed DNS."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from pathlib import Path
+
+import dkim
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mailbot.automatic import LOOP_HEADER, loop_mark
+from mailbot.compose import Thread, UnsafeHeader
+from mailbot.dns import FixedResolver, dkim_dnsfunc
+from mailbot.store import registry
+from mailbot.store.schema import Ticket
+from mailbot.workflow import address_of
+from tests.test_signing import openssl_key, signature_tags
+from tests.world import CUSTOMER, World
+
+EVIL = "x@evil.example"
+# Header fields a confirmation may carry; anything else on the wire was injected.
+CONFIRMATION_FIELDS = {
+    "date", "from", "to", "reply-to", "subject", "message-id", "in-reply-to", "references", "auto-submitted",
+    LOOP_HEADER.lower(), "mime-version", "content-type", "content-transfer-encoding", "dkim-signature",
+}
+
+
+def raw_message(head: list[bytes], body: bytes = b"I cannot log in.\r\n") -> bytes:
+    """A message written byte for byte: hostile headers that no mail library would build."""
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+
+def fields(data: bytes) -> list[str]:
+    """The names of the header fields in `data`, lowercased, as a receiver splits them."""
+    head = data.partition(b"\r\n\r\n")[0]
+    return [line.partition(b":")[0].decode("ascii", "replace").lower() for line in head.split(b"\r\n") if line[:1] not in b" \t"]
+
+
+def assert_only_the_customer(sent: bytes, recipients: list[str]) -> EmailMessage:
+    """The message goes to the customer alone, envelope and headers, and has only the fields it should."""
+    assert recipients == [CUSTOMER]
+    names = fields(sent)
+    assert set(names) <= CONFIRMATION_FIELDS, names
+    assert names.count("to") == 1 and "cc" not in names and "bcc" not in names
+    parsed = message_from_bytes(sent, policy=policy.default)
+    assert isinstance(parsed, EmailMessage)
+    assert [a.addr_spec for a in parsed["To"].addresses] == [CUSTOMER]
+    assert all(EVIL != a.addr_spec for a in getattr(parsed.get("Reply-To"), "addresses", ()))
+    return parsed
+
+
+# (header lines, whether the sender gets a confirmation): a From that cannot be read for certain gets none.
+HOSTILE = {
+    "encoded CRLF in the subject": (
+        [b"From: Ana Diaz <ana@lincoln.example>", b"Subject: =?utf-8?q?=0D=0ABcc:_x@evil.example?="], True
+    ),
+    # Decodes to the text "=?utf-8?q?=0D=0ABcc:=20x@evil.example?=", which Python 3.11.7 would decode again.
+    "double-encoded subject": (
+        [
+            b"From: Ana Diaz <ana@lincoln.example>",
+            b"Subject: =?utf-8?q?=3D=3Futf-8=3Fq=3F=3D0D=3D0ABcc=3A=3D20x=40evil.example=3F=3D?=",
+        ],
+        True,
+    ),
+    "encoded CRLF in the name": (
+        [b"From: =?utf-8?q?Ana=0D=0ABcc:_x@evil.example?= <ana@lincoln.example>", b"Subject: hi"], False
+    ),
+    "double-encoded name": (
+        [
+            b'From: "=?utf-8?q?=3D=3Futf-8=3Fq=3F=3D0D=3D0ABcc=3A=3D20x=40evil.example=3F=3D?=" <ana@lincoln.example>',
+            b"Subject: hi",
+        ],
+        True,
+    ),
+    "comma-laden name": (
+        [b'From: "Diaz, Ana <x@evil.example>, y@evil.example" <ana@lincoln.example>', b"Subject: hi"], True
+    ),
+    "addresses in the name": ([b"From: x@evil.example, Bcc: x@evil.example <ana@lincoln.example>", b"Subject: hi"], False),
+    "folded subject": ([b"From: Ana Diaz <ana@lincoln.example>", b"Subject: hello", b"\tBcc: x@evil.example"], True),
+    "encoded CRLF in the Message-ID": (
+        [
+            b"From: Ana Diaz <ana@lincoln.example>",
+            b"Subject: hi",
+            b"References: <=?utf-8?q?=0D=0ABcc:x@evil.example?=>",
+            b"Message-ID: <=?utf-8?q?=0D=0ABcc:x@evil.example?=>",
+        ],
+        True,
+    ),
+}
+
+
+class TestHeaderInjection:
+    @pytest.mark.parametrize("name", list(HOSTILE))
+    async def test_nothing_reaches_anyone_else(self, world, name: str) -> None:
+        """Whatever the customer's headers hold, what goes out goes to the customer alone, with no added field."""
+        service: World = await world()
+        head, confirmed = HOSTILE[name]
+        if not any(line.startswith(b"Message-ID:") for line in head):
+            head = [*head, b"Message-ID: <hostile@lincoln.example>"]
+        await service.send(raw_message([*head, b"To: herosupport@schoolmint.com"]))
+        await service.settle()
+        assert [row.status for row in service.inbound()] == ["processed"]
+        assert len(service.wire) == int(confirmed)
+        for sent in service.wire:
+            parsed = assert_only_the_customer(sent.data, sent.rcpt_tos)
+            assert "[Ticket #1]" in str(parsed["Subject"])
+
+
+class TestComposeProperty:
+    """Composition itself, over generated text: no subject or name can change the header block."""
+
+    def ticket(self, subject: str, name: str) -> Ticket:
+        due = datetime(2026, 12, 1, 19, tzinfo=UTC)
+        return Ticket(id=7, subject=subject, requester=CUSTOMER, requester_name=name, introduction_due_at=due)
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(
+        subject=st.text(st.characters(codec="utf-8"), max_size=120) | st.sampled_from(["=?utf-8?q?=0D=0ABcc:_x@e?="]),
+        name=st.text(st.characters(codec="utf-8"), max_size=60) | st.just("=?utf-8?b?DQpCY2M6IHhAZXZpbA==?="),
+        reference=st.sampled_from(["<a@b>", "<=?utf-8?q?=0D=0ABcc:x@e?=>", "<x =?utf-8?q?=0A?= y>"]),
+    )
+    def test_generated_text_adds_nothing(self, app, subject: str, name: str, reference: str) -> None:
+        ticket = self.ticket(subject, name)
+        outgoing = app.workflow.composer.compose(
+            "confirmation",
+            to=[address_of(ticket.requester, ticket.requester_name)],
+            subject=f"Re: {subject}",
+            thread=Thread(in_reply_to=reference, references=(reference,)),
+            context=app.workflow.context(ticket),
+        )
+        assert outgoing.recipients == [CUSTOMER]
+        assert_only_the_customer(outgoing.body, outgoing.recipients)
+
+    def test_check_refuses_an_injected_field(self, app) -> None:
+        """The last line of defence: an address the stdlib would write out as two header lines is refused."""
+        evil = address_of("=?utf-8?q?=0D=0ABcc:x=40evil.example?=@lincoln.example")
+        with pytest.raises(UnsafeHeader):
+            app.workflow.composer.compose(
+                "confirmation", to=[evil], subject="hi", thread=Thread(), context=app.workflow.context(self.ticket("", ""))
+            )
+
+
+class TestDkim:
+    async def test_confirmation_on_the_wire_verifies(self, world, tmp_path: Path) -> None:
+        """With [outbound.dkim], the confirmation the relay receives verifies with dkimpy against the published key."""
+        key_file, record = openssl_key(tmp_path, 2048)
+        dkim_config = {"domain": "schoolmint.com", "selector": "mailbot", "private_key_file": str(key_file)}
+        service: World = await world({"outbound": {"dkim": dkim_config}})
+        await service.send(raw_message([b"From: Ana Diaz <ana@lincoln.example>", b"To: herosupport@schoolmint.com",
+                                        b"Subject: Login broken", b"Message-ID: <dkim@lincoln.example>"]))
+        await service.settle()
+        [sent] = service.wire
+        resolver = FixedResolver({"mailbot._domainkey.schoolmint.com": [record]})
+        assert dkim.verify(sent.data, dnsfunc=dkim_dnsfunc(resolver))
+        tags = signature_tags(sent.data)
+        signed = [h.strip().lower() for h in tags[b"h"].split(b":")]
+        assert tags[b"d"] == b"schoolmint.com" and b"l" not in tags  # the From domain; no body-length limit
+        assert signed.count(b"from") == 2 and {b"subject", b"to", b"auto-submitted"} <= set(signed)
+        (tmp_path / "other").mkdir()
+        other = FixedResolver({"mailbot._domainkey.schoolmint.com": [openssl_key(tmp_path / "other", 2048)[1]]})
+        assert not dkim.verify(sent.data, dnsfunc=dkim_dnsfunc(other))  # a different key: the check can fail
+
+
+
+class TestMarks:
+    async def test_everything_sent_is_marked_automatic_and_ours(self, world) -> None:
+        """Confirmation, introduction, notification, relay and resolution all carry Auto-Submitted (RFC 3834 5)
+        and our loop mark, the HMAC of their own Message-ID (so we know each one if it comes back)."""
+        service: World = await world()
+        app = service.app
+        app.db.call(registry.add_specialist, "sam@schoolmint.com", "Sam Lee", app.clock.now())
+        await service.send(raw_message([b"From: Ana Diaz <ana@lincoln.example>", b"To: herosupport@schoolmint.com",
+                                        b"Subject: Login broken", b"Message-ID: <m1@lincoln.example>"]))
+        await service.settle()
+        app.sla.claim(1, "sam@schoolmint.com")
+        await service.settle()
+        introduction = message_from_bytes(service.wire[-1].data, policy=policy.default)
+        await service.send(raw_message([b"From: Ana Diaz <ana@lincoln.example>", b"To: herosupport@schoolmint.com",
+                                        b"Subject: Re: Login broken", b"Message-ID: <m2@lincoln.example>",
+                                        b"In-Reply-To: " + str(introduction["Message-ID"]).encode()]))
+        await service.settle()
+        notification = message_from_bytes(service.wire[-1].data, policy=policy.default)
+        await service.send(raw_message([b"From: Sam Lee <sam@schoolmint.com>", b"To: herosupport@schoolmint.com",
+                                        b"Subject: Re: Login broken", b"Message-ID: <s1@schoolmint.com>",
+                                        b"In-Reply-To: " + str(notification["Message-ID"]).encode()],
+                                       b"Please clear your cookies.\r\n"), mail_from="sam@schoolmint.com")
+        await service.settle()
+        app.db.call(lambda s: app.workflow.resolve(s, s.get_one(Ticket, 1), app.clock.now(), "Fixed."))
+        await service.settle()
+        kinds = {item.message_id: item.kind for item in service.outbox()}
+        marks = {}
+        for sent in service.wire:
+            parsed = message_from_bytes(sent.data, policy=policy.default)
+            message_id = str(parsed["Message-ID"])
+            assert parsed[LOOP_HEADER] == loop_mark(app.secret, message_id)
+            marks[kinds[message_id]] = str(parsed["Auto-Submitted"])
+        assert marks == {
+            "confirmation": "auto-replied",
+            "introduction": "auto-replied",
+            "notification": "auto-generated",
+            "relay": "auto-generated",
+            "resolution": "auto-generated",
+        }

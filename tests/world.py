@@ -1,0 +1,121 @@
+"""A running mailbot between real SMTP clients and a real SMTP sink standing in for the relay, for the tests of
+the hostile world (loops, bounces, forged and malicious mail, signed mail). Fixtures `relay` and `world`
+(conftest.py makes them available to every test module)."""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+import socket
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from mailbot.app import App
+from mailbot.daemon import Daemon
+from mailbot.store.schema import InboundMessage, OutboxItem, Ticket
+from tests.mailers import Received, SmtpSink
+
+SUPPORT = "herosupport@schoolmint.com"
+CUSTOMER = "ana@lincoln.example"  # the named contact conftest registers
+
+
+async def until(check: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+    """Wait (bounded) for work the daemon does on its own tasks."""
+    for _ in range(int(timeout / 0.02)):
+        if check():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+class World:
+    """One daemon: `send` mail in over SMTP, `settle` until it has done all it will, read what it sent."""
+
+    def __init__(self, daemon: Daemon, relay: SmtpSink) -> None:
+        self.daemon = daemon
+        self.app: App = daemon.app
+        self.relay = relay
+
+    @property
+    def port(self) -> int:
+        return int(self.daemon.servers[0].sockets[0].getsockname()[1])
+
+    async def send(self, raw: bytes, *, mail_from: str = CUSTOMER, rcpt: tuple[str, ...] = (SUPPORT,)) -> None:
+        """Deliver one message as an MTA would (smtplib, off the loop); raises on any refusal."""
+
+        def deliver() -> None:
+            with smtplib.SMTP("127.0.0.1", self.port, timeout=30) as client:
+                client.sendmail(mail_from, list(rcpt), raw)
+
+        await asyncio.to_thread(deliver)
+
+    async def settle(self) -> None:
+        """Every stored message processed, every due outgoing message sent (or failed) and received by the sink."""
+        await until(lambda: self.count(InboundMessage, InboundMessage.status == "pending") == 0, "the intake")
+        await self.app.sender.drain()
+        await until(self._not_sending, "sends in flight")
+
+    def _not_sending(self) -> bool:
+        leased = OutboxItem.claimed_until.is_not(None) & (OutboxItem.status == "pending")
+        return self.count(OutboxItem, leased) == 0
+
+    def count(self, model: type, *where: Any) -> int:
+        return int(self.app.db.call(lambda s: s.scalar(select(func.count()).select_from(model).where(*where))))
+
+    def inbound(self) -> list[InboundMessage]:
+        return self.app.db.call(lambda s: list(s.scalars(select(InboundMessage).order_by(InboundMessage.id))))
+
+    def ticket(self, ticket_id: int) -> Ticket:
+        return self.app.db.call(lambda s: s.get_one(Ticket, ticket_id))
+
+    def outbox(self) -> list[OutboxItem]:
+        return self.app.db.call(lambda s: list(s.scalars(select(OutboxItem).order_by(OutboxItem.id))))
+
+    @property
+    def wire(self) -> list[Received]:
+        """What reached the relay, in order."""
+        return self.relay.messages
+
+
+def raw_session(port: int, data: bytes, *, timeout: float = 10.0) -> bytes:
+    """Write `data` to a fresh SMTP connection as is (pipelined, no waiting for replies) and read until the
+    server closes the connection (end `data` with QUIT, or expect the server to hang up)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        chunks = []
+        try:
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        except (TimeoutError, ConnectionResetError):
+            pass
+    return b"".join(chunks)
+
+
+@pytest.fixture
+async def relay() -> AsyncIterator[SmtpSink]:
+    sink = SmtpSink()
+    await sink.start()
+    yield sink
+    await sink.stop()
+
+
+@pytest.fixture
+async def world(make_app: Callable[..., App], relay: SmtpSink) -> AsyncIterator[Callable[..., Any]]:
+    """`await world(overrides, db=...)`: a started daemon whose outgoing mail goes to `relay` over SMTP."""
+    daemons: list[Daemon] = []
+
+    async def start(overrides: dict[str, Any] | None = None, *, db: str | None = None, **app_options: Any) -> World:
+        overrides = dict(overrides or {})
+        relayed = {"transport": "smtp", "host": "127.0.0.1", "port": relay.port}
+        overrides["outbound"] = {**relayed, **overrides.get("outbound", {})}
+        daemon = Daemon(make_app(overrides, db=db, **app_options))
+        await daemon.start()
+        daemons.append(daemon)
+        return World(daemon, relay)
+
+    yield start
+    for daemon in daemons:
+        await daemon.stop()
