@@ -1,0 +1,186 @@
+"""`ticket assign`, and the SLA in `ticket list` / `ticket show`, as an operator runs them."""
+
+from __future__ import annotations
+
+import json
+import socket
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import update
+
+from mailbot import config as config_module
+from mailbot.app import App
+from mailbot.cli import main
+from mailbot.clock import FrozenClock
+from mailbot.store.schema import Ticket
+from tests.mailers import message
+
+CONFIG = """
+[database]
+url = "sqlite:///{db}"
+[outbound]
+{outbound}
+[security]
+require_sender_auth = false
+"""
+MAILDIR = 'transport = "maildir"\nmaildir = "{sent}"'
+
+
+def run(capsys: pytest.CaptureFixture[str], config: Path, *argv: str) -> tuple[int, str, str]:
+    try:
+        code = main(["--config", str(config), *argv])
+    except SystemExit as exit_:  # argparse usage errors
+        code = int(exit_.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def setup(capsys: pytest.CaptureFixture[str], tmp_path: Path, outbound: str) -> Path:
+    """A database with Lincoln High, its contact Ana, and the specialists Sam and Ria."""
+    config = tmp_path / "config.toml"
+    config.write_text(CONFIG.format(db=tmp_path / "mailbot.db", outbound=outbound))
+    for argv in (
+        ("db", "upgrade"),
+        ("org", "add", "Lincoln High", "--product", "full", "--plan", "silver"),
+        ("contact", "add", "ana@lincoln.example", "--org", "Lincoln High", "--name", "Ana Diaz"),
+        ("specialist", "add", "sam@schoolmint.com", "--name", "Sam Lee"),
+        ("specialist", "add", "ria@schoolmint.com", "--name", "Ria Patel"),
+    ):
+        code, _, err = run(capsys, config, *argv)
+        assert code == 0, err
+    return config
+
+
+def ingest(capsys: pytest.CaptureFixture[str], config: Path, tmp_path: Path, raw: bytes) -> dict[str, object]:
+    path = tmp_path / "in.eml"
+    path.write_bytes(raw)
+    code, out, err = run(capsys, config, "ingest", str(path))
+    assert code == 0, err
+    return dict(json.loads(out))
+
+
+@pytest.fixture
+def maildir_config(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> Path:
+    return setup(capsys, tmp_path, MAILDIR.format(sent=tmp_path / "sent"))
+
+
+def sent(tmp_path: Path) -> list[bytes]:
+    return [p.read_bytes() for p in sorted((tmp_path / "sent" / "new").glob("*"))]
+
+
+class TestAssign:
+    def test_claim_sends_the_introduction_now(
+        self, capsys: pytest.CaptureFixture[str], maildir_config: Path, tmp_path: Path
+    ) -> None:
+        assert ingest(capsys, maildir_config, tmp_path, message()) == {"ticket": 1, "action": "created"}
+        code, out, err = run(capsys, maildir_config, "ticket", "assign", "1", "Sam@SchoolMint.com")
+        assert (code, err) == (0, "")
+        assert out.strip() == "ticket 1 assigned to Sam Lee <sam@schoolmint.com>; introduction sent"
+        introductions = [m for m in sent(tmp_path) if b"I am Sam Lee" in m.replace(b"=\n", b"")]
+        assert len(introductions) == 1
+        code, out, _ = run(capsys, maildir_config, "ticket", "show", "1", "--json")
+        shown = json.loads(out)
+        assert shown["specialist"] == "sam@schoolmint.com" and shown["status"] == "open"
+        assert shown["introduction_sent_at"] is not None
+
+    def test_claiming_again_changes_nothing_and_a_second_specialist_introduces_nobody_again(
+        self, capsys: pytest.CaptureFixture[str], maildir_config: Path, tmp_path: Path
+    ) -> None:
+        ingest(capsys, maildir_config, tmp_path, message())
+        assert run(capsys, maildir_config, "ticket", "assign", "1", "sam@schoolmint.com")[0] == 0
+        code, out, _ = run(capsys, maildir_config, "ticket", "assign", "1", "sam@schoolmint.com")
+        assert code == 0 and "already assigned to Sam Lee" in out
+        code, out, _ = run(capsys, maildir_config, "ticket", "assign", "1", "ria@schoolmint.com")
+        assert code == 0 and "introduced before and is not again" in out
+        assert sum(b"I am " in m.replace(b"=\n", b"") for m in sent(tmp_path)) == 1
+
+    @pytest.mark.parametrize(
+        ("ticket", "email", "expected"),
+        [
+            ("1", "stranger@schoolmint.com", "stranger@schoolmint.com is not a specialist"),
+            ("1", "not an address", "is not a specialist"),
+            ("99", "sam@schoolmint.com", "no ticket 99"),
+        ],
+    )
+    def test_refused_in_one_line(
+        self,
+        capsys: pytest.CaptureFixture[str],
+        maildir_config: Path,
+        tmp_path: Path,
+        ticket: str,
+        email: str,
+        expected: str,
+    ) -> None:
+        ingest(capsys, maildir_config, tmp_path, message())
+        code, out, err = run(capsys, maildir_config, "ticket", "assign", ticket, email)
+        assert code == 1 and out == ""
+        assert expected in err and err.count("\n") == 1 and "Traceback" not in err
+
+    def test_held_ticket_must_be_released_first(
+        self, capsys: pytest.CaptureFixture[str], maildir_config: Path, tmp_path: Path
+    ) -> None:
+        outcome = ingest(capsys, maildir_config, tmp_path, message(sender="Eve <eve@elsewhere.example>"))
+        assert outcome["action"] == "held"
+        code, _, err = run(
+            capsys, maildir_config, "ticket", "assign", str(outcome["ticket"]), "sam@schoolmint.com"
+        )
+        assert code == 1 and "is held" in err and "mailbot ticket release" in err
+
+    def test_resolved_ticket_is_refused(
+        self, capsys: pytest.CaptureFixture[str], maildir_config: Path, tmp_path: Path
+    ) -> None:
+        ingest(capsys, maildir_config, tmp_path, message())
+        app = App(config_module.load(maildir_config))
+        app.db.call(lambda s: s.execute(update(Ticket).values(status="resolved")))
+        app.close()
+        code, _, err = run(capsys, maildir_config, "ticket", "assign", "1", "sam@schoolmint.com")
+        assert code == 1 and "ticket 1 is resolved" in err
+
+    def test_relay_down_leaves_the_introduction_queued_for_the_daemon(
+        self, capsys: pytest.CaptureFixture[str], tmp_path: Path
+    ) -> None:
+        with socket.socket() as probe:  # a port with nobody listening: the relay is down
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        config = setup(capsys, tmp_path, f'transport = "smtp"\nhost = "127.0.0.1"\nport = {port}')
+        ingest(capsys, config, tmp_path, message())
+        code, out, _ = run(capsys, config, "ticket", "assign", "1", "sam@schoolmint.com")
+        assert code == 0
+        assert (
+            "introduction queued, not sent yet (relay unreachable" in out and "the daemon keeps trying" in out
+        )
+        code, out, _ = run(capsys, config, "ticket", "show", "1", "--json")
+        assert json.loads(out)["specialist"] == "sam@schoolmint.com"
+
+
+class TestSlaColumns:
+    def test_list_shows_the_sla_and_filters_breached_tickets(
+        self, capsys: pytest.CaptureFixture[str], maildir_config: Path, tmp_path: Path
+    ) -> None:
+        ingest(capsys, maildir_config, tmp_path, message(message_id="<one@lincoln.example>"))
+        run(capsys, maildir_config, "ticket", "assign", "1", "sam@schoolmint.com")
+        ingest(
+            capsys, maildir_config, tmp_path, message(message_id="<two@lincoln.example>", subject="Grades")
+        )
+        ingest(capsys, maildir_config, tmp_path, message(sender="eve@elsewhere.example", subject="Spam"))
+        code, out, _ = run(capsys, maildir_config, "ticket", "list")
+        header, *lines = out.splitlines()
+        assert code == 0 and header.split()[-2:] == ["SUBJECT", "SLA"]
+        assert lines[0].endswith(" ok") and " due 20" in lines[1] and lines[2].endswith(" -")
+
+        # Two days later nobody ran the daemon: the confirmation of ticket 2 never went out.
+        later = App(config_module.load(maildir_config), FrozenClock(datetime.now(UTC) + timedelta(days=2)))
+        sweep = later.sla.sweep_once()
+        later.close()
+        assert [t for t, _ in sweep.assigned] == [2]
+        code, out, _ = run(capsys, maildir_config, "ticket", "list", "--breached")
+        [line] = out.splitlines()[1:]
+        assert line.lstrip().startswith("2 ") and "BREACHED: confirmation late (due " in line
+        code, out, _ = run(capsys, maildir_config, "ticket", "list", "--breached", "--json")
+        [row] = json.loads(out)
+        assert row["id"] == 2 and row["sla_breach"].startswith("BREACHED: confirmation late")
+        assert datetime.fromisoformat(row["sla_breached_at"]).utcoffset() is not None
+        code, out, _ = run(capsys, maildir_config, "ticket", "show", "2")
+        assert "sla breach" in out and "BREACHED: introduction late" in out and "sla breached at" in out
