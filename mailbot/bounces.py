@@ -19,6 +19,9 @@ Auto-replies are not bounces: an out-of-office reply comes from a person's addre
 system, and has no delivery-status part, even when it carries `Auto-Submitted: auto-replied` (as every
 bounce from Postfix, Exim and Gmail does too, so that header decides nothing here).
 
+`delayed` marks a warning that delivery is late (a DSN with only `delayed` recipients, or a plain-text
+notice whose subject says so and that reports no permanent failure): the message may still arrive.
+
 `permanent` is a hard failure of the address: a status of class 5 (RFC 3463). A class-4 status, a delay
 warning, or a failure whose MTA gave up after temporary errors is not permanent. Without any status, a
 failed DSN recipient is permanent and a plain-text bounce is permanent unless its subject says delayed.
@@ -74,6 +77,7 @@ class Bounce:
     status: str | None  # RFC 3463 enhanced status code, e.g. "5.1.1"
     diagnostic: str | None  # the remote server's words, e.g. "550 5.1.1 <x@y>: User unknown"
     original_message_id: str | None  # "<...>" of the message that bounced
+    delayed: bool = False  # a delay warning: the message is still queued, nothing has failed yet
 
 
 def read_bounce(message: EmailMessage) -> Bounce | None:
@@ -112,6 +116,7 @@ def _from_dsn(message: EmailMessage, blocks: list[Message]) -> Bounce | None:
         status=status,
         diagnostic=_diagnostic(first),
         original_message_id=_original_message_id(message),
+        delayed=not failed,
     )
 
 
@@ -180,6 +185,7 @@ def _from_text(message: EmailMessage) -> Bounce | None:
         status=status,
         diagnostic=diagnostic,
         original_message_id=_original_message_id(message),
+        delayed=not hard and _DELAY_SUBJECT.match(subject) is not None,
     )
 
 

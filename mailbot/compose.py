@@ -4,6 +4,12 @@ Every message gets its Message-ID here, when it is planned, so a retried send is
 to it threads even before it went out. Headers are built with the stdlib's policy.default, which refuses CR
 and LF in a header value; customer text is also flattened to one line first, so nothing a customer writes
 (subject, name) can add a header or a recipient.
+
+The stdlib of Python 3.11.7 decodes an RFC 2047 encoded word found in a value it is given and writes the
+decoded text out raw (CVE-2024-6923): a subject, name or Message-ID holding `=?utf-8?q?=0D=0ABcc:_x@evil?=`
+would come out as a header line of its own. So customer text has its `=?` broken up (`= ?`), a Message-ID
+holding one is left out of the threading headers, and every composed message is checked to carry exactly
+the header fields it was given (UnsafeHeader otherwise: the composition is refused, nothing is sent).
 """
 
 from __future__ import annotations
@@ -21,14 +27,44 @@ from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
-LOOP_HEADER = "X-Mailbot-Loop"
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+from mailbot.automatic import LOOP_HEADER, loop_mark
+
+# C0 and C1 controls and the Unicode line separators: str.splitlines() breaks a header value at any of them.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+_ENCODED_WORD_START = "=?"  # RFC 2047 section 2
 _REPLY_PREFIX = re.compile(r"^\s*((re|fw|fwd|aw|wg|sv|antw|tr)\s*(\[\d+\])?\s*:\s*)+", re.IGNORECASE)
 
 
+class UnsafeHeader(ValueError):
+    """A composed message would carry a header field it was not given (see the module docstring)."""
+
+
 def one_line(text: str, limit: int = 200) -> str:
-    """Customer-controlled text made safe for a header: no control characters, bounded length."""
-    return _CONTROL.sub(" ", text).strip()[:limit]
+    """Customer-controlled text made safe for a header: no control characters, no encoded-word start,
+    bounded length."""
+    return _CONTROL.sub(" ", text).replace(_ENCODED_WORD_START, "= ?").strip()[:limit]
+
+
+def safe_address(address: Address) -> Address:
+    """`address` with its display name made one safe line (the address itself is checked after folding)."""
+    return Address(display_name=one_line(address.display_name), username=address.username, domain=address.domain)
+
+
+def _threadable(message_id: str) -> bool:
+    """Whether a Message-ID can go into In-Reply-To/References as is: no whitespace, controls or `=?`."""
+    return _ENCODED_WORD_START not in message_id and not any(c.isspace() or c < " " for c in message_id)
+
+
+def _check_header_fields(message: EmailMessage, data: bytes) -> None:
+    """Raise UnsafeHeader unless the header block of `data` has exactly the fields set on `message`."""
+    head = data.partition(b"\r\n\r\n")[0]
+    written = [
+        line.partition(b":")[0].strip().decode("ascii", "replace").lower()
+        for line in head.split(b"\r\n")
+        if line[:1] not in (b" ", b"\t")
+    ]
+    if written != [name.lower() for name in message]:
+        raise UnsafeHeader(f"composed header fields {written} differ from those set {message.keys()}")
 
 
 def base_subject(subject: str) -> str:
@@ -100,9 +136,9 @@ def ticket_subject(ticket_id: int, subject: str) -> str:
 
 
 class Composer:
-    def __init__(self, templates: Path, identity: Identity, *, loop_token: str) -> None:
+    def __init__(self, templates: Path, identity: Identity, *, loop_secret: bytes) -> None:
         self.identity = identity
-        self.loop_token = loop_token
+        self.loop_secret = loop_secret
         self._env = Environment(
             loader=FileSystemLoader(templates),
             autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False),
@@ -128,25 +164,28 @@ class Composer:
         text = self._env.get_template(f"{kind}.txt").render(values)
         message = EmailMessage()
         message["From"] = self.identity.header(from_name)
-        message["To"] = list(to)
+        message["To"] = [safe_address(a) for a in to]
         if cc:
-            message["Cc"] = list(cc)
+            message["Cc"] = [safe_address(a) for a in cc]
         if reply_to is not None:
-            message["Reply-To"] = reply_to
+            message["Reply-To"] = safe_address(reply_to)
         message["Subject"] = one_line(subject, 300)
         message_id = mint_message_id(self.identity.domain)
         message["Message-ID"] = message_id
-        if thread.in_reply_to:
+        if thread.in_reply_to and _threadable(thread.in_reply_to):
             message["In-Reply-To"] = thread.in_reply_to
-        if thread.references:
-            message["References"] = " ".join(thread.references)
+        references = [r for r in thread.references if _threadable(r)]
+        if references:
+            message["References"] = " ".join(references)
         # RFC 3834 5: mark what we send as automatic; our own mark lets us recognise it if it comes back.
         message["Auto-Submitted"] = auto_submitted
-        message[LOOP_HEADER] = self.loop_token
+        message[LOOP_HEADER] = loop_mark(self.loop_secret, message_id)
         message.set_content(text, cte="quoted-printable")
         html_name = f"{kind}.html"
         if html_name in self._env.list_templates(extensions=["html"]):
             message.add_alternative(self._env.get_template(html_name).render(values), subtype="html")
+        body = message.as_bytes(policy=SMTP)
+        _check_header_fields(message, body)
         return Outgoing(
             kind=kind,
             message_id=message_id,
@@ -154,5 +193,5 @@ class Composer:
             recipients=[a.addr_spec for a in (*to, *cc)],
             subject=str(message["Subject"]),
             text=text,
-            body=message.as_bytes(policy=SMTP),
+            body=body,
         )

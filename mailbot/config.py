@@ -14,7 +14,15 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from mailbot.errors import ConfigError
 from mailbot.hours import BusinessHours
@@ -205,6 +213,9 @@ class SlaConfig(_Section):
     confirmation_within: Duration = timedelta(hours=1)
     introduction_within: Duration = timedelta(hours=4)
     auto_assign_after: Duration = timedelta(hours=3)
+    at_risk_margin: Duration = timedelta(minutes=15)  # a failing relay this close to a deadline is reported
+    sweep_interval: Duration = timedelta(seconds=30)  # the periodic check, beside wake-ups at each due instant
+    reopen_within: Duration = timedelta(days=14)  # a reply after resolution reopens; later, a new linked ticket
 
     @model_validator(mode="after")
     def _order(self) -> SlaConfig:
@@ -216,6 +227,25 @@ class SlaConfig(_Section):
 class SecurityConfig(_Section):
     require_sender_auth: bool = True
     trusted_authserv_ids: list[str] = Field(default_factory=list)
+    # A trial switch (the shipped config.toml): believe the From of mail submitted over SMTP from a loopback
+    # address. Never on a host where an MTA relays mail to mailbot over loopback.
+    trust_local_submission: bool = False
+    explanations_per_day: int = Field(3, ge=0)  # explanations to one address in any 24 hours
+    auth_retry_for: Duration = timedelta(days=1)  # DNS failures: retry this long, then hold the ticket
+    # The key of the reply tokens (mailbot.tokens); neither given: one is generated and kept in the database.
+    secret: str | None = Field(None, min_length=16)
+    secret_file: Path | None = None
+    # mailbot.loops: confirmations + explanations to one address per window; hard bounces that mark a contact.
+    auto_reply_limit: int = Field(10, ge=0)
+    auto_reply_window: Duration = timedelta(hours=24)
+    bouncing_after: int = Field(3, ge=1)
+    ticket_mail_per_hour: int = Field(20, ge=1)  # notifications + relays on one ticket: more is a mail loop
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> SecurityConfig:
+        if self.secret is not None and self.secret_file is not None:
+            raise ValueError("give at most one of secret and secret_file")
+        return self
 
 
 class Config(_Section):

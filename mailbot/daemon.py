@@ -15,6 +15,7 @@ from datetime import timedelta
 from mailbot import listener, notify
 from mailbot.app import App
 from mailbot.door import Door
+from mailbot.errors import TransientError
 from mailbot.imap import MailboxWatcher
 from mailbot.imap_door import DatabaseCursors, ImapSink
 from mailbot.scheduler import Scheduler
@@ -28,7 +29,7 @@ class Daemon:
         self.app = app
         self.config = app.config
         self.stopping = asyncio.Event()
-        self.scheduler = Scheduler()
+        self.scheduler = Scheduler(app.clock)
         self.door = Door(app.db, app.clock, on_stored=app.processor.wake)
         self.servers: list[asyncio.Server] = []
         self.handlers: list[listener.Handler] = []
@@ -58,6 +59,7 @@ class Daemon:
             self.tasks.append(asyncio.create_task(watcher.run(), name=f"imap {watcher.key}"))
             log.info("watching IMAP mailbox %s", watcher.key)
         self.scheduler.every("outbox", timedelta(seconds=15), self._drain_outbox)
+        self.scheduler.every("sla", self.config.sla.sweep_interval, self._sweep_sla)
         self.scheduler.start()
         if (interval := notify.watchdog_interval()) is not None:
             self.tasks.append(asyncio.create_task(self._watchdog(interval), name="watchdog"))
@@ -67,8 +69,22 @@ class Daemon:
 
     async def _drain_outbox(self) -> None:
         await self.app.sender.drain()
-        if (due := await self.app.sender.next_due()) is not None:
+        # Only ahead: what is due already is either leased by another instance (its sweep sends it) or was
+        # queued during this drain by someone who woke the job (it runs again at once).
+        if (due := await self.app.sender.next_due()) is not None and due > self.app.clock.now():
             self.scheduler.wake("outbox", due)
+
+    async def _sweep_sla(self) -> None:
+        """Assign the tickets due for it, record missed deadlines; run again when the next one can change."""
+        try:
+            sweep = await self.app.sla.sweep()
+        except TransientError as exc:
+            log.error("cannot check deadlines now: %s; the next sweep retries", exc)
+            return
+        if sweep.assigned:
+            self.scheduler.wake("outbox")  # the introductions just queued
+        if sweep.next_check is not None:
+            self.scheduler.wake("sla", sweep.next_check)
 
     async def _watchdog(self, interval: float) -> None:
         while True:
@@ -85,7 +101,7 @@ class Daemon:
                 log.warning("gave up waiting for %d message(s) being received", handler.in_flight)
         await asyncio.gather(*(watcher.stop() for watcher in self.watchers))  # each finishes its message, logs out
         await self.door.close()
-        self.scheduler.shutdown()
+        await self.scheduler.stop(DRAIN_TIMEOUT)
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)

@@ -12,6 +12,9 @@ from datetime import datetime
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from mailbot.admission import Gate
+from mailbot.followups import Continues, Decided, Followups
+from mailbot.loops import MachineMail, hold_reason
 from mailbot.parse import ParsedMessage, ParseLimits, UnparseableMessage, content_key, parse
 from mailbot.store import tickets as ticket_store
 from mailbot.store.schema import InboundMessage
@@ -20,7 +23,7 @@ from mailbot.workflow import Workflow
 
 @dataclass(frozen=True)
 class Outcome:
-    action: str  # created | threaded | held | duplicate | ignored | failed
+    action: str  # created | threaded | held | duplicate | ignored | failed | deferred
     ticket_id: int | None = None
     detail: str | None = None
 
@@ -32,8 +35,19 @@ class Outcome:
 
 
 class Intake:
-    def __init__(self, workflow: Workflow, limits: ParseLimits | None = None) -> None:
+    def __init__(
+        self,
+        workflow: Workflow,
+        limits: ParseLimits | None = None,
+        *,
+        gate: Gate,
+        followups: Followups,
+        machines: MachineMail,
+    ) -> None:
         self.workflow = workflow
+        self.machines = machines
+        self.gate = gate
+        self.followups = followups
         self.limits = limits or ParseLimits()
 
     def process(self, session: Session, inbound: InboundMessage, now: datetime) -> Outcome:
@@ -60,23 +74,43 @@ class Intake:
         return outcome
 
     def _decide(self, session: Session, inbound: InboundMessage, parsed: ParsedMessage, key: str, now: datetime) -> Outcome:
+        # Before the duplicate check: our own message coming back has a Message-ID we already keep.
+        if (ignored := self.machines.screen(session, parsed, now)) is not None:
+            return Outcome("ignored", ignored.ticket_id, ignored.detail)
         if ticket_store.message_id_known(session, key):
             return Outcome("duplicate")
-        return self._new_ticket(session, inbound, parsed, key, now)
+        followup = self.followups.follow(session, inbound, parsed, key, now)
+        if isinstance(followup, Decided):
+            return Outcome(followup.action, followup.ticket_id, followup.detail)
+        parent_id = followup.parent_id if isinstance(followup, Continues) else None
+        return self._new_ticket(session, inbound, parsed, key, now, parent_id=parent_id)
 
     def _new_ticket(
-        self, session: Session, inbound: InboundMessage, parsed: ParsedMessage, key: str, now: datetime
+        self,
+        session: Session,
+        inbound: InboundMessage,
+        parsed: ParsedMessage,
+        key: str,
+        now: datetime,
+        *,
+        parent_id: int | None = None,
     ) -> Outcome:
         sender = parsed.from_
         requester = sender.address.lower() if sender else (inbound.envelope_from or "").lower()
         held = None if requester else ("no-sender-address", "the message names no sender to answer")
+        held = held or hold_reason(parsed, inbound.envelope_from)  # automatic mail starts no conversation
+        admission = self.gate.judge(session, inbound, parsed, now) if requester and not held else None
+        if admission is not None:
+            held = admission.held
         ticket = self.workflow.open_ticket(
             session,
             requester=requester,
             requester_name=sender.name if sender else "",
             subject=parsed.subject,
             now=now,
+            organization_id=admission.organization_id if admission else None,
             held=held,
+            parent_id=parent_id,
         )
         ticket_store.add_message(
             session,
@@ -94,6 +128,8 @@ class Intake:
             text=parsed.text,
             attachments=parsed.attachments,
         )
+        if admission is not None:
+            self.gate.record(session, ticket, admission, now)
         if held:
             return Outcome("held", ticket.id, held[1])
         self.workflow.start_clock(session, ticket, now)

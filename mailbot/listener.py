@@ -95,6 +95,7 @@ class Handler:
                 source="lmtp" if self.lmtp else "smtp",
                 envelope_from=envelope.mail_from or "",
                 envelope_to=envelope.rcpt_tos,
+                peer=session.peer[0] if isinstance(session.peer, tuple) else None,
             )
         except TransientError as exc:
             log.error("message from %s not stored: %s", envelope.mail_from, exc)
@@ -143,6 +144,14 @@ class _Limited:
             self.transport.close()  # type: ignore[attr-defined]
             return
         await super()._handle_client()  # type: ignore[misc]
+
+    def _timeout_cb(self) -> None:
+        # RFC 5321 4.5.3.2: a server may close an idle session; a 421 tells the client why (aiosmtpd
+        # would hang up silently). Its timer restarts on each command, not on each DATA line.
+        transport = self.transport  # type: ignore[attr-defined]
+        if transport is not None and not transport.is_closing():
+            transport.write(b"421 4.4.2 Idle too long, closing connection\r\n")
+        super()._timeout_cb()  # type: ignore[misc]
 
 
 class LimitedSMTP(_Limited, SMTP):

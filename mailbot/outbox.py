@@ -10,7 +10,10 @@ FIRST_RETRY = timedelta(seconds=5)
 def retry_delay(attempts: int, cap: timedelta) -> timedelta:
     """Exponential backoff after `attempts` failed tries (5s, 10s, 20s...), capped so that mail goes out
     within `cap` of the relay coming back (the promise is measured in minutes, not hours)."""
-    return min(cap, FIRST_RETRY * (2 ** max(0, attempts - 1)))
+    # The exponent stops growing long before it matters: 2**n seconds overflows a timedelta after a day of
+    # minute-by-minute retries (a relay down that long is exactly when this must keep working).
+    doublings = min(max(0, attempts - 1), 30)
+    return min(cap, FIRST_RETRY * 2**doublings)
 
 
 def is_permanent(smtp_code: int | None) -> bool:

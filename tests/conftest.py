@@ -12,16 +12,22 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.orm import Session
 
 from mailbot.app import App
 from mailbot.clock import FrozenClock
 from mailbot.config import Config, from_mapping
+from mailbot.dns import Resolver
+from mailbot.plans import Plan, Product
+from mailbot.store import registry
+from tests.world import relay, world  # noqa: F401  (fixtures: a running daemon and its SMTP relay)
 
 pytest_plugins = ["tests.dovecot"]  # the private Dovecot fixtures: dovecot, account
 
 PG_ADMIN_URL = os.environ.get("MAILBOT_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 # Tuesday 2026-12-01 10:00 US Eastern: inside business hours.
 TUESDAY_10_ET = datetime(2026, 12, 1, 15, 0, tzinfo=UTC)
+CUSTOMER_ADDRESS = "ana@lincoln.example"
 
 
 @pytest.fixture
@@ -103,14 +109,37 @@ def make_config(tmp_path: Path, sqlite_url: str) -> Callable[..., Config]:
     return build
 
 
+def register_customer(session: Session, now: datetime) -> None:
+    """The test customer, once per database: Lincoln High (Full Hero, Silver, no end date) and its named
+    contact Ana Diaz <ana@lincoln.example>, the sender of tests.mailers.message()."""
+    if registry.find_contact(session, CUSTOMER_ADDRESS) is not None:
+        return
+    org = registry.add_org(session, "Lincoln High", product=Product.FULL, plan=Plan.SILVER, now=now)
+    registry.add_contact(session, CUSTOMER_ADDRESS, org=org, name="Ana Diaz", now=now)
+
+
 @pytest.fixture
 def make_app(make_config: Callable[..., Config], clock: FrozenClock) -> Iterator[Callable[..., App]]:
-    """Apps on an upgraded schema, closed after the test."""
+    """Apps on an upgraded schema, closed after the test.
+
+    `customer` registers the test customer (register_customer), so mail from ana@lincoln.example is
+    entitled; `resolver` replaces DNS for sender authentication.
+    """
     apps: list[App] = []
 
-    def build(overrides: dict[str, Any] | None = None, *, db: str | None = None) -> App:
+    def build(
+        overrides: dict[str, Any] | None = None,
+        *,
+        db: str | None = None,
+        customer: bool = True,
+        resolver: Resolver | None = None,
+    ) -> App:
         app = App(make_config(overrides, db=db), clock)
         app.db.upgrade()
+        if resolver is not None:
+            app.resolver = resolver
+        if customer:
+            app.db.call(register_customer, clock.now())
         apps.append(app)
         return app
 

@@ -12,7 +12,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mailbot import compose
-from mailbot.automatic import LOOP_HEADER, automatic_reason, is_own_mail, may_auto_reply_to
+from mailbot.automatic import (
+    LOOP_HEADER,
+    MAX_ADDRESS_FIELD,
+    automatic_reason,
+    header_addresses,
+    is_own_mail,
+    loop_mark,
+    may_auto_reply_to,
+)
 
 DATA = Path(__file__).parent / "data"
 AUTO_FILES = sorted(path.name for path in DATA.glob("auto_*.eml"))
@@ -350,3 +358,22 @@ def test_hostile_headers_never_raise(headers: list[tuple[str, bytes]], envelope:
     address = may_auto_reply_to(message, envelope)
     assert reason is None or address is None
     assert is_own_mail(message, "token") is False
+
+
+class TestLoopMark:
+    """loop_mark: our mark is an HMAC of the message's own Message-ID; header_addresses stays fast."""
+
+    def test_mark_depends_on_secret_and_message_id(self) -> None:
+        mark = loop_mark(b"s" * 32, "<a@schoolmint.com>")
+        assert mark == loop_mark(b"s" * 32, "<a@schoolmint.com>") and len(mark) == 32
+        assert mark != loop_mark(b"t" * 32, "<a@schoolmint.com>")
+        assert mark != loop_mark(b"s" * 32, "<b@schoolmint.com>")
+        with pytest.raises(ValueError, match="secret"):
+            loop_mark(b"", "<a@schoolmint.com>")
+
+    def test_overlong_address_field_names_nobody(self) -> None:
+        """A From far longer than one mailbox needs is not parsed (the stdlib parser is quadratic in it)."""
+        huge = "x(y)" * (MAX_ADDRESS_FIELD // 4) + " <ana@lincoln.example>"
+        message = with_replaced("From", huge)
+        assert header_addresses(message, "From") == []
+        assert may_auto_reply_to(message, PERSON_ADDRESS) is None

@@ -32,6 +32,7 @@ EXPECTED = {
         status="4.4.1",
         diagnostic="connect to mx.cedar-valley.example.org[198.51.100.90]:25: Connection timed out",
         original_message_id="<Yd3kR8pN1vB6wQ2tL5hX9cM4@schoolmint.com>",
+        delayed=True,
     ),
     "bounce_exchange_ndr.eml": Bounce(
         recipients=["d.nguyen@maplewood.example.edu"],
@@ -167,7 +168,7 @@ class TestDeliveryStatusNotifications:
         bounce = read_bounce(report)
         assert bounce is not None
         assert bounce.recipients == ["also-gone@school.example", "gone@school.example"]
-        assert bounce.permanent and bounce.status == "5.1.1"
+        assert bounce.permanent and bounce.status == "5.1.1" and not bounce.delayed
         assert bounce.original_message_id == "<sent-1@schoolmint.com>"
 
     def test_giving_up_after_temporary_errors_is_not_permanent(self) -> None:
@@ -281,7 +282,7 @@ class TestPlainTextBounces:
                 "    **********************************************\n",
             )
         )
-        assert bounce is not None and not bounce.permanent
+        assert bounce is not None and not bounce.permanent and bounce.delayed
 
     def test_mail_system_notice_that_is_not_a_bounce(self) -> None:
         """A postmaster's report with no bounce subject and no failed address is not a bounce."""

@@ -30,6 +30,11 @@ maildir = "{sent}"
 [security]
 require_sender_auth = false
 """
+# The test sender, ana@lincoln.example, registered as a named contact (README's quick start).
+CUSTOMER = (
+    ("org", "add", "Lincoln High", "--product", "full", "--plan", "silver"),
+    ("contact", "add", "ana@lincoln.example", "--org", "Lincoln High", "--name", "Ana Diaz"),
+)
 
 
 @pytest.fixture
@@ -116,6 +121,8 @@ class TestIngestAndTickets:
     def test_ingest_then_list_and_show(self, capsys: pytest.CaptureFixture[str], config_file: Path, tmp_path: Path) -> None:
         cfg = ("--config", str(config_file))
         assert run(capsys, *cfg, "db", "upgrade")[0] == 0
+        for argv in CUSTOMER:  # the sender is a named contact, so the message is entitled
+            assert run(capsys, *cfg, *argv)[0] == 0
         path = tmp_path / "m.eml"
         path.write_bytes(message(message_id="<i@lincoln.example>"))
         code, out, _ = run(capsys, *cfg, "ingest", str(path))
@@ -164,6 +171,8 @@ class TestDaemonProcess:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         subprocess.run([sys.executable, "-m", "mailbot", "--config", str(config_file), "db", "upgrade"], check=True,
                        env=env, capture_output=True)
+        for argv in CUSTOMER:
+            assert main(["--config", str(config_file), *argv]) == 0
         process = subprocess.Popen([sys.executable, "-m", "mailbot", "--config", str(config_file), "run"],
                                    env=env, stderr=subprocess.PIPE, text=True)
         try:

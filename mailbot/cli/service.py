@@ -6,6 +6,7 @@ import argparse
 import logging
 from typing import Any
 
+
 log = logging.getLogger("mailbot")
 
 
@@ -20,12 +21,11 @@ def register(commands: Any) -> None:
 
 
 def cmd_run(args: argparse.Namespace, context: Any) -> int:
+    from mailbot.admission import trust_warnings  # heavy imports: only for the daemon
+
     config = context.config
-    if not config.security.require_sender_auth:
-        log.warning(
-            "require_sender_auth = false: any From address is believed. Use this only when the receiving path "
-            "is trusted (a local MTA that authenticates senders); never on a public-facing listener."
-        )
+    for warning in trust_warnings(config.security):
+        log.warning(warning)
     context.app.db.check_current()
     from mailbot import daemon
 

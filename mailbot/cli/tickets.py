@@ -1,16 +1,20 @@
-"""ticket list, ticket show."""
+"""ticket list, ticket show, ticket release, ticket assign, ticket resolve."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 from typing import Any
 
 from sqlalchemy.orm import Session
 
+from mailbot import sla
 from mailbot.errors import RefusedError
+from mailbot.store import outbox as outbox_store
+from mailbot.store import sla as sla_store
 from mailbot.store import tickets as ticket_store
-from mailbot.store.schema import Organization
+from mailbot.store.schema import Organization, OutboxItem
 from mailbot.views import ticket_json
 
 STATUSES = ("new", "open", "held", "resolved")
@@ -21,12 +25,24 @@ def register(commands: Any) -> None:
     sub = ticket.add_subparsers(dest="ticket_command", metavar="COMMAND", required=True)
     listing = sub.add_parser("list", help="every ticket, whatever its status, unless --status filters")
     listing.add_argument("--status", choices=STATUSES)
+    listing.add_argument("--breached", action="store_true", help="only tickets with an SLA deadline missed or at risk")
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(handler=cmd_list)
     show = sub.add_parser("show", help="one ticket with its conversation")
     show.add_argument("id", type=int)
     show.add_argument("--json", action="store_true")
     show.set_defaults(handler=cmd_show)
+    release = sub.add_parser("release", help="a held ticket enters the normal flow (confirmation, introduction)")
+    release.add_argument("id", type=int)
+    release.set_defaults(handler=cmd_release)
+    assign = sub.add_parser("assign", help="a specialist claims a ticket: the introduction goes out now")
+    assign.add_argument("id", type=int)
+    assign.add_argument("email", help="the specialist's address (see `mailbot specialist list`)")
+    assign.set_defaults(handler=cmd_assign)
+    resolve = sub.add_parser("resolve", help="the ticket is resolved and the customer is told")
+    resolve.add_argument("id", type=int)
+    resolve.add_argument("--note", default="", help="what was done, for the customer (in the resolution mail)")
+    resolve.set_defaults(handler=cmd_resolve)
 
 
 def _json(session: Session, ticket: Any, messages: bool) -> dict[str, Any]:
@@ -36,20 +52,29 @@ def _json(session: Session, ticket: Any, messages: bool) -> dict[str, Any]:
         organization=organization.name if organization else None,
         specialist=ticket_store.specialist_address(session, ticket.specialist_id),
         messages=messages,
+        outbox={item.message_id: item for item in outbox_store.for_ticket(session, ticket.id)} if messages else None,
     )
 
 
 def cmd_list(args: argparse.Namespace, context: Any) -> int:
-    rows = context.app.db.call(
-        lambda s: [_json(s, t, messages=False) for t in ticket_store.listing(s, args.status)]
-    )
+    zone = context.app.hours.zone
+
+    def load(session: Session) -> list[tuple[dict[str, Any], str]]:
+        return [
+            (_json(session, t, messages=False), sla.column(sla_store.promise(t, {}), t.sla_breach, zone))
+            for t in ticket_store.listing(session, args.status, breached=args.breached)
+        ]
+
+    rows = context.app.db.call(load)
     if args.json:
-        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        print(json.dumps([row for row, _ in rows], indent=2, ensure_ascii=False))
         return 0
-    print(f"{'ID':>5}  {'STATUS':<8} {'CREATED':<17} {'REQUESTER':<30} SUBJECT")
-    for row in rows:
-        status = row["status"] + ("!" if row["sla_breach"] else "")
-        print(f"{row['id']:>5}  {status:<8} {row['created_at'][:16]:<17} {row['requester'][:30]:<30} {row['subject'][:60]}")
+    print(f"{'ID':>5}  {'STATUS':<8} {'CREATED':<17} {'REQUESTER':<30} {'SUBJECT':<40} SLA")
+    for row, due in rows:
+        print(
+            f"{row['id']:>5}  {row['status']:<8} {row['created_at'][:16]:<17} {row['requester'][:30]:<30} "
+            f"{row['subject'][:40]:<40} {due}"
+        )
     return 0
 
 
@@ -64,12 +89,77 @@ def cmd_show(args: argparse.Namespace, context: Any) -> int:
     if args.json:
         print(json.dumps(data, indent=2, ensure_ascii=False))
         return 0
-    for key in ("id", "status", "held_reason", "subject", "requester", "organization", "specialist", "created_at",
-                "confirmation_sent_at", "introduction_due_at", "introduction_sent_at", "sla_breach"):
+    for key in ("id", "status", "held_reason", "held_detail", "entitlement", "sender_auth", "subject",
+                "requester", "organization", "specialist", "created_at", "confirmation_sent_at",
+                "introduction_due_at", "introduction_sent_at", "sla_breach", "sla_breached_at", "auto_reply_refused"):
         if data[key] is not None:
             print(f"{key.replace('_', ' '):<22} {data[key]}")
     for message in data["messages"]:
         print(f"\n--- {message['direction']} {message['kind']} {message['at']} from {message['from']}")
+        if message.get("delivery"):
+            print(f"Delivery: {message['delivery']}" + (f" ({message['delivery_detail']})" if message["delivery_detail"] else ""))
         print(f"Subject: {message['subject']}\n")
         print(message["text"].rstrip())
+    return 0
+
+
+def cmd_release(args: argparse.Namespace, context: Any) -> int:
+    app = context.app
+    workflow = app.workflow  # built outside the transaction: it reads the site's secret from the database
+
+    def release(session: Session) -> str:
+        ticket = ticket_store.get(session, args.id)
+        if ticket is None:
+            raise RefusedError(f"no ticket {args.id}")
+        workflow.release(session, ticket, app.clock.now())
+        if ticket.confirmation_due_at is None:
+            return f"no confirmation ({ticket.auto_reply_refused})"
+        return "the confirmation is queued"
+
+    outcome = app.db.call(release)
+    print(f"released ticket {args.id}: its clock has started; {outcome}")
+    return 0
+
+
+def cmd_assign(args: argparse.Namespace, context: Any) -> int:
+    """The claim is committed first; then this command runs the sender once itself, so the specialist sees
+    the introduction go out (the outbox lease keeps a running daemon from sending it too). When the relay
+    fails, the introduction stays queued and the daemon's retries send it."""
+    app = context.app
+    claim = app.sla.claim(args.id, args.email)
+    who = f"{claim.name} <{claim.address}>"
+    if claim.previous == claim.address:
+        print(f"ticket {claim.ticket_id} is already assigned to {who}")
+        return 0
+    if claim.introduction_id is None:
+        print(f"ticket {claim.ticket_id} assigned to {who}; the customer was introduced before and is not again")
+        return 0
+    asyncio.run(app.sender.drain())
+    item = app.db.call(lambda s: s.get_one(OutboxItem, claim.introduction_id))
+    if item.status == "sent":
+        print(f"ticket {claim.ticket_id} assigned to {who}; introduction sent")
+    else:
+        print(
+            f"ticket {claim.ticket_id} assigned to {who}; introduction queued, not sent yet "
+            f"({item.last_error or 'not attempted'}): the daemon keeps trying"
+        )
+    return 0
+
+
+def cmd_resolve(args: argparse.Namespace, context: Any) -> int:
+    """Like `assign`: the resolution is committed with the ticket's new status, then sent once from here."""
+    app = context.app
+    workflow = app.workflow  # built outside the transaction: it reads the site's secret from the database
+
+    def resolve(session: Session) -> int:
+        ticket = ticket_store.get(session, args.id)
+        if ticket is None:
+            raise RefusedError(f"no ticket {args.id}")
+        return workflow.resolve(session, ticket, app.clock.now(), args.note).id
+
+    item_id = app.db.call(resolve)
+    asyncio.run(app.sender.drain())
+    item = app.db.call(lambda s: s.get_one(OutboxItem, item_id))
+    told = "the customer was told" if item.status == "sent" else "the resolution mail is queued: the daemon sends it"
+    print(f"resolved ticket {args.id}; {told}")
     return 0

@@ -49,9 +49,15 @@ def _claimable(now: datetime) -> ColumnElement[bool]:
 
 def claim_due(session: Session, now: datetime, worker: str, lease: timedelta, limit: int = 50) -> list[OutboxItem]:
     """Take due items for sending. The conditional UPDATE is the lock: with several instances on one
-    database, exactly one wins each item, so nothing is sent twice."""
+    database, exactly one wins each item, so nothing is sent twice. On PostgreSQL the candidates are read with
+    FOR UPDATE SKIP LOCKED, so instances claiming at the same moment take different items instead of all
+    queueing for the same ones and giving up."""
     candidates = session.scalars(
-        select(OutboxItem.id).where(_claimable(now)).order_by(OutboxItem.next_attempt_at, OutboxItem.id).limit(limit)
+        select(OutboxItem.id)
+        .where(_claimable(now))
+        .order_by(OutboxItem.next_attempt_at, OutboxItem.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
     ).all()
     claimed = [
         item_id

@@ -138,7 +138,7 @@ class Ticket(Base):
     sender_auth: Mapped[str | None] = mapped_column(Text)
     released_at: Mapped[datetime | None]
     subject: Mapped[str] = mapped_column(Text, default="")
-    requester: Mapped[str] = mapped_column(String(320))
+    requester: Mapped[str] = mapped_column(String(320), index=True)  # automatic mail counted per address
     requester_name: Mapped[str] = mapped_column(String(200), default="")
     organization_id: Mapped[int | None] = mapped_column(ForeignKey("organizations.id", ondelete="SET NULL"))
     specialist_id: Mapped[int | None] = mapped_column(ForeignKey("specialists.id", ondelete="SET NULL"))
@@ -154,6 +154,7 @@ class Ticket(Base):
     resolved_at: Mapped[datetime | None]
     sla_breach: Mapped[str | None] = mapped_column(Text)
     sla_breached_at: Mapped[datetime | None]
+    auto_reply_refused: Mapped[str | None] = mapped_column(Text)  # why no confirmation/explanation (mailbot.loops)
 
     messages: Mapped[list[TicketMessage]] = relationship(
         back_populates="ticket", order_by="TicketMessage.id", cascade="all, delete-orphan"
@@ -235,3 +236,13 @@ class ImapCursor(Base):
     uidvalidity: Mapped[int] = mapped_column(BigInteger)  # RFC 3501: a 32-bit unsigned number
     last_uid: Mapped[int] = mapped_column(BigInteger)
     updated_at: Mapped[datetime]
+
+
+class Setting(Base):
+    """Values the site keeps in its database rather than its configuration (the generated reply-token secret),
+    so that a fresh install and several instances on one database agree without any set-up."""
+
+    __tablename__ = "settings"
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime]

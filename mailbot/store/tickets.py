@@ -71,10 +71,13 @@ def get(session: Session, ticket_id: int) -> Ticket | None:
     )
 
 
-def listing(session: Session, status: str | None = None) -> list[Ticket]:
+def listing(session: Session, status: str | None = None, *, breached: bool = False) -> list[Ticket]:
+    """Tickets by id; `breached`: only those with an SLA finding on record (missed or at risk)."""
     statement = select(Ticket).order_by(Ticket.id)
     if status is not None:
         statement = statement.where(Ticket.status == status)
+    if breached:
+        statement = statement.where(Ticket.sla_breach.is_not(None))
     return list(session.scalars(statement))
 
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-26 10:39:53.925854
+Create Date: 2026-11-26 10:58:01.680812
 """
 
 from __future__ import annotations
@@ -46,12 +46,19 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('pk_organizations')),
     sa.UniqueConstraint('name', name=op.f('uq_organizations_name'))
     )
+    op.create_table('settings',
+    sa.Column('key', sa.String(length=100), nullable=False),
+    sa.Column('value', sa.Text(), nullable=False),
+    sa.Column('created_at', mailbot.store.schema.UtcDateTime(), nullable=False),
+    sa.PrimaryKeyConstraint('key', name=op.f('pk_settings'))
+    )
     op.create_table('specialists',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('address', sa.String(length=320), nullable=False),
     sa.Column('name', sa.String(length=200), nullable=False),
     sa.Column('active', sa.Boolean(), nullable=False),
     sa.Column('last_assigned_at', mailbot.store.schema.UtcDateTime(), nullable=True),
+    sa.Column('last_turn', sa.Integer(), server_default='0', nullable=False),
     sa.Column('created_at', mailbot.store.schema.UtcDateTime(), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_specialists')),
     sa.UniqueConstraint('address', name=op.f('uq_specialists_address'))
@@ -69,6 +76,9 @@ def upgrade() -> None:
     sa.Column('status', sa.String(length=20), nullable=False),
     sa.Column('held_reason', sa.String(length=60), nullable=True),
     sa.Column('held_detail', sa.Text(), nullable=True),
+    sa.Column('entitlement', sa.String(length=60), nullable=True),
+    sa.Column('sender_auth', sa.Text(), nullable=True),
+    sa.Column('released_at', mailbot.store.schema.UtcDateTime(), nullable=True),
     sa.Column('subject', sa.Text(), nullable=False),
     sa.Column('requester', sa.String(length=320), nullable=False),
     sa.Column('requester_name', sa.String(length=200), nullable=False),
@@ -86,12 +96,14 @@ def upgrade() -> None:
     sa.Column('resolved_at', mailbot.store.schema.UtcDateTime(), nullable=True),
     sa.Column('sla_breach', sa.Text(), nullable=True),
     sa.Column('sla_breached_at', mailbot.store.schema.UtcDateTime(), nullable=True),
+    sa.Column('auto_reply_refused', sa.Text(), nullable=True),
     sa.ForeignKeyConstraint(['organization_id'], ['organizations.id'], name=op.f('fk_tickets_organization_id_organizations'), ondelete='SET NULL'),
     sa.ForeignKeyConstraint(['parent_id'], ['tickets.id'], name=op.f('fk_tickets_parent_id_tickets'), ondelete='SET NULL'),
     sa.ForeignKeyConstraint(['specialist_id'], ['specialists.id'], name=op.f('fk_tickets_specialist_id_specialists'), ondelete='SET NULL'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_tickets'))
     )
     with op.batch_alter_table('tickets', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_tickets_requester'), ['requester'], unique=False)
         batch_op.create_index('ix_tickets_status', ['status'], unique=False)
 
     op.create_table('contacts',
@@ -126,6 +138,7 @@ def upgrade() -> None:
     sa.Column('claimed_until', mailbot.store.schema.UtcDateTime(), nullable=True),
     sa.Column('processed_at', mailbot.store.schema.UtcDateTime(), nullable=True),
     sa.Column('message_id', sa.String(length=998), nullable=True),
+    sa.Column('peer', sa.String(length=100), nullable=True),
     sa.Column('ticket_id', sa.Integer(), nullable=True),
     sa.ForeignKeyConstraint(['ticket_id'], ['tickets.id'], name=op.f('fk_inbound_messages_ticket_id_tickets'), ondelete='SET NULL'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_inbound_messages'))
@@ -229,10 +242,12 @@ def downgrade() -> None:
     op.drop_table('contacts')
     with op.batch_alter_table('tickets', schema=None) as batch_op:
         batch_op.drop_index('ix_tickets_status')
+        batch_op.drop_index(batch_op.f('ix_tickets_requester'))
 
     op.drop_table('tickets')
     op.drop_table('schools')
     op.drop_table('specialists')
+    op.drop_table('settings')
     op.drop_table('organizations')
     op.drop_table('imap_cursors')
     op.drop_table('blobs')
