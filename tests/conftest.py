@@ -20,9 +20,9 @@ from mailbot.config import Config, from_mapping
 from mailbot.dns import Resolver
 from mailbot.plans import Plan, Product
 from mailbot.store import registry
-from tests.world import relay, world  # noqa: F401  (fixtures: a running daemon and its SMTP relay)
 
-pytest_plugins = ["tests.dovecot"]  # the private Dovecot fixtures: dovecot, account
+# Fixture plugins: a private Dovecot (dovecot, account); a running daemon and its SMTP relay (world, relay).
+pytest_plugins = ["tests.dovecot", "tests.world"]
 
 PG_ADMIN_URL = os.environ.get("MAILBOT_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 # Tuesday 2026-12-01 10:00 US Eastern: inside business hours.

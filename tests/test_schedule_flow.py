@@ -136,14 +136,6 @@ def add_team(app: App, *members: tuple[str, str], away: tuple[str, ...] = ()) ->
     app.db.call(add)
 
 
-@pytest.fixture
-async def relay() -> AsyncIterator[SmtpSink]:
-    sink = SmtpSink()
-    await sink.start()
-    yield sink
-    await sink.stop()
-
-
 class Services:
     """Daemons on the SMTP sink and the frozen clock, stopped at the end of the test."""
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import timedelta
 from email import message_from_bytes, policy
 
-import pytest
 from sqlalchemy import select
 
 from mailbot.app import App
@@ -15,14 +14,6 @@ from mailbot.outbox import retry_delay
 from mailbot.store.inbound import RawMessage, insert_many
 from mailbot.store.schema import OutboxItem, Ticket
 from tests.mailers import SmtpSink, message
-
-
-@pytest.fixture
-async def relay() -> AsyncIterator[SmtpSink]:
-    sink = SmtpSink()
-    await sink.start()
-    yield sink
-    await sink.stop()
 
 
 def relayed_app(make_app: Callable[..., App], relay: SmtpSink, db: str | None = None) -> App:

@@ -14,7 +14,7 @@ from mailbot.errors import RefusedError
 from mailbot.store import outbox as outbox_store
 from mailbot.store import sla as sla_store
 from mailbot.store import tickets as ticket_store
-from mailbot.store.schema import Organization, OutboxItem
+from mailbot.store.schema import Organization, OutboxItem, Ticket
 from mailbot.views import ticket_json
 
 STATUSES = ("new", "open", "held", "resolved")
@@ -79,13 +79,7 @@ def cmd_list(args: argparse.Namespace, context: Any) -> int:
 
 
 def cmd_show(args: argparse.Namespace, context: Any) -> int:
-    def load(session: Session) -> dict[str, Any] | None:
-        ticket = ticket_store.get(session, args.id)
-        return None if ticket is None else _json(session, ticket, messages=True)
-
-    data = context.app.db.call(load)
-    if data is None:
-        raise RefusedError(f"no ticket {args.id}")
+    data = context.app.db.call(lambda session: _json(session, existing(session, args.id), messages=True))
     if args.json:
         print(json.dumps(data, indent=2, ensure_ascii=False))
         return 0
@@ -103,14 +97,19 @@ def cmd_show(args: argparse.Namespace, context: Any) -> int:
     return 0
 
 
+def existing(session: Session, ticket_id: int) -> Ticket:
+    ticket = ticket_store.get(session, ticket_id)
+    if ticket is None:
+        raise RefusedError(f"no ticket {ticket_id}")
+    return ticket
+
+
 def cmd_release(args: argparse.Namespace, context: Any) -> int:
     app = context.app
     workflow = app.workflow  # built outside the transaction: it reads the site's secret from the database
 
     def release(session: Session) -> str:
-        ticket = ticket_store.get(session, args.id)
-        if ticket is None:
-            raise RefusedError(f"no ticket {args.id}")
+        ticket = existing(session, args.id)
         workflow.release(session, ticket, app.clock.now())
         if ticket.confirmation_due_at is None:
             return f"no confirmation ({ticket.auto_reply_refused})"
@@ -152,9 +151,7 @@ def cmd_resolve(args: argparse.Namespace, context: Any) -> int:
     workflow = app.workflow  # built outside the transaction: it reads the site's secret from the database
 
     def resolve(session: Session) -> int:
-        ticket = ticket_store.get(session, args.id)
-        if ticket is None:
-            raise RefusedError(f"no ticket {args.id}")
+        ticket = existing(session, args.id)
         return workflow.resolve(session, ticket, app.clock.now(), args.note).id
 
     item_id = app.db.call(resolve)
