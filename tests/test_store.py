@@ -7,13 +7,14 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from sqlalchemy import select
 
 from mailbot.compose import Outgoing
 from mailbot.store import Database
 from mailbot.store import inbound as inbound_store
 from mailbot.store import outbox as outbox_store
 from mailbot.store.inbound import RawMessage
-from mailbot.store.schema import Base, ImapCursor
+from mailbot.store.schema import Base, ImapCursor, InboundMessage
 
 NOW = datetime(2026, 12, 1, 15, 0, tzinfo=UTC)
 
@@ -58,6 +59,21 @@ class TestInbound:
         rows = db.call(lambda s: [inbound_store.get(s, i) for i in ids])
         assert [r.raw for r in rows] == [m.raw for m in messages]
         assert all(r.status == "pending" and r.envelope_to == ["x@y.example"] for r in rows)
+
+    def test_insert_many_stores_every_field_as_the_orm_would(self, db: Database) -> None:
+        """SQLite's fast path (the driver itself) stores times, JSON, bytes and NULLs in the ORM's own format."""
+        messages = [
+            RawMessage(b"a\r\n", "smtp", "a@b.example", ("x@y.example", "z@y.example"), "127.0.0.1"),
+            RawMessage(b"", "imap:INBOX"),
+        ]
+        ids = db.call(inbound_store.insert_many, messages, NOW)
+        rows = db.call(lambda s: [inbound_store.get(s, i) for i in ids])
+        assert [(r.received_at, r.source, r.envelope_from, r.envelope_to, r.peer, r.size, r.raw) for r in rows] == [
+            (NOW, "smtp", "a@b.example", ["x@y.example", "z@y.example"], "127.0.0.1", 3, b"a\r\n"),
+            (NOW, "imap:INBOX", None, [], None, 0, b""),
+        ]
+        since = select(InboundMessage.id).where(InboundMessage.received_at >= NOW).order_by(InboundMessage.id)
+        assert db.call(lambda s: s.scalars(since).all()) == ids  # compared in SQL, against the ORM's binding
 
     def test_claim_is_exclusive_until_the_lease_runs_out(self, db: Database) -> None:
         db.call(inbound_store.insert_many, [RawMessage(b"x", "smtp")] * 3, NOW)

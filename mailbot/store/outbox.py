@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, func, or_, select, update
+from sqlalchemy import ColumnElement, CursorResult, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from mailbot.compose import Outgoing
@@ -62,11 +63,14 @@ def claim_due(session: Session, now: datetime, worker: str, lease: timedelta, li
     claimed = [
         item_id
         for item_id in candidates
-        if session.execute(
-            update(OutboxItem)
-            .where(OutboxItem.id == item_id)
-            .where(_claimable(now))
-            .values(claimed_by=worker, claimed_until=now + lease, attempts=OutboxItem.attempts + 1)
+        if cast(
+            CursorResult[Any],
+            session.execute(
+                update(OutboxItem)
+                .where(OutboxItem.id == item_id)
+                .where(_claimable(now))
+                .values(claimed_by=worker, claimed_until=now + lease, attempts=OutboxItem.attempts + 1)
+            ),
         ).rowcount
     ]
     return list(session.scalars(select(OutboxItem).where(OutboxItem.id.in_(claimed)).order_by(OutboxItem.id)))
