@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import sys
 from functools import cached_property
 from pathlib import Path
 
@@ -24,7 +25,13 @@ from mailbot.store import Database, settings
 from mailbot.tokens import ReplyTokens
 from mailbot.workflow import Workflow
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+
+def shipped_templates() -> Path:
+    """templates/ beside the package in a source checkout, else where a wheel install put them
+    (pyproject.toml's data-files: <prefix>/share/mailbot/templates)."""
+    checkout = Path(__file__).resolve().parent.parent / "templates"
+    return checkout if checkout.is_dir() else Path(sys.prefix) / "share" / "mailbot" / "templates"
+
 SECRET_SETTING = "secret"
 MIN_SECRET_CHARS = 16
 
@@ -33,7 +40,7 @@ class App:
     def __init__(self, config: Config, clock: Clock | None = None, templates: Path | None = None) -> None:
         self.config = config
         self.clock: Clock = clock or SystemClock()
-        self.templates = templates or config.templates_dir() or TEMPLATES
+        self.templates = templates or config.support.templates or shipped_templates()
 
     @cached_property
     def db(self) -> Database:

@@ -259,9 +259,6 @@ class Config(_Section):
     security: SecurityConfig = SecurityConfig()
     path: Path | None = Field(None, exclude=True)  # where it was read from, for messages
 
-    def templates_dir(self) -> Path | None:
-        return self.support.templates
-
 
 def _describe(error: ValidationError, source: str) -> str:
     first = error.errors()[0]

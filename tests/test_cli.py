@@ -197,3 +197,20 @@ class TestDaemonProcess:
         finally:
             if process.poll() is None:
                 process.kill()
+
+
+class TestShippedConfigurations:
+    def test_production_example_is_valid_and_trusts_nothing(self) -> None:
+        """systemd/config.toml loads, and keeps the production defaults: proof of the sender required."""
+        from mailbot.config import load
+
+        config = load(ROOT / "systemd" / "config.toml")
+        assert config.security.require_sender_auth and not config.security.trust_local_submission
+        assert config.outbound.dkim is not None and config.smtp.protocol == "lmtp"
+
+    def test_trial_config_says_what_it_trusts(self) -> None:
+        from mailbot.config import load
+
+        config = load(ROOT / "config.toml")
+        assert config.security.require_sender_auth and config.security.trust_local_submission
+        assert config.outbound.transport == "maildir" and config.smtp.host == "127.0.0.1"
