@@ -183,13 +183,17 @@ class MachineMail:
         opening = deliveries.opening_message(session, ticket)
         if opening is None:
             return "no stored message to answer"
-        contact = registry.find_contact(session, ticket.requester)
         since = now - self.auto_reply_window
+        # Pure look-ups: what they read is already in the database (registry.add_contact and outbox.plan flush
+        # what they add), so the caller's pending ticket and message changes need not be flushed first.
+        with session.no_autoflush:
+            contact = registry.find_contact(session, ticket.requester)
+            sent_recently = deliveries.count_to_requester(session, ticket.requester, AUTOMATIC_KINDS, since)
         return refusal(
             _headers(opening.raw),
             opening.envelope_from,
             ticket.requester,
             bouncing=contact is not None and contact.bouncing,
-            sent_recently=deliveries.count_to_requester(session, ticket.requester, AUTOMATIC_KINDS, since),
+            sent_recently=sent_recently,
             limit=self.auto_reply_limit,
         )

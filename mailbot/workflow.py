@@ -89,7 +89,7 @@ class Workflow:
         due_at: datetime | None = None,
     ) -> OutboxItem:
         """Queue an outgoing message and record it in the ticket's conversation, in one transaction."""
-        item = outbox.plan(session, outgoing, ticket_id=ticket.id, now=now, due_at=due_at, deadline_at=deadline)
+        # The conversation entry first: outbox.plan's flush then writes both (one flush, not two).
         ticket_store.add_message(
             session,
             ticket,
@@ -103,7 +103,7 @@ class Workflow:
             at=now,
             text=outgoing.text,
         )
-        return item
+        return outbox.plan(session, outgoing, ticket_id=ticket.id, now=now, due_at=due_at, deadline_at=deadline)
 
     def answer(
         self, session: Session, ticket: Ticket, kind: str, *, now: datetime, deadline: datetime | None = None,
