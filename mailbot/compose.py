@@ -14,18 +14,19 @@ the header fields it was given (UnsafeHeader otherwise: the composition is refus
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from email.headerregistry import Address
+from email.headerregistry import Address, BaseHeader, HeaderRegistry
 from email.message import EmailMessage
-from email.policy import SMTP
+from email.policy import SMTP, default
 from email.utils import getaddresses
 from pathlib import Path
 from typing import Any
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateNotFound, select_autoescape
 
 from mailbot.automatic import LOOP_HEADER, loop_mark
 
@@ -33,6 +34,26 @@ from mailbot.automatic import LOOP_HEADER, loop_mark
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 _ENCODED_WORD_START = "=?"  # RFC 2047 section 2
 _REPLY_PREFIX = re.compile(r"^\s*((re|fw|fwd|aw|wg|sv|antw|tr)\s*(\[\d+\])?\s*:\s*)+", re.IGNORECASE)
+
+
+class _RepeatedHeaders:
+    """policy.default's header registry, parsing a string value it saw recently only once.
+
+    Every message repeats most of its fields (From, Auto-Submitted, the MIME-Version, Content-Type and
+    Content-Transfer-Encoding of its parts), and the registry's pure-Python parser is most of the cost of
+    composing. A parsed header is immutable (folding reads its parse tree), so one can serve many messages.
+    Bounded: the per-message values (To, Message-ID...) only pass through.
+    """
+
+    def __init__(self) -> None:
+        self._registry = HeaderRegistry()
+        self._parsed = functools.lru_cache(maxsize=256)(self._registry)
+
+    def __call__(self, name: str, value: Any) -> BaseHeader:
+        return self._parsed(name, value) if isinstance(value, str) else self._registry(name, value)
+
+    def __getitem__(self, name: str) -> type[BaseHeader]:
+        return self._registry[name]  # the policy asks the header class for a field's max_count
 
 
 class UnsafeHeader(ValueError):
@@ -145,6 +166,9 @@ class Composer:
             undefined=StrictUndefined,
             keep_trailing_newline=True,
         )
+        self._policy = default.clone(header_factory=_RepeatedHeaders())
+        # The default From field as a string, so _RepeatedHeaders parses it once (same text, same parse tree).
+        self._from = str(identity.header())
 
     def compose(
         self,
@@ -162,8 +186,8 @@ class Composer:
         """Render templates/<kind>.txt (and <kind>.html when present) into a threaded, loop-marked message."""
         values = {"support_name": self.identity.name, "support_address": self.identity.address, **context}
         text = self._env.get_template(f"{kind}.txt").render(values)
-        message = EmailMessage()
-        message["From"] = self.identity.header(from_name)
+        message = EmailMessage(policy=self._policy)
+        message["From"] = self._from if from_name is None else self.identity.header(from_name)
         message["To"] = [safe_address(a) for a in to]
         if cc:
             message["Cc"] = [safe_address(a) for a in cc]
@@ -181,9 +205,12 @@ class Composer:
         message["Auto-Submitted"] = auto_submitted
         message[LOOP_HEADER] = loop_mark(self.loop_secret, message_id)
         message.set_content(text, cte="quoted-printable")
-        html_name = f"{kind}.html"
-        if html_name in self._env.list_templates(extensions=["html"]):
-            message.add_alternative(self._env.get_template(html_name).render(values), subtype="html")
+        try:  # cheaper than listing the folder: a template's source is looked up (and cached) by name
+            html = self._env.get_template(f"{kind}.html")
+        except TemplateNotFound:
+            html = None
+        if html is not None:
+            message.add_alternative(html.render(values), subtype="html")
         body = message.as_bytes(policy=SMTP)
         _check_header_fields(message, body)
         return Outgoing(
