@@ -58,13 +58,15 @@ class Intake:
             outcome = Outcome("failed", detail=f"unparseable: {exc}")
         else:
             key = parsed.message_id or content_key(inbound.raw)
-            inbound.message_id = key
             try:
                 with session.begin_nested():
                     outcome = self._decide(session, inbound, parsed, key, now)
             except IntegrityError:
                 # Another instance stored the same Message-ID a moment ago (the unique index is the guard).
                 outcome = Outcome("duplicate")
+            # Set after the decision, so the row is written once with its outcome below (no flush of its own
+            # before the savepoint); nothing in the decision reads the row's stored message_id.
+            inbound.message_id = key
         inbound.status = "failed" if outcome.action == "failed" else "processed"
         inbound.action = outcome.action
         inbound.error = outcome.detail if outcome.action == "failed" else None
