@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 from datetime import timedelta
 
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from mailbot.clock import Clock
@@ -55,6 +56,10 @@ class Processor:
                 outcome = self.intake.process(session, row, now)
         except TransientStoreError:
             raise
+        except OperationalError as exc:
+            # The database, not the message: a deadlock, a lock timeout, a lost connection. The whole batch
+            # rolls back and stays pending for the next pass; marking the message failed would strand it.
+            raise TransientStoreError(f"database unavailable: {type(exc.orig or exc).__name__}") from exc
         except TransientError as exc:
             # Nothing could be decided now (a DNS failure authenticating the sender): the savepoint undid
             # the intake's work, and the row stays pending under a lease, tried again when it runs out.

@@ -5,9 +5,12 @@ from __future__ import annotations
 from email.message import EmailMessage
 from email.policy import SMTP
 
+import pytest
+import sqlalchemy as sa
 from sqlalchemy import func, select
 
 from mailbot.app import App
+from mailbot.errors import TransientStoreError
 from mailbot.store import inbound as inbound_store
 from mailbot.store.inbound import RawMessage
 from mailbot.store.schema import Attachment, Blob, InboundMessage, Ticket, TicketMessage
@@ -64,3 +67,34 @@ class TestIntake:
         assert app.db.call(inbound_store.retry_failed, []) == 1
         assert [o.action for o in app.processor.run_once()] == ["failed"]  # still unparseable, still kept
         assert app.db.call(lambda s: s.scalar(select(func.count()).select_from(InboundMessage))) == 1
+
+
+@pytest.mark.parametrize("db_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True)
+def test_database_trouble_during_intake_leaves_the_message_pending(make_app, db_url: str) -> None:
+    """A lock timeout while the intake writes is the database's trouble, not the message's: the row stays
+    pending for the next pass instead of being marked failed."""
+    app = make_app(db=db_url)
+    [inbound_id] = app.db.call(
+        inbound_store.insert_many, [RawMessage(with_attachment("<lock@lincoln.example>", b"x"), "test")], app.clock.now()
+    )
+    database = sa.make_url(db_url).database
+    admin = sa.create_engine(db_url, isolation_level="AUTOCOMMIT")
+    blocker = sa.create_engine(db_url).connect()
+    try:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'ALTER DATABASE "{database}" SET lock_timeout = \'300ms\'')
+        app.db.engine.dispose()  # new connections take the setting
+        blocker.begin()
+        blocker.exec_driver_sql("LOCK TABLE tickets IN ACCESS EXCLUSIVE MODE")
+        with pytest.raises(TransientStoreError):
+            app.processor.process_one(inbound_id)
+        blocker.rollback()
+        row = app.db.call(lambda s: inbound_store.get(s, inbound_id))
+        assert (row.status, row.action) == ("pending", None)
+    finally:
+        blocker.close()
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'ALTER DATABASE "{database}" RESET lock_timeout')
+        admin.dispose()
+        app.db.engine.dispose()
+    assert app.processor.process_one(inbound_id).action == "created"
