@@ -58,7 +58,7 @@ async def confirmed(world: World) -> bytes:
     """Ana writes; mailbot confirms: the confirmation's bytes as the relay got them."""
     await world.send(message(message_id="<first@lincoln.example>"))
     await world.settle()
-    assert len(world.wire) == 1 and world.wire[0].rcpt_tos == [CUSTOMER]
+    assert len(world.wire) == 1 and world.wire[0].rcpt_tos == [CUSTOMER], world.describe()
     return world.wire[0].data
 
 

@@ -74,6 +74,12 @@ class World:
     def outbox(self) -> list[OutboxItem]:
         return self.app.db.call(lambda s: list(s.scalars(select(OutboxItem).order_by(OutboxItem.id))))
 
+    def describe(self) -> str:
+        """What the daemon did with the mail so far, for an assertion's message."""
+        inbound = [(m.id, m.status, m.action, m.error) for m in self.inbound()]
+        outbox = [(o.id, o.kind, o.status, o.attempts, o.last_error) for o in self.outbox()]
+        return f"inbound {inbound}; outbox {outbox}; relay got {len(self.wire)}"
+
     @property
     def wire(self) -> list[Received]:
         """What reached the relay, in order."""
