@@ -17,32 +17,16 @@ import sys
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from datetime import timedelta
 from importlib import metadata
 from pathlib import Path
-from typing import Literal
 
 import aioimaplib
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from mailbot.config import ImapConfig
 from mailbot.imap import MailboxWatcher
 from tests.dovecot import HOST, Account, dovecot_binary, running_dovecot, sample_message
-
-
-@dataclass(frozen=True)
-class Mailbox:
-    host: str
-    port: int
-    username: str
-    password: str | None
-    security: Literal["ssl", "starttls", "none"] = "none"
-    password_file: Path | None = None
-    folder: str = "INBOX"
-    processed_folder: str | None = "Processed"
-    failed_folder: str = "Failed"
-    idle: bool = True
-    poll_interval: timedelta = timedelta(seconds=60)
 
 
 @dataclass(frozen=True)
@@ -82,8 +66,9 @@ async def plain_fetch(account: Account, count: int, batch: int) -> int:
 
 
 async def watcher_pass(account: Account, batch: int, processed_folder: str | None) -> int:
-    cfg = Mailbox(
-        HOST, account.server.port, account.username, account.password, processed_folder=processed_folder
+    cfg = ImapConfig(
+        host=HOST, port=account.server.port, security="none", username=account.username,
+        password=account.password, processed_folder=processed_folder,
     )
     watcher = MailboxWatcher(cfg, NullSink(), MemoryCursors(), batch_size=batch)
     try:

@@ -139,10 +139,11 @@ class Thread:
     in_reply_to: str | None = None
     references: Sequence[str] = field(default_factory=tuple)
 
-    def followed_by(self, message_id: str) -> Thread:
-        """The thread position of a reply to `message_id`."""
-        refs = [r for r in self.references if r != message_id][-20:]  # keep References bounded
-        return Thread(in_reply_to=message_id, references=(*refs, message_id))
+    @classmethod
+    def continuing(cls, ids: Sequence[str], in_reply_to: str | None) -> Thread:
+        """A reply's position: References keep the root and the latest 19 ids (RFC 5322 3.6.4 allows
+        trimming; some servers refuse very long headers)."""
+        return cls(in_reply_to=in_reply_to, references=(*ids[:1], *ids[1:][-19:]))
 
 
 def ticket_reference(ticket_id: int) -> str:

@@ -6,7 +6,6 @@
     ├── TransientError         try again later: the caller answers 451 / exit 75 / retries
     │   ├── TransientStoreError    the database could not commit
     │   └── TransientDNSError      a DNS look-up failed (never read as a pass)
-    └── MessageRejected        the message itself is refused with an SMTP code (e.g. 552, 554)
 
 Outcomes of business rules (held, duplicate, ignored) are values, not exceptions.
 """
@@ -36,12 +35,3 @@ class TransientStoreError(TransientError):
 
 class TransientDNSError(TransientError):
     """A DNS look-up failed or timed out."""
-
-
-class MessageRejected(MailbotError):
-    """The message is refused permanently or temporarily with this SMTP reply."""
-
-    def __init__(self, code: int, text: str) -> None:
-        super().__init__(f"{code} {text}")
-        self.code = code
-        self.text = text

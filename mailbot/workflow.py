@@ -52,13 +52,12 @@ class Workflow:
         customer_side = [m for m in ticket.messages if m.kind not in INTERNAL_KINDS]
         ids = [m.message_id for m in customer_side if m.message_id.startswith("<")]
         inbound = [m.message_id for m in customer_side if m.direction == "in" and m.message_id.startswith("<")]
-        references = ids[:1] + ids[1:][-19:]  # the root plus the latest, RFC 5322 3.6.4 allows trimming
-        return Thread(in_reply_to=inbound[-1] if inbound else (ids[-1] if ids else None), references=tuple(references))
+        return Thread.continuing(ids, inbound[-1] if inbound else (ids[-1] if ids else None))
 
     def specialist_thread(self, ticket: Ticket) -> Thread:
         """Our next notification continues the ticket's thread with the support team."""
         ids = [m.message_id for m in ticket.messages if m.kind in INTERNAL_KINDS and m.message_id.startswith("<")]
-        return Thread(in_reply_to=ids[-1] if ids else None, references=tuple(ids[:1] + ids[1:][-19:]))
+        return Thread.continuing(ids, ids[-1] if ids else None)
 
     def reply_to(self, ticket: Ticket) -> Address:
         """The ticket's signed reply address (mailbot.tokens): replies find the ticket without any header."""

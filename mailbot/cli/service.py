@@ -6,7 +6,6 @@ import argparse
 import logging
 from typing import Any
 
-
 log = logging.getLogger("mailbot")
 
 
