@@ -214,3 +214,16 @@ class TestShippedConfigurations:
         config = load(ROOT / "config.toml")
         assert config.security.require_sender_auth and config.security.trust_local_submission
         assert config.outbound.transport == "maildir" and config.smtp.host == "127.0.0.1"
+
+
+class TestStandardInput:
+    def test_parse_and_ingest_read_a_pipe(self, config_file: Path) -> None:
+        """`FILE|-`: an MTA pipes the message in, as with Postfix's pipe(8) or a .forward."""
+        raw = message(message_id="<piped@lincoln.example>")
+        command = [sys.executable, "-m", "mailbot", "--config", str(config_file)]
+        parsed = subprocess.run([*command, "parse", "-"], input=raw, capture_output=True, check=True)
+        assert json.loads(parsed.stdout)["message_id"] == "<piped@lincoln.example>"
+        subprocess.run([*command, "db", "upgrade"], capture_output=True, check=True)
+        ingested = subprocess.run([*command, "ingest", "-"], input=raw, capture_output=True, check=True)
+        outcome = json.loads(ingested.stdout)
+        assert outcome["action"] == "held" and isinstance(outcome["ticket"], int)  # not a registered contact
