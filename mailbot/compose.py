@@ -1,31 +1,34 @@
 """Outgoing messages from templates: identity, threading headers, loop marks. Pure: values in, bytes out.
 
 Every message gets its Message-ID here, when it is planned, so a retried send is the same message and a reply
-to it threads even before it went out. Headers are built with the stdlib's policy.default, which refuses CR
-and LF in a header value; customer text is also flattened to one line first, so nothing a customer writes
-(subject, name) can add a header or a recipient.
+to it threads even before it went out.
 
-The stdlib of Python 3.11.7 decodes an RFC 2047 encoded word found in a value it is given and writes the
-decoded text out raw (CVE-2024-6923): a subject, name or Message-ID holding `=?utf-8?q?=0D=0ABcc:_x@evil?=`
-would come out as a header line of its own. So customer text has its `=?` broken up (`= ?`), a Message-ID
-holding one is left out of the threading headers, and every composed message is checked to carry exactly
-the header fields it was given (UnsafeHeader otherwise: the composition is refused, nothing is sent).
+The bytes are laid out here, field by field, from the stdlib's encoders (email.header for RFC 2047 encoded
+words and folding, email.utils.formataddr for mailboxes, quoprimime for quoted-printable bodies), not built
+as an EmailMessage: the structure is always the same (a text part, and an HTML alternative when the kind has
+a template), and the header registry's parser, which an EmailMessage runs on every field it is given, was
+most of the cost of processing a message (bench/RESULTS.md). Nothing here decodes what it is given, so an
+RFC 2047 encoded word in customer text is never turned into raw CR LF (the stdlib of Python 3.11.7 does
+that, CVE-2024-6923); customer text is still flattened to one line with its `=?` broken up (`= ?`), so that
+no receiving client decodes it either, a Message-ID holding one is left out of the threading headers, and
+every composed message is checked to carry exactly the header fields it was given, none holding a control
+character (UnsafeHeader otherwise: the composition is refused, nothing is sent).
 """
 
 from __future__ import annotations
 
-import functools
 import re
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from email.headerregistry import Address, BaseHeader, HeaderRegistry
-from email.message import EmailMessage
-from email.policy import SMTP, default
-from email.utils import getaddresses
+from email import quoprimime
+from email.header import Header
+from email.headerregistry import Address
+from email.utils import formataddr, getaddresses
 from pathlib import Path
 from typing import Any
 
+import idna
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateNotFound, select_autoescape
 
 from mailbot.automatic import LOOP_HEADER, loop_mark
@@ -34,26 +37,6 @@ from mailbot.automatic import LOOP_HEADER, loop_mark
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 _ENCODED_WORD_START = "=?"  # RFC 2047 section 2
 _REPLY_PREFIX = re.compile(r"^\s*((re|fw|fwd|aw|wg|sv|antw|tr)\s*(\[\d+\])?\s*:\s*)+", re.IGNORECASE)
-
-
-class _RepeatedHeaders:
-    """policy.default's header registry, parsing a string value it saw recently only once.
-
-    Every message repeats most of its fields (From, Auto-Submitted, the MIME-Version, Content-Type and
-    Content-Transfer-Encoding of its parts), and the registry's pure-Python parser is most of the cost of
-    composing. A parsed header is immutable (folding reads its parse tree), so one can serve many messages.
-    Bounded: the per-message values (To, Message-ID...) only pass through.
-    """
-
-    def __init__(self) -> None:
-        self._registry = HeaderRegistry()
-        self._parsed = functools.lru_cache(maxsize=256)(self._registry)
-
-    def __call__(self, name: str, value: Any) -> BaseHeader:
-        return self._parsed(name, value) if isinstance(value, str) else self._registry(name, value)
-
-    def __getitem__(self, name: str) -> type[BaseHeader]:
-        return self._registry[name]  # the policy asks the header class for a field's max_count
 
 
 class UnsafeHeader(ValueError):
@@ -66,26 +49,100 @@ def one_line(text: str, limit: int = 200) -> str:
     return _CONTROL.sub(" ", text).replace(_ENCODED_WORD_START, "= ?").strip()[:limit]
 
 
-def safe_address(address: Address) -> Address:
-    """`address` with its display name made one safe line (the address itself is checked after folding)."""
-    return Address(display_name=one_line(address.display_name), username=address.username, domain=address.domain)
-
-
 def _threadable(message_id: str) -> bool:
     """Whether a Message-ID can go into In-Reply-To/References as is: no whitespace, controls or `=?`."""
     return _ENCODED_WORD_START not in message_id and not any(c.isspace() or c < " " for c in message_id)
 
 
-def _check_header_fields(message: EmailMessage, data: bytes) -> None:
-    """Raise UnsafeHeader unless the header block of `data` has exactly the fields set on `message`."""
+# RFC 5322 section 2.1.1: lines SHOULD stay within 78 characters; RFC 2045 section 6.7: 76 in a QP body.
+_FOLD_AT = 78
+_QP_LINE = 76
+_CRLF = "\r\n"
+
+
+def _encoded(name: str, text: str) -> str:
+    """An unstructured field's value: ASCII folded at spaces, anything else as UTF-8 encoded words."""
+    charset = "us-ascii" if text.isascii() else "utf-8"
+    return Header(text, charset, maxlinelen=_FOLD_AT, header_name=name).encode(linesep=_CRLF)
+
+
+def _addr_spec(address: Address) -> str:
+    """The address as it goes on the wire: an internationalized domain as its A-labels (RFC 5890).
+
+    A non-ASCII local part has no ASCII form; it is written as UTF-8 (RFC 6532), which only an SMTPUTF8
+    relay accepts (it needs SMTPUTF8 for the envelope anyway).
+    """
+    domain = address.domain
+    if not domain.isascii():
+        domain = idna.encode(domain, uts46=True).decode("ascii")
+    return f"{address.username}@{domain}" if domain else address.username
+
+
+def _mailboxes(addresses: Sequence[Address]) -> str:
+    """A list of mailboxes, display names made one safe line and encoded as needed (RFC 2047 section 8)."""
+    return _fold([_mailbox(a) for a in addresses], ",")
+
+
+def _mailbox(address: Address) -> str:
+    """`Name <local@domain>`, the name quoted or encoded as it needs (email.utils.formataddr)."""
+    spec, name = _addr_spec(address), one_line(address.display_name)
+    if spec.isascii():
+        return formataddr((name, spec), charset="utf-8")
+    # formataddr refuses a non-ASCII address; it writes the name beside a stand-in instead.
+    return f"{formataddr((name, '_@_'), charset='utf-8').removesuffix(' <_@_>')} <{spec}>" if name else spec
+
+
+def _fold(tokens: Sequence[str], separator: str) -> str:
+    """Tokens on one line while it stays short, else one a line (RFC 5322 section 2.2.3)."""
+    line = f"{separator} ".join(tokens)
+    return line if len(line) <= _FOLD_AT - len("In-Reply-To: ") else f"{separator}{_CRLF} ".join(tokens)
+
+
+def _text_part(text: str, subtype: str) -> str:
+    """A UTF-8 text entity, quoted-printable (long template lines need soft breaks; RFC 2045 section 6.7)."""
+    lines = text.encode("utf-8").splitlines()
+    body = quoprimime.body_encode(b"\n".join(lines).decode("latin-1") + "\n", _QP_LINE, eol=_CRLF)
+    return (
+        f'Content-Type: text/{subtype}; charset="utf-8"{_CRLF}'
+        f"Content-Transfer-Encoding: quoted-printable{_CRLF}{_CRLF}{body}"
+    )
+
+
+def _body(text: str, html: str | None) -> tuple[list[tuple[str, str]], str]:
+    """The MIME fields of the message and its body: the text alone, or text and HTML as alternatives."""
+    if html is None:
+        head, _, body = _text_part(text, "plain").partition(_CRLF * 2)
+        fields = [tuple(line.split(": ", 1)) for line in head.split(_CRLF)]
+        return [("MIME-Version", "1.0"), *fields], body  # type: ignore[list-item]
+    # 144 random bits: no template or customer text can contain it (RFC 2046 section 5.1.1).
+    boundary = f"=_{secrets.token_urlsafe(18)}"
+    parts = (_text_part(text, "plain"), _text_part(html, "html"))
+    body = "".join(f"--{boundary}{_CRLF}{part}{_CRLF}" for part in parts) + f"--{boundary}--{_CRLF}"
+    content_type = f'multipart/alternative;{_CRLF} boundary="{boundary}"'
+    return [("MIME-Version", "1.0"), ("Content-Type", content_type)], body
+
+
+def _serialize(fields: Sequence[tuple[str, str]], body: str) -> bytes:
+    """The message's bytes; UnsafeHeader when a field value would hold a line break or control of its own."""
+    for name, value in fields:
+        if _CONTROL.search(value.replace(f"{_CRLF} ", " ")):
+            raise UnsafeHeader(f"the {name} field would hold a control character: {value!r}")
+    head = "".join(f"{name}: {value}{_CRLF}" for name, value in fields)
+    data = f"{head}{_CRLF}{body}".encode()
+    _check_header_fields([name for name, _ in fields], data)
+    return data
+
+
+def _check_header_fields(names: Sequence[str], data: bytes) -> None:
+    """Raise UnsafeHeader unless the header block of `data` has exactly the fields `names`."""
     head = data.partition(b"\r\n\r\n")[0]
     written = [
         line.partition(b":")[0].strip().decode("ascii", "replace").lower()
         for line in head.split(b"\r\n")
         if line[:1] not in (b" ", b"\t")
     ]
-    if written != [name.lower() for name in message]:
-        raise UnsafeHeader(f"composed header fields {written} differ from those set {message.keys()}")
+    if written != [name.lower() for name in names]:
+        raise UnsafeHeader(f"composed header fields {written} differ from those set {list(names)}")
 
 
 def base_subject(subject: str) -> str:
@@ -167,9 +224,7 @@ class Composer:
             undefined=StrictUndefined,
             keep_trailing_newline=True,
         )
-        self._policy = default.clone(header_factory=_RepeatedHeaders())
-        # The default From field as a string, so _RepeatedHeaders parses it once (same text, same parse tree).
-        self._from = str(identity.header())
+        self._from = _mailboxes([identity.header()])  # the same on every message
 
     def compose(
         self,
@@ -187,39 +242,33 @@ class Composer:
         """Render templates/<kind>.txt (and <kind>.html when present) into a threaded, loop-marked message."""
         values = {"support_name": self.identity.name, "support_address": self.identity.address, **context}
         text = self._env.get_template(f"{kind}.txt").render(values)
-        message = EmailMessage(policy=self._policy)
-        message["From"] = self._from if from_name is None else self.identity.header(from_name)
-        message["To"] = [safe_address(a) for a in to]
-        if cc:
-            message["Cc"] = [safe_address(a) for a in cc]
-        if reply_to is not None:
-            message["Reply-To"] = safe_address(reply_to)
-        message["Subject"] = one_line(subject, 300)
-        message_id = mint_message_id(self.identity.domain)
-        message["Message-ID"] = message_id
-        if thread.in_reply_to and _threadable(thread.in_reply_to):
-            message["In-Reply-To"] = thread.in_reply_to
-        references = [r for r in thread.references if _threadable(r)]
-        if references:
-            message["References"] = " ".join(references)
-        # RFC 3834 5: mark what we send as automatic; our own mark lets us recognise it if it comes back.
-        message["Auto-Submitted"] = auto_submitted
-        message[LOOP_HEADER] = loop_mark(self.loop_secret, message_id)
-        message.set_content(text, cte="quoted-printable")
         try:  # cheaper than listing the folder: a template's source is looked up (and cached) by name
-            html = self._env.get_template(f"{kind}.html")
+            html = self._env.get_template(f"{kind}.html").render(values)
         except TemplateNotFound:
             html = None
-        if html is not None:
-            message.add_alternative(html.render(values), subtype="html")
-        body = message.as_bytes(policy=SMTP)
-        _check_header_fields(message, body)
+        message_id = mint_message_id(self.identity.domain)
+        subject = one_line(subject, 300)
+        fields = [("From", self._from if from_name is None else _mailboxes([self.identity.header(from_name)]))]
+        fields.append(("To", _mailboxes(to)))
+        if cc:
+            fields.append(("Cc", _mailboxes(cc)))
+        if reply_to is not None:
+            fields.append(("Reply-To", _mailboxes([reply_to])))
+        fields += [("Subject", _encoded("Subject", subject)), ("Message-ID", message_id)]
+        if thread.in_reply_to and _threadable(thread.in_reply_to):
+            fields.append(("In-Reply-To", thread.in_reply_to))
+        references = [r for r in thread.references if _threadable(r)]
+        if references:
+            fields.append(("References", _fold(references, "")))
+        # RFC 3834 5: mark what we send as automatic; our own mark lets us recognise it if it comes back.
+        fields += [("Auto-Submitted", auto_submitted), (LOOP_HEADER, loop_mark(self.loop_secret, message_id))]
+        mime, body = _body(text, html)
         return Outgoing(
             kind=kind,
             message_id=message_id,
             envelope_from=self.identity.address,
             recipients=[a.addr_spec for a in (*to, *cc)],
-            subject=str(message["Subject"]),
+            subject=subject,
             text=text,
-            body=body,
+            body=_serialize([*fields, *mime], body),
         )

@@ -136,9 +136,19 @@ class TestComposeProperty:
         assert outgoing.recipients == [CUSTOMER]
         assert_only_the_customer(outgoing.body, outgoing.recipients)
 
-    def test_check_refuses_an_injected_field(self, app) -> None:
-        """The last line of defence: an address the stdlib would write out as two header lines is refused."""
+    def test_encoded_words_are_written_not_decoded(self, app) -> None:
+        """An address holding an encoded CR LF (CVE-2024-6923) goes out as written, in one To field."""
         evil = address_of("=?utf-8?q?=0D=0ABcc:x=40evil.example?=@lincoln.example")
+        outgoing = app.workflow.composer.compose(
+            "confirmation", to=[evil], subject="hi", thread=Thread(), context=app.workflow.context(self.ticket("", ""))
+        )
+        assert fields(outgoing.body).count("to") == 1 and "bcc" not in fields(outgoing.body)
+        assert b"To: =?utf-8?q?=0D=0ABcc:x=40evil.example?=@lincoln.example\r\n" in outgoing.body
+
+    @pytest.mark.parametrize("separator", ["\x0b", "\x85", "\u2028"])
+    def test_check_refuses_a_line_break_in_a_value(self, app, separator: str) -> None:
+        """The last line of defence: a value that a receiver could split into two lines is refused."""
+        evil = address_of(f"ana{separator}Bcc: x@evil.example")
         with pytest.raises(UnsafeHeader):
             app.workflow.composer.compose(
                 "confirmation", to=[evil], subject="hi", thread=Thread(), context=app.workflow.context(self.ticket("", ""))
