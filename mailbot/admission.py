@@ -37,9 +37,10 @@ from mailbot.config import SecurityConfig
 from mailbot.dns import Resolver
 from mailbot.entitlement import Entitled, Held, decide
 from mailbot.errors import TransientDNSError
+from mailbot.loops import Opening
 from mailbot.parse import ParsedMessage
 from mailbot.store import explanations, registry
-from mailbot.store.schema import InboundMessage, Ticket
+from mailbot.store.schema import Contact, InboundMessage, Ticket
 from mailbot.workflow import Workflow
 
 ENTITLED = "entitled"
@@ -52,6 +53,7 @@ class Admission:
     decision: Entitled | Held
     auth: AuthVerdict
     organization_id: int | None  # the sender's organization, once the sender is known and authenticated
+    contact: Contact | None  # the named contact the From address belongs to, authenticated or not
 
     @property
     def held(self) -> tuple[str, str] | None:
@@ -116,9 +118,10 @@ class Gate:
         temporary = verdict.temporary and not verdict.authenticated
         if temporary and now - inbound.received_at < self.security.auth_retry_for:
             raise TransientDNSError(verdict.reason)
-        contact = registry.find_contact(session, sender)
+        found = registry.contact_facts(session, sender)
+        contact = found[0] if found is not None else None
         decision = decide(
-            contact=registry.contact_facts(session, contact) if contact is not None else None,
+            contact=found[1] if found is not None else None,
             authenticated=verdict.authenticated,
             auth_required=self.security.require_sender_auth,
             today=now.astimezone(self.zone).date(),
@@ -130,6 +133,7 @@ class Gate:
             organization_id=contact.organization_id
             if contact is not None and verdict.authenticated
             else None,
+            contact=contact,
         )
 
     def authenticate(self, inbound: InboundMessage, parsed: ParsedMessage, sender: str) -> AuthVerdict:
@@ -156,7 +160,9 @@ class Gate:
             resolver=self.resolver,
         )
 
-    def record(self, session: Session, ticket: Ticket, admission: Admission, now: datetime) -> None:
+    def record(
+        self, session: Session, ticket: Ticket, admission: Admission, now: datetime, opening: Opening
+    ) -> None:
         """Store the decision on the new ticket; explain a hold to its sender when that is allowed."""
         ticket.entitlement = ENTITLED if admission.held is None else admission.held[0]
         auth = admission.auth
@@ -170,4 +176,4 @@ class Gate:
             ticket.auto_reply_refused = f"{limit} explanations already went to {ticket.requester} in 24 hours"
             return
         # The guard on every automatic reply (mailbot.loops) has the last word.
-        self.workflow.answer(session, ticket, explanations.KIND, now=now, reason=admission.held[0])
+        self.workflow.answer(session, ticket, explanations.KIND, now=now, opening=opening, reason=admission.held[0])

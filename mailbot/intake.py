@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from mailbot.admission import Gate
 from mailbot.followups import Continues, Decided, Followups
-from mailbot.loops import MachineMail, hold_reason
+from mailbot.loops import MachineMail, Opening, hold_reason
 from mailbot.parse import ParsedMessage, ParseLimits, UnparseableMessage, content_key, parse
 from mailbot.store import tickets as ticket_store
 from mailbot.store.schema import InboundMessage
@@ -58,7 +58,7 @@ class Intake:
             outcome = Outcome("failed", detail=f"unparseable: {exc}")
         else:
             key = parsed.message_id or content_key(inbound.raw)
-            try:
+            try:  # one savepoint: a failure of any kind undoes this message's writes and nothing else
                 with session.begin_nested():
                     outcome = self._decide(session, inbound, parsed, key, now)
             except IntegrityError:
@@ -130,9 +130,11 @@ class Intake:
             text=parsed.text,
             attachments=parsed.attachments,
         )
+        # What the guard on automatic replies reads (mailbot.loops rule 4), already in hand.
+        opening = Opening(parsed.message, inbound.envelope_from, admission.contact if admission else None)
         if admission is not None:
-            self.gate.record(session, ticket, admission, now)
+            self.gate.record(session, ticket, admission, now, opening)
         if held:
             return Outcome("held", ticket.id, held[1])
-        self.workflow.start_clock(session, ticket, now)
+        self.workflow.start_clock(session, ticket, now, opening)
         return Outcome("created", ticket.id)

@@ -48,7 +48,7 @@ from mailbot.automatic import automatic_reason, is_own_mail, loop_mark, may_auto
 from mailbot.bounces import Bounce, read_bounce
 from mailbot.parse import ParsedMessage
 from mailbot.store import deliveries, registry
-from mailbot.store.schema import OutboxItem, Ticket
+from mailbot.store.schema import Contact, OutboxItem, Ticket
 
 log = logging.getLogger("mailbot.loops")
 
@@ -106,6 +106,17 @@ def refusal(
     if sent_recently >= limit:
         return f"{sent_recently} automatic messages already went to {requester} recently (the limit is {limit})"
     return None
+
+
+@dataclass(frozen=True)
+class Opening:
+    """The message that opened a ticket as rule 4 reads it: its header fields, its envelope sender, and the
+    requester's named contact (None when not one). The intake has all three in hand as it opens the ticket;
+    otherwise (a release) `MachineMail.opening` reads them from the store."""
+
+    headers: EmailMessage
+    envelope_from: str | None
+    contact: Contact | None
 
 
 def _headers(raw: bytes) -> EmailMessage:
@@ -178,22 +189,32 @@ class MachineMail:
         limit = self.ticket_mail_per_hour
         return f"mail loop suspected: {count} notifications and relays in the last hour (the limit is {limit})"
 
-    def auto_reply_refusal(self, session: Session, ticket: Ticket, now: datetime) -> str | None:
+    def auto_reply_refusal(
+        self, session: Session, ticket: Ticket, now: datetime, opening: Opening | None = None
+    ) -> str | None:
         """Rule 4 for `ticket`'s requester: why no confirmation or explanation may go out now, or None."""
-        opening = deliveries.opening_message(session, ticket)
+        opening = opening or self.opening(session, ticket)
         if opening is None:
             return "no stored message to answer"
-        since = now - self.auto_reply_window
-        # Pure look-ups: what they read is already in the database (registry.add_contact and outbox.plan flush
-        # what they add), so the caller's pending ticket and message changes need not be flushed first.
+        # A pure look-up of outbox rows: those of earlier messages were flushed when the caller's savepoint for
+        # this one began, so the pending ticket and conversation entry need not be flushed first.
         with session.no_autoflush:
-            contact = registry.find_contact(session, ticket.requester)
+            since = now - self.auto_reply_window
             sent_recently = deliveries.count_to_requester(session, ticket.requester, AUTOMATIC_KINDS, since)
         return refusal(
-            _headers(opening.raw),
+            opening.headers,
             opening.envelope_from,
             ticket.requester,
-            bouncing=contact is not None and contact.bouncing,
+            bouncing=opening.contact is not None and opening.contact.bouncing,
             sent_recently=sent_recently,
             limit=self.auto_reply_limit,
         )
+
+    def opening(self, session: Session, ticket: Ticket) -> Opening | None:
+        """The stored message that opened `ticket` and its requester's contact; None if it is not kept."""
+        stored = deliveries.opening_message(session, ticket)
+        if stored is None:
+            return None
+        with session.no_autoflush:  # registry.add_contact flushes what it adds
+            contact = registry.find_contact(session, ticket.requester)
+        return Opening(_headers(stored.raw), stored.envelope_from, contact)

@@ -51,9 +51,8 @@ class Processor:
     def process_row(self, session: Session, row: InboundMessage) -> Outcome:
         """Run the intake on one claimed row, isolating unexpected errors to that row."""
         now = self.clock.now()
-        try:
-            with session.begin_nested():
-                outcome = self.intake.process(session, row, now)
+        try:  # the intake keeps its writes in a savepoint of their own, undone when it raises
+            outcome = self.intake.process(session, row, now)
         except TransientStoreError:
             raise
         except OperationalError as exc:

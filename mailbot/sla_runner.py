@@ -144,6 +144,7 @@ class SlaRunner:
             return Claim(ticket_id, specialist.address, specialist.name, specialist.address, None)
         previous = ticket_store.specialist_address(session, ticket.specialist_id)
         item = self.workflow.assign(session, ticket, specialist, now)
+        session.flush()  # the introduction's id
         return Claim(ticket_id, specialist.address, specialist.name, previous, item.id if item else None)
 
 

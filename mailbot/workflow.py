@@ -15,7 +15,7 @@ from mailbot.compose import Composer, Outgoing, Thread, one_line, ticket_referen
 from mailbot.config import SlaConfig
 from mailbot.errors import RefusedError
 from mailbot.hours import BusinessHours
-from mailbot.loops import MachineMail
+from mailbot.loops import MachineMail, Opening
 from mailbot.store import outbox
 from mailbot.store import sla as sla_store
 from mailbot.store import tickets as ticket_store
@@ -88,7 +88,6 @@ class Workflow:
         due_at: datetime | None = None,
     ) -> OutboxItem:
         """Queue an outgoing message and record it in the ticket's conversation, in one transaction."""
-        # The conversation entry first: outbox.plan's flush then writes both (one flush, not two).
         ticket_store.add_message(
             session,
             ticket,
@@ -105,13 +104,20 @@ class Workflow:
         return outbox.plan(session, outgoing, ticket_id=ticket.id, now=now, due_at=due_at, deadline_at=deadline)
 
     def answer(
-        self, session: Session, ticket: Ticket, kind: str, *, now: datetime, deadline: datetime | None = None,
+        self,
+        session: Session,
+        ticket: Ticket,
+        kind: str,
+        *,
+        now: datetime,
+        deadline: datetime | None = None,
+        opening: Opening | None = None,
         **extra: object,
     ) -> OutboxItem | None:
         """Queue automatic mail to the requester (a confirmation, an explanation: templates/<kind>.*) only when
         mailbot.loops allows an automatic reply now; otherwise compose nothing, keep the reason on the ticket
-        and return None."""
-        refused = self.guard.auto_reply_refusal(session, ticket, now)
+        and return None. `opening`: the message being answered, when the caller has it parsed."""
+        refused = self.guard.auto_reply_refusal(session, ticket, now, opening)
         if refused is not None:
             ticket.auto_reply_refused = refused
             return None
@@ -137,13 +143,14 @@ class Workflow:
             reply_to=self.reply_to(ticket),
         )
 
-    def start_clock(self, session: Session, ticket: Ticket, now: datetime) -> None:
+    def start_clock(self, session: Session, ticket: Ticket, now: datetime, opening: Opening | None = None) -> None:
         """The promise starts: deadlines set, the confirmation queued to go out at once."""
         ticket.clock_started_at = now
         ticket.confirmation_due_at = now + self.sla.confirmation_within
         ticket.assign_due_at = self.hours.add(now, self.sla.auto_assign_after)
         ticket.introduction_due_at = self.hours.add(now, self.sla.introduction_within)
-        if self.answer(session, ticket, "confirmation", now=now, deadline=ticket.confirmation_due_at) is None:
+        due = ticket.confirmation_due_at
+        if self.answer(session, ticket, "confirmation", now=now, deadline=due, opening=opening) is None:
             ticket.confirmation_due_at = None  # nothing is promised to a machine or an unverifiable sender
 
     def open_ticket(

@@ -152,7 +152,9 @@ def cmd_resolve(args: argparse.Namespace, context: Any) -> int:
 
     def resolve(session: Session) -> int:
         ticket = existing(session, args.id)
-        return workflow.resolve(session, ticket, app.clock.now(), args.note).id
+        item = workflow.resolve(session, ticket, app.clock.now(), args.note)
+        session.flush()
+        return item.id
 
     item_id = app.db.call(resolve)
     asyncio.run(app.sender.drain())

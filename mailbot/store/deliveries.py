@@ -5,40 +5,48 @@ from __future__ import annotations
 from collections.abc import Collection
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from mailbot.store.schema import InboundMessage, OutboxItem, Ticket
 
+# Built once with bound parameters (the intake runs them for every message; see mailbot.store.registry).
+_BY_MESSAGE_ID = select(OutboxItem).where(OutboxItem.message_id == bindparam("message_id"))
+_TO_REQUESTER = (
+    select(func.count())
+    .select_from(OutboxItem)
+    .join(Ticket, OutboxItem.ticket_id == Ticket.id)
+    .where(
+        OutboxItem.kind.in_(bindparam("kinds", expanding=True)),
+        OutboxItem.created_at >= bindparam("since"),
+        Ticket.requester == bindparam("requester"),
+    )
+)
+_ON_TICKET = (
+    select(func.count())
+    .select_from(OutboxItem)
+    .where(
+        OutboxItem.ticket_id == bindparam("ticket_id"),
+        OutboxItem.kind.in_(bindparam("kinds", expanding=True)),
+        OutboxItem.created_at >= bindparam("since"),
+    )
+)
+
 
 def by_message_id(session: Session, message_id: str) -> OutboxItem | None:
     """The outgoing message with this Message-ID, if mailbot sent (or planned) it."""
-    return session.scalar(select(OutboxItem).where(OutboxItem.message_id == message_id))
+    return session.scalar(_BY_MESSAGE_ID, {"message_id": message_id})
 
 
 def count_to_requester(session: Session, requester: str, kinds: Collection[str], since: datetime) -> int:
     """Messages of `kinds` planned (sent or not) since `since` on tickets whose requester is `requester`."""
-    return int(
-        session.scalar(
-            select(func.count())
-            .select_from(OutboxItem)
-            .join(Ticket, OutboxItem.ticket_id == Ticket.id)
-            .where(OutboxItem.kind.in_(kinds), OutboxItem.created_at >= since, Ticket.requester == requester)
-        )
-        or 0
-    )
+    found = session.scalar(_TO_REQUESTER, {"kinds": list(kinds), "since": since, "requester": requester})
+    return int(found or 0)
 
 
 def count_on_ticket(session: Session, ticket_id: int, kinds: Collection[str], since: datetime) -> int:
     """Messages of `kinds` planned on one ticket since `since`."""
-    return int(
-        session.scalar(
-            select(func.count())
-            .select_from(OutboxItem)
-            .where(OutboxItem.ticket_id == ticket_id, OutboxItem.kind.in_(kinds), OutboxItem.created_at >= since)
-        )
-        or 0
-    )
+    return int(session.scalar(_ON_TICKET, {"ticket_id": ticket_id, "kinds": list(kinds), "since": since}) or 0)
 
 
 def opening_message(session: Session, ticket: Ticket) -> InboundMessage | None:

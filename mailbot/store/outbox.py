@@ -35,8 +35,7 @@ def plan(
         attempts=0,
         next_attempt_at=due_at or now,
     )
-    session.add(item)
-    session.flush()
+    session.add(item)  # written with the caller's next flush; read `item.id` only after one
     return item
 
 

@@ -5,15 +5,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import exists, select
+from sqlalchemy import bindparam, exists, select
 from sqlalchemy.orm import Session, selectinload
 
 from mailbot.parse import Attachment as ParsedAttachment
 from mailbot.store.schema import Attachment, Blob, Specialist, Ticket, TicketMessage
 
+_KNOWN = select(exists().where(TicketMessage.message_id == bindparam("message_id")))  # built once: see registry
+
 
 def message_id_known(session: Session, message_id: str) -> bool:
-    return bool(session.scalar(select(exists().where(TicketMessage.message_id == message_id))))
+    return bool(session.scalar(_KNOWN, {"message_id": message_id}))
 
 
 def add_message(
