@@ -40,12 +40,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from email.errors import HeaderParseError
-from email.headerregistry import Address
+from email.headerregistry import Address, AddressHeader, BaseHeader, HeaderRegistry
 from email.message import EmailMessage
+from email.policy import EmailPolicy
 
 from mailbot.authn import aligned
+from mailbot.mailboxes import simple_mailboxes
 
 LOOP_HEADER = "X-Mailbot-Loop"
 _LOOP_CONTEXT = b"mailbot loop mark v1\x00"  # domain separation from other uses of the secret
@@ -249,9 +251,32 @@ def header_addresses(message: EmailMessage, name: str) -> list[Address]:
     """The mailboxes of every `name` header (groups flattened); none for a header too broken or too long
     to parse (over MAX_ADDRESS_FIELD characters)."""
     wanted = name.lower()
-    if any(key.lower() == wanted and len(value) > MAX_ADDRESS_FIELD for key, value in message.raw_items()):
+    fields = [(key, value) for key, value in message.raw_items() if key.lower() == wanted]
+    if any(len(value) > MAX_ADDRESS_FIELD for _, value in fields):
         return []
+    fast = _reads_as_registry(message, wanted)
     try:
-        return [address for value in message.get_all(name, []) for address in getattr(value, "addresses", ())]
+        return [address for key, value in fields for address in _field_addresses(message, key, value, fast)]
     except _PARSER_FAILURES:
         return []
+
+
+def _reads_as_registry(message: EmailMessage, name: str) -> bool:
+    """Whether the message's policy reads a `name` field with the stdlib registry's address header, which is
+    what simple_mailboxes reproduces (compat32 gives plain strings, with no addresses at all)."""
+    factory = getattr(message.policy, "header_factory", None)
+    return (
+        isinstance(message.policy, EmailPolicy)
+        and isinstance(factory, HeaderRegistry)
+        and factory.base_class is BaseHeader
+        and issubclass(factory.registry.get(name, factory.default_class), AddressHeader)
+    )
+
+
+def _field_addresses(message: EmailMessage, key: str, value: str, fast: bool) -> Sequence[Address]:
+    """One field's mailboxes as message.get_all() reads them; with `fast`, a simple source value skips the
+    registry (a header object, set in code, is already parsed)."""
+    found = simple_mailboxes(value) if fast and type(value) is str else None
+    if found is None:
+        return getattr(message.policy.header_fetch_parse(key, value), "addresses", ())
+    return found

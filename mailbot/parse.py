@@ -19,7 +19,7 @@ import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email import errors, policy
+from email import errors, headerregistry, policy
 from email.generator import BytesGenerator
 from email.headerregistry import BaseHeader, HeaderRegistry
 from email.message import EmailMessage
@@ -35,6 +35,7 @@ from lxml.etree import LxmlError
 from mailbot.automatic import automatic_reason
 from mailbot.bounces import read_bounce
 from mailbot.errors import MailbotError
+from mailbot.mailboxes import simple_mailboxes
 
 # What the standard `email` package raises on malformed input besides its own MessageError: its
 # header parser has raised IndexError, TypeError, AttributeError and AssertionError on junk in past
@@ -212,21 +213,22 @@ def parse(raw: bytes, limits: ParseLimits = ParseLimits()) -> ParsedMessage:
     )
 
 
-class _HeaderCache:
+class _HeaderCache(HeaderRegistry):
     """policy.default's header registry, parsing each distinct header once per message.
 
     The standard parser asks for a part's Content-Type about five times, and for its parent's once per
-    child; each request parses the field again.
+    child; each request parses the field again. Being a HeaderRegistry tells mailbot.automatic that the
+    message's address fields read as the registry reads them.
     """
 
     def __init__(self) -> None:
-        self._registry = HeaderRegistry()
+        super().__init__()
         self._parsed: dict[tuple[str, str], BaseHeader] = {}
 
     def __call__(self, name: str, value: str) -> BaseHeader:
         key = (name, value)
         if key not in self._parsed:
-            self._parsed[key] = self._registry(name, value)
+            self._parsed[key] = super().__call__(name, value)
         return self._parsed[key]
 
 
@@ -757,12 +759,10 @@ def _angle_mailbox(name: str, entry: str) -> list[Address] | None:
 
 def _registry_addresses(name: str, entry: str) -> list[Address] | None:
     """The complete mailboxes the registry reads in `entry`; None if it reports the entry invalid."""
-    try:
-        header = policy.default.header_factory(name, entry)
-        addresses = header.addresses
-    except _STDLIB_FAILURES:
-        return None
-    if any(isinstance(d, errors.InvalidHeaderDefect) for d in header.defects):
+    addresses = simple_mailboxes(entry)
+    if addresses is None:
+        addresses = _checked_registry_read(name, entry)
+    if addresses is None:
         return None
     result = []
     for address in addresses:
@@ -773,6 +773,18 @@ def _registry_addresses(name: str, entry: str) -> list[Address] | None:
             Address(_clean_header(address.display_name), _clean_header(f"{local}@{address.domain.lower()}"))
         )
     return result
+
+
+def _checked_registry_read(name: str, entry: str) -> tuple[headerregistry.Address, ...] | None:
+    """The registry's mailboxes of `entry`; None if it fails or reports the entry invalid."""
+    try:
+        header = policy.default.header_factory(name, entry)
+        addresses = header.addresses
+    except _STDLIB_FAILURES:
+        return None
+    if any(isinstance(d, errors.InvalidHeaderDefect) for d in header.defects):
+        return None
+    return addresses
 
 
 def _split_address_list(text: str) -> list[str]:
