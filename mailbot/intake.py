@@ -50,20 +50,29 @@ class Intake:
         self.followups = followups
         self.limits = limits or ParseLimits()
 
-    def process(self, session: Session, inbound: InboundMessage, now: datetime) -> Outcome:
-        """Decide what the message is and store the result; the inbound row records the outcome."""
+    def process(self, session: Session, inbound: InboundMessage, now: datetime, *, isolated: bool = True) -> Outcome:
+        """Decide what the message is and store the result; the inbound row records the outcome.
+
+        `isolated`: in a savepoint of its own, so a failure undoes this message's writes and nothing else,
+        and a Message-ID another instance stored a moment ago is a duplicate. Without it (a batch that the
+        caller keeps in one savepoint, mailbot.processor), any failure raises.
+        """
         try:
             parsed = parse(inbound.raw, self.limits)
         except UnparseableMessage as exc:
             outcome = Outcome("failed", detail=f"unparseable: {exc}")
         else:
             key = parsed.message_id or content_key(inbound.raw)
-            try:  # one savepoint: a failure of any kind undoes this message's writes and nothing else
-                with session.begin_nested():
-                    outcome = self._decide(session, inbound, parsed, key, now)
-            except IntegrityError:
-                # Another instance stored the same Message-ID a moment ago (the unique index is the guard).
-                outcome = Outcome("duplicate")
+            if not isolated:
+                session.flush()  # what earlier messages wrote, for this one's look-ups (some read without autoflush)
+                outcome = self._decide(session, inbound, parsed, key, now)
+            else:
+                try:
+                    with session.begin_nested():
+                        outcome = self._decide(session, inbound, parsed, key, now)
+                except IntegrityError:
+                    # Another instance stored the same Message-ID a moment ago (the unique index is the guard).
+                    outcome = Outcome("duplicate")
             # Set after the decision, so the row is written once with its outcome below (no flush of its own
             # before the savepoint); nothing in the decision reads the row's stored message_id.
             inbound.message_id = key

@@ -196,8 +196,8 @@ class MachineMail:
         opening = opening or self.opening(session, ticket)
         if opening is None:
             return "no stored message to answer"
-        # A pure look-up of outbox rows: those of earlier messages were flushed when the caller's savepoint for
-        # this one began, so the pending ticket and conversation entry need not be flushed first.
+        # A pure look-up of outbox rows: the intake flushes what earlier messages wrote before it decides the
+        # next one, so this message's pending ticket and conversation entry need not be flushed first.
         with session.no_autoflush:
             since = now - self.auto_reply_window
             sent_recently = deliveries.count_to_requester(session, ticket.requester, AUTOMATIC_KINDS, since)

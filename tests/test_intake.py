@@ -13,7 +13,7 @@ from mailbot.app import App
 from mailbot.errors import TransientStoreError
 from mailbot.store import inbound as inbound_store
 from mailbot.store.inbound import RawMessage
-from mailbot.store.schema import Attachment, Blob, InboundMessage, Ticket, TicketMessage
+from mailbot.store.schema import Attachment, Blob, InboundMessage, OutboxItem, Ticket, TicketMessage
 
 
 def ingest(app: App, raw: bytes, sender: str | None = "ana@lincoln.example"):  # type: ignore[no-untyped-def]
@@ -98,3 +98,53 @@ def test_database_trouble_during_intake_leaves_the_message_pending(make_app, db_
         admin.dispose()
         app.db.engine.dispose()
     assert app.processor.process_one(inbound_id).action == "created"
+
+
+def plain(message_id: str, subject: str = "Login broken") -> bytes:
+    return (f"From: Ana Diaz <ana@lincoln.example>\r\nTo: herosupport@schoolmint.com\r\nSubject: {subject}\r\n"
+            f"Message-ID: {message_id}\r\n\r\nI cannot log in.\r\n").encode()
+
+
+class TestBatches:
+    """A batch runs in one savepoint; a failure anywhere in it is isolated to its own message."""
+
+    def test_a_failure_mid_write_is_kept_on_its_row_and_the_batch_goes_on(self, app: App, monkeypatch) -> None:
+        raws = [plain("<b1@x.example>"), plain("<b2@x.example>", "explode"), plain("<b3@x.example>"),
+                plain("<b1@x.example>")]
+        app.db.call(inbound_store.insert_many, [RawMessage(raw, "test", "ana@lincoln.example") for raw in raws],
+                    app.clock.now())
+        start_clock = app.workflow.start_clock
+
+        def exploding(session, ticket, now, opening=None):  # type: ignore[no-untyped-def]
+            if ticket.subject == "explode":  # after the ticket and its first message were written
+                raise RuntimeError("a bug in the workflow")
+            start_clock(session, ticket, now, opening)
+
+        monkeypatch.setattr(app.workflow, "start_clock", exploding)
+        assert [o.action for o in app.processor.run_once()] == ["created", "failed", "created", "duplicate"]
+        rows = app.db.call(lambda s: list(s.scalars(select(InboundMessage).order_by(InboundMessage.id))))
+        assert [r.status for r in rows] == ["processed", "failed", "processed", "processed"]
+        assert "a bug in the workflow" in (rows[1].error or "")
+        tickets = app.db.call(lambda s: list(s.scalars(select(Ticket).order_by(Ticket.id))))
+        assert [t.subject for t in tickets] == ["Login broken", "Login broken"]  # nothing of the failed one
+        assert [r.ticket_id for r in rows] == [tickets[0].id, None, tickets[1].id, None]
+
+    def test_duplicates_within_a_batch_are_seen(self, app: App) -> None:
+        """A Message-ID stored earlier in the same batch makes a later message a duplicate."""
+        raws = [plain(f"<c{n % 3}@x.example>") for n in range(5)]
+        app.db.call(inbound_store.insert_many, [RawMessage(raw, "test", "ana@lincoln.example") for raw in raws],
+                    app.clock.now())
+        actions = [o.action for o in app.processor.run_once()]
+        assert actions == ["created", "created", "created", "duplicate", "duplicate"]
+        assert app.db.call(lambda s: s.scalar(select(func.count()).select_from(Ticket))) == 3
+
+    def test_the_auto_reply_limit_holds_within_a_batch(self, app: App) -> None:
+        """Confirmations planned earlier in the same batch count against the limit on automatic mail."""
+        raws = [plain(f"<l{n}@x.example>") for n in range(12)]
+        app.db.call(inbound_store.insert_many, [RawMessage(raw, "test", "ana@lincoln.example") for raw in raws],
+                    app.clock.now())
+        assert len(app.processor.run_once()) == 12
+        limit = app.config.security.auto_reply_limit
+        queued = app.db.call(lambda s: s.scalar(select(func.count()).select_from(OutboxItem)))
+        refused = app.db.call(lambda s: list(s.scalars(select(Ticket.auto_reply_refused).order_by(Ticket.id))))
+        assert queued == limit == 10 and refused[:limit] == [None] * limit and all(refused[limit:])
