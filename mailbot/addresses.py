@@ -39,6 +39,7 @@ typos like `ana@school` are refused) or is a loopback address literal (`[127.0.0
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import unicodedata
@@ -101,6 +102,7 @@ def _split(address: str) -> tuple[str, str]:
     return local, domain
 
 
+@functools.lru_cache(maxsize=4096)  # pure, and every message asks for the same few domains again and again
 def _normalize_domain(domain: str) -> str:
     if domain.startswith("["):
         literal = _address_literal(domain)

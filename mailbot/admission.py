@@ -39,11 +39,12 @@ from mailbot.entitlement import Entitled, Held, decide
 from mailbot.errors import TransientDNSError
 from mailbot.loops import Opening
 from mailbot.parse import ParsedMessage
-from mailbot.store import explanations, registry
+from mailbot.store import deliveries, registry
 from mailbot.store.schema import Contact, InboundMessage, Ticket
 from mailbot.workflow import Workflow
 
 ENTITLED = "entitled"
+EXPLANATION = "explanation"  # the kind of mail (templates/explanation.*) that tells a held sender why
 
 
 @dataclass(frozen=True)
@@ -172,8 +173,9 @@ class Gate:
         if admission.held is None or not auth.authenticated:
             return  # entitled, or the From may be forged: no backscatter
         limit = self.security.explanations_per_day
-        if explanations.count_since(session, ticket.requester, now - timedelta(days=1)) >= limit:
+        since = now - timedelta(days=1)
+        if deliveries.count_to_requester(session, ticket.requester, {EXPLANATION}, since) >= limit:
             ticket.auto_reply_refused = f"{limit} explanations already went to {ticket.requester} in 24 hours"
             return
         # The guard on every automatic reply (mailbot.loops) has the last word.
-        self.workflow.answer(session, ticket, explanations.KIND, now=now, opening=opening, reason=admission.held[0])
+        self.workflow.answer(session, ticket, EXPLANATION, now=now, opening=opening, reason=admission.held[0])

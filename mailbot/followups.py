@@ -121,6 +121,8 @@ class Followups:
             subject=parsed.subject,
             tokens=self.tokens,
         )
+        if clues.message_ids or clues.ticket_ids():
+            session.flush()  # the ticket it names may have been opened earlier in this batch, not written yet
         return threads.match(
             clues,
             owners=conversations.owners(session, clues.message_ids),

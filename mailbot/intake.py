@@ -55,7 +55,8 @@ class Intake:
 
         `isolated`: in a savepoint of its own, so a failure undoes this message's writes and nothing else,
         and a Message-ID another instance stored a moment ago is a duplicate. Without it (a batch that the
-        caller keeps in one savepoint, mailbot.processor), any failure raises.
+        caller keeps in one savepoint and writes in one flush, mailbot.processor), any failure raises, the
+        unique Message-ID index included.
         """
         try:
             parsed = parse(inbound.raw, self.limits)
@@ -64,7 +65,6 @@ class Intake:
         else:
             key = parsed.message_id or content_key(inbound.raw)
             if not isolated:
-                session.flush()  # what earlier messages wrote, for this one's look-ups (some read without autoflush)
                 outcome = self._decide(session, inbound, parsed, key, now)
             else:
                 try:

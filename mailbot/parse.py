@@ -12,6 +12,7 @@ sees it, and parse() raises UnparseableMessage instead (ParseLimits has the figu
 from __future__ import annotations
 
 import codecs
+import functools
 import hashlib
 import re
 import textwrap
@@ -213,12 +214,21 @@ def parse(raw: bytes, limits: ParseLimits = ParseLimits()) -> ParsedMessage:
     )
 
 
+# Short field values parsed recently, shared by every message (see _HeaderCache).
+_SHORT_VALUE = 200  # characters
+_recently_parsed = functools.lru_cache(maxsize=512)(HeaderRegistry())
+
+
 class _HeaderCache(HeaderRegistry):
-    """policy.default's header registry, parsing each distinct header once per message.
+    """policy.default's header registry, parsing each distinct header once per message, and a short value
+    it saw recently in any message only once.
 
     The standard parser asks for a part's Content-Type about five times, and for its parent's once per
-    child; each request parses the field again. Being a HeaderRegistry tells mailbot.automatic that the
-    message's address fields read as the registry reads them.
+    child; each request parses the field again. Most short values also repeat from message to message
+    (`text/plain; charset="utf-8"`, `7bit`, `1.0`), and a parsed header is immutable (the email package
+    only reads it), so those are shared, in a cache bounded in entries and in the length of the values it
+    keeps. Being a HeaderRegistry tells mailbot.automatic that the message's address fields read as the
+    registry reads them.
     """
 
     def __init__(self) -> None:
@@ -226,6 +236,8 @@ class _HeaderCache(HeaderRegistry):
         self._parsed: dict[tuple[str, str], BaseHeader] = {}
 
     def __call__(self, name: str, value: str) -> BaseHeader:
+        if len(value) <= _SHORT_VALUE:
+            return _recently_parsed(name, value)
         key = (name, value)
         if key not in self._parsed:
             self._parsed[key] = super().__call__(name, value)
@@ -618,6 +630,7 @@ def _clean_header(text: str) -> str:
 # --- Headers ----------------------------------------------------------------------------------------
 
 # RFC 2047 §2 encoded word.
+_ENCODED_WORD_START = "=?"
 _ENCODED_WORD = r"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?="
 _ADJACENT_WORDS = re.compile(rf"({_ENCODED_WORD})\s+(?={_ENCODED_WORD})")
 _WORD_CHARSET = re.compile(r"=\?([^?\s*]+)((?:\*[^?\s]*)?\?[bBqQ]\?)")
@@ -643,6 +656,8 @@ def _unstructured(value: str) -> tuple[str, list[str]]:
         for m in _WORD_CHARSET.finditer(value)
         if not _codec(m[1])
     ]
+    if _ENCODED_WORD_START not in value:
+        return _clean_header(value), notes  # the registry gives such text back as it is (tests/test_parse.py)
     try:
         # Bytes of an unknown charset come back as UTF-8 where they are valid, replaced where not.
         header = policy.default.header_factory("x-mailbot-text", _prepare_encoded_words(value))

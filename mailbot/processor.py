@@ -80,7 +80,10 @@ class Processor:
         rows = inbound_store.claim_pending(session, self.clock.now(), LEASE, self.batch)
         now = self.clock.now()
         try:
-            with session.begin_nested():
+            # Written in one flush when the savepoint is released: look-ups that could see this batch's own
+            # writes take pending rows into account (the auto-reply counts, stored blobs) or flush first
+            # (threading); a Message-ID twice in the batch meets the unique index at the flush.
+            with session.begin_nested(), session.no_autoflush:
                 outcomes = [self.intake.process(session, row, now, isolated=False) for row in rows]
         except Exception:  # noqa: BLE001 - one message failed (or the database did): undo, then isolate each
             return [self.process_row(session, row) for row in rows]

@@ -170,6 +170,7 @@ class Workflow:
         `parent_id`: the resolved ticket this one continues (a reply after the reopen window).
         """
         ticket = Ticket(
+            id=ticket_store.allocate_id(session),
             status="held" if held else "new",
             held_reason=held[0] if held else None,
             held_detail=held[1] if held else None,
@@ -182,8 +183,7 @@ class Workflow:
             updated_at=now,
             messages=[],  # a new ticket has none: without this, its first message costs a SELECT to find out
         )
-        session.add(ticket)
-        session.flush()
+        session.add(ticket)  # written with the caller's next flush: its id is known already
         return ticket
 
     def release(self, session: Session, ticket: Ticket, now: datetime) -> None:

@@ -100,9 +100,16 @@ def test_database_trouble_during_intake_leaves_the_message_pending(make_app, db_
     assert app.processor.process_one(inbound_id).action == "created"
 
 
-def plain(message_id: str, subject: str = "Login broken") -> bytes:
-    return (f"From: Ana Diaz <ana@lincoln.example>\r\nTo: herosupport@schoolmint.com\r\nSubject: {subject}\r\n"
-            f"Message-ID: {message_id}\r\n\r\nI cannot log in.\r\n").encode()
+def plain(message_id: str, subject: str = "Login broken", *, sender: str = "ana@lincoln.example",
+          extra: str = "") -> bytes:
+    return (f"From: {sender}\r\nTo: herosupport@schoolmint.com\r\nSubject: {subject}\r\n"
+            f"Message-ID: {message_id}\r\n{extra}\r\nI cannot log in.\r\n").encode()
+
+
+def run_batch(app: App, raws: list[bytes], sender: str = "ana@lincoln.example") -> list[str]:
+    """Store `raws` as pending rows and run one batch of the intake over them; the actions, in order."""
+    app.db.call(inbound_store.insert_many, [RawMessage(raw, "test", sender) for raw in raws], app.clock.now())
+    return [o.action for o in app.processor.run_once()]
 
 
 class TestBatches:
@@ -148,3 +155,25 @@ class TestBatches:
         queued = app.db.call(lambda s: s.scalar(select(func.count()).select_from(OutboxItem)))
         refused = app.db.call(lambda s: list(s.scalars(select(Ticket.auto_reply_refused).order_by(Ticket.id))))
         assert queued == limit == 10 and refused[:limit] == [None] * limit and all(refused[limit:])
+
+    def test_a_reply_to_a_message_earlier_in_the_batch_threads(self, app: App) -> None:
+        """The ticket a reply names may not be written yet when the reply is decided: it still threads."""
+        actions = run_batch(app, [plain("<r1@x.example>"), plain("<r2@x.example>", "Re: Login broken",
+                                                                  extra="In-Reply-To: <r1@x.example>\r\n")])
+        assert actions == ["created", "threaded"]
+        assert app.db.call(lambda s: s.scalar(select(func.count()).select_from(Ticket))) == 1
+
+    def test_the_same_attachment_twice_in_a_batch_is_stored_once(self, app: App) -> None:
+        data = b"%PDF-1.4 logo" * 50
+        actions = run_batch(app, [with_attachment("<p1@x.example>", data), with_attachment("<p2@x.example>", data)])
+        assert actions == ["created", "created"]
+        assert app.db.call(lambda s: s.scalar(select(func.count()).select_from(Blob))) == 1
+        assert app.db.call(lambda s: s.scalar(select(func.count()).select_from(Attachment))) == 2
+
+    def test_the_explanation_limit_holds_within_a_batch(self, app: App) -> None:
+        """A stranger writing five times in one batch is told why at most explanations_per_day times."""
+        stranger = "zoe@elsewhere.example"
+        raws = [plain(f"<z{n}@elsewhere.example>", sender=stranger) for n in range(5)]
+        assert run_batch(app, raws, sender=stranger) == ["held"] * 5
+        explained = app.db.call(lambda s: s.scalar(select(func.count()).select_from(OutboxItem)))
+        assert explained == app.config.security.explanations_per_day == 3

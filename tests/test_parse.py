@@ -282,6 +282,24 @@ class TestAddresses:
         assert parsed.from_ == Address("", "a@x.example")
 
 
+class TestFreeText:
+    """Subjects and other free text: encoded words decoded, anything else exactly as the registry gives it."""
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.text(st.characters(blacklist_categories=("Cs",)), max_size=120).filter(lambda t: "=?" not in t))
+    def test_text_without_encoded_words_reads_as_the_registry_reads_it(self, text: str) -> None:
+        """parse's shortcut for text without `=?` gives what policy.default's registry would."""
+        from email import policy
+
+        from mailbot.parse import _clean_header, _unstructured
+
+        assert _unstructured(text) == (_clean_header(str(policy.default.header_factory("subject", text))), [])
+
+    def test_encoded_words_are_still_decoded(self) -> None:
+        parsed = parse(headers("From: a@x.example", "Subject: =?utf-8?q?Caf=C3=A9?= ouvert"))
+        assert parsed.subject == "Café ouvert"
+
+
 class TestThreadKeys:
     """Message-ID, In-Reply-To, References and Date."""
 

@@ -39,9 +39,21 @@ def by_message_id(session: Session, message_id: str) -> OutboxItem | None:
 
 
 def count_to_requester(session: Session, requester: str, kinds: Collection[str], since: datetime) -> int:
-    """Messages of `kinds` planned (sent or not) since `since` on tickets whose requester is `requester`."""
-    found = session.scalar(_TO_REQUESTER, {"kinds": list(kinds), "since": since, "requester": requester})
-    return int(found or 0)
+    """Messages of `kinds` planned (sent or not) since `since` on tickets whose requester is `requester`,
+    those planned in this session and not written yet included (the intake writes a batch in one flush)."""
+    stored = session.scalar(_TO_REQUESTER, {"kinds": list(kinds), "since": since, "requester": requester})
+    return int(stored or 0) + _pending_to_requester(session, requester, kinds, since)
+
+
+def _pending_to_requester(session: Session, requester: str, kinds: Collection[str], since: datetime) -> int:
+    new_tickets = {obj.id: obj for obj in session.new if isinstance(obj, Ticket)}
+    count = 0
+    with session.no_autoflush:
+        for item in session.new:
+            if isinstance(item, OutboxItem) and item.kind in kinds and item.created_at >= since and item.ticket_id:
+                ticket = new_tickets.get(item.ticket_id) or session.get(Ticket, item.ticket_id)
+                count += ticket is not None and ticket.requester == requester
+    return count
 
 
 def count_on_ticket(session: Session, ticket_id: int, kinds: Collection[str], since: datetime) -> int:

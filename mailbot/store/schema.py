@@ -124,6 +124,10 @@ class InboundMessage(Base):
     peer: Mapped[str | None] = mapped_column(String(100))  # the SMTP/LMTP client's IP address
     ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id", ondelete="SET NULL"))
 
+    # Many-to-one links that are never loaded (lazy="raise"); they make a flush write a new ticket before the
+    # rows that name it, as the intake flushes a whole batch at once (mailbot.processor).
+    ticket: Mapped[Ticket | None] = relationship(lazy="raise")
+
 
 class Ticket(Base):
     __tablename__ = "tickets"
@@ -203,6 +207,8 @@ class Attachment(Base):
     sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"))
     inline: Mapped[bool] = mapped_column(Boolean, default=False)
 
+    blob: Mapped[Blob] = relationship(lazy="raise")  # written before its attachments (see InboundMessage.ticket)
+
 
 class OutboxItem(Base):
     """A message to send: fully rendered when planned, so a retry is the very same message (same Message-ID)."""
@@ -228,6 +234,8 @@ class OutboxItem(Base):
     sent_at: Mapped[datetime | None]
     delivery: Mapped[str | None] = mapped_column(String(20))  # None | "bounced" | "delayed"
     delivery_detail: Mapped[str | None] = mapped_column(Text)
+
+    ticket: Mapped[Ticket | None] = relationship(lazy="raise")  # written after its ticket (see InboundMessage)
 
 
 class ImapCursor(Base):

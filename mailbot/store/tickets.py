@@ -5,17 +5,30 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import bindparam, exists, select
+from sqlalchemy import bindparam, exists, func, select, text
 from sqlalchemy.orm import Session, selectinload
 
 from mailbot.parse import Attachment as ParsedAttachment
 from mailbot.store.schema import Attachment, Blob, Specialist, Ticket, TicketMessage
 
+_LAST_ID = select(func.max(Ticket.id))
+_NEXT_ID_POSTGRESQL = text("SELECT nextval(pg_get_serial_sequence('tickets', 'id'))")
 _KNOWN = select(exists().where(TicketMessage.message_id == bindparam("message_id")))  # built once: see registry
 
 
 def message_id_known(session: Session, message_id: str) -> bool:
     return bool(session.scalar(_KNOWN, {"message_id": message_id}))
+
+
+def allocate_id(session: Session) -> int:
+    """The id for a new ticket, known before it is written (compose needs it), so a batch of new tickets
+    can be written in one flush. PostgreSQL: the column's sequence. SQLite: one past the highest id stored or
+    pending in this session; the transaction holds SQLite's write lock (BEGIN IMMEDIATE), so no other writer
+    can take it meanwhile."""
+    if session.get_bind().dialect.name == "postgresql":
+        return int(session.scalar(_NEXT_ID_POSTGRESQL))
+    pending = (obj.id for obj in session.new if isinstance(obj, Ticket) and obj.id is not None)
+    return max((session.scalar(_LAST_ID) or 0, *pending)) + 1
 
 
 def add_message(
@@ -52,7 +65,7 @@ def add_message(
     )
     ticket.messages.append(message)
     for parsed in attachments:
-        if session.get(Blob, parsed.sha256) is None:
+        if not _blob_known(session, parsed.sha256):
             session.add(Blob(sha256=parsed.sha256, size=parsed.size, data=parsed.data))
         message.attachments.append(
             Attachment(
@@ -65,6 +78,14 @@ def add_message(
         )
     ticket.updated_at = at
     return message
+
+
+def _blob_known(session: Session, sha256: str) -> bool:
+    """Whether the bytes are stored, or waiting in this session to be (a batch not flushed yet)."""
+    if any(isinstance(obj, Blob) and obj.sha256 == sha256 for obj in session.new):
+        return True
+    with session.no_autoflush:
+        return session.get(Blob, sha256) is not None
 
 
 def get(session: Session, ticket_id: int) -> Ticket | None:
