@@ -40,7 +40,8 @@ from mailbot.errors import TransientDNSError
 from mailbot.loops import Opening
 from mailbot.parse import ParsedMessage
 from mailbot.store import deliveries, registry
-from mailbot.store.schema import Contact, InboundMessage, Ticket
+from mailbot.store.registry import ContactRecord
+from mailbot.store.schema import InboundMessage, Ticket
 from mailbot.workflow import Workflow
 
 ENTITLED = "entitled"
@@ -54,7 +55,7 @@ class Admission:
     decision: Entitled | Held
     auth: AuthVerdict
     organization_id: int | None  # the sender's organization, once the sender is known and authenticated
-    contact: Contact | None  # the named contact the From address belongs to, authenticated or not
+    contact: ContactRecord | None  # the named contact the From address belongs to, authenticated or not
 
     @property
     def held(self) -> tuple[str, str] | None:
@@ -119,23 +120,16 @@ class Gate:
         temporary = verdict.temporary and not verdict.authenticated
         if temporary and now - inbound.received_at < self.security.auth_retry_for:
             raise TransientDNSError(verdict.reason)
-        found = registry.contact_facts(session, sender)
-        contact = found[0] if found is not None else None
+        contact = registry.contact_record(session, sender)
         decision = decide(
-            contact=found[1] if found is not None else None,
+            contact=contact.facts if contact is not None else None,
             authenticated=verdict.authenticated,
             auth_required=self.security.require_sender_auth,
             today=now.astimezone(self.zone).date(),
             auth_temperror=temporary,
         )
-        return Admission(
-            decision,
-            verdict,
-            organization_id=contact.organization_id
-            if contact is not None and verdict.authenticated
-            else None,
-            contact=contact,
-        )
+        organization_id = contact.organization_id if contact is not None and verdict.authenticated else None
+        return Admission(decision, verdict, organization_id, contact)
 
     def authenticate(self, inbound: InboundMessage, parsed: ParsedMessage, sender: str) -> AuthVerdict:
         """Whether `sender`, the From address, provably wrote the message (see the module docstring)."""

@@ -140,7 +140,8 @@ class Intake:
             attachments=parsed.attachments,
         )
         # What the guard on automatic replies reads (mailbot.loops rule 4), already in hand.
-        opening = Opening(parsed.message, inbound.envelope_from, admission.contact if admission else None)
+        bouncing = admission is not None and admission.contact is not None and admission.contact.bouncing
+        opening = Opening(parsed.message, inbound.envelope_from, bouncing)
         if admission is not None:
             self.gate.record(session, ticket, admission, now, opening)
         if held:

@@ -48,7 +48,7 @@ from mailbot.automatic import automatic_reason, is_own_mail, loop_mark, may_auto
 from mailbot.bounces import Bounce, read_bounce
 from mailbot.parse import ParsedMessage
 from mailbot.store import deliveries, registry
-from mailbot.store.schema import Contact, OutboxItem, Ticket
+from mailbot.store.schema import OutboxItem, Ticket
 
 log = logging.getLogger("mailbot.loops")
 
@@ -110,13 +110,13 @@ def refusal(
 
 @dataclass(frozen=True)
 class Opening:
-    """The message that opened a ticket as rule 4 reads it: its header fields, its envelope sender, and the
-    requester's named contact (None when not one). The intake has all three in hand as it opens the ticket;
-    otherwise (a release) `MachineMail.opening` reads them from the store."""
+    """The message that opened a ticket as rule 4 reads it: its header fields, its envelope sender, and
+    whether the requester is a named contact marked bouncing. The intake has all three in hand as it opens
+    the ticket; otherwise (a release) `MachineMail.opening` reads them from the store."""
 
     headers: EmailMessage
     envelope_from: str | None
-    contact: Contact | None
+    bouncing: bool
 
 
 def _headers(raw: bytes) -> EmailMessage:
@@ -205,7 +205,7 @@ class MachineMail:
             opening.headers,
             opening.envelope_from,
             ticket.requester,
-            bouncing=opening.contact is not None and opening.contact.bouncing,
+            bouncing=opening.bouncing,
             sent_recently=sent_recently,
             limit=self.auto_reply_limit,
         )
@@ -217,4 +217,4 @@ class MachineMail:
             return None
         with session.no_autoflush:  # registry.add_contact flushes what it adds
             contact = registry.find_contact(session, ticket.requester)
-        return Opening(_headers(stored.raw), stored.envelope_from, contact)
+        return Opening(_headers(stored.raw), stored.envelope_from, contact is not None and contact.bouncing)

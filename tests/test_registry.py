@@ -170,9 +170,9 @@ class TestSchoolsAndContacts:
         add_contact(store, "d2@springfield.example", "Springfield USD")
 
         def facts(address: str) -> ContactFacts:
-            found = call(store, lambda s: registry.contact_facts(s, address))
+            found = call(store, lambda s: registry.contact_record(s, address))
             assert found is not None
-            return found[1]
+            return found.facts
 
         assert (facts("d2@springfield.example").rank, facts("d2@springfield.example").school) == (1, None)
         assert (facts("p1@adams.example").rank, facts("p1@adams.example").school) == (0, "Adams High")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from datetime import datetime
 
 from sqlalchemy import bindparam, func, select
@@ -39,26 +39,38 @@ def by_message_id(session: Session, message_id: str) -> OutboxItem | None:
 
 
 def count_to_requester(session: Session, requester: str, kinds: Collection[str], since: datetime) -> int:
-    """Messages of `kinds` planned (sent or not) since `since` on tickets whose requester is `requester`,
-    those planned in this session and not written yet included (the intake writes a batch in one flush)."""
-    stored = session.scalar(_TO_REQUESTER, {"kinds": list(kinds), "since": since, "requester": requester})
-    return int(stored or 0) + _pending_to_requester(session, requester, kinds, since)
-
-
-def _pending_to_requester(session: Session, requester: str, kinds: Collection[str], since: datetime) -> int:
+    """Messages of `kinds` planned (sent or not) since `since` on tickets whose requester is `requester`."""
+    values = {"kinds": list(kinds), "since": since, "requester": requester}
     new_tickets = {obj.id: obj for obj in session.new if isinstance(obj, Ticket)}
-    count = 0
-    with session.no_autoflush:
-        for item in session.new:
-            if isinstance(item, OutboxItem) and item.kind in kinds and item.created_at >= since and item.ticket_id:
-                ticket = new_tickets.get(item.ticket_id) or session.get(Ticket, item.ticket_id)
-                count += ticket is not None and ticket.requester == requester
-    return count
+
+    def to_requester(ticket_id: int) -> bool:
+        ticket = new_tickets.get(ticket_id) or session.get(Ticket, ticket_id)
+        return ticket is not None and ticket.requester == requester
+
+    return int(session.connection().scalar(_TO_REQUESTER, values) or 0) + _pending(session, kinds, since, to_requester)
 
 
 def count_on_ticket(session: Session, ticket_id: int, kinds: Collection[str], since: datetime) -> int:
     """Messages of `kinds` planned on one ticket since `since`."""
-    return int(session.scalar(_ON_TICKET, {"ticket_id": ticket_id, "kinds": list(kinds), "since": since}) or 0)
+    values = {"ticket_id": ticket_id, "kinds": list(kinds), "since": since}
+    stored = int(session.connection().scalar(_ON_TICKET, values) or 0)
+    return stored + _pending(session, kinds, since, lambda pending_ticket: pending_ticket == ticket_id)
+
+
+def _pending(session: Session, kinds: Collection[str], since: datetime, belongs: Callable[[int], bool]) -> int:
+    """Of the counts above, the items planned in this session and not written yet: the intake writes a batch
+    in one flush (mailbot.processor), and these counts read the stored rows on the connection, which does
+    not flush."""
+    with session.no_autoflush:
+        return sum(
+            1
+            for item in list(session.new)
+            if isinstance(item, OutboxItem)
+            and item.ticket_id is not None
+            and item.kind in kinds
+            and item.created_at >= since
+            and belongs(item.ticket_id)
+        )
 
 
 def opening_message(session: Session, ticket: Ticket) -> InboundMessage | None:

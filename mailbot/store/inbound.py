@@ -9,11 +9,11 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import (
-    ColumnElement,
     Connection,
     CursorResult,
     Table,
     and_,
+    bindparam,
     insert,
     or_,
     select,
@@ -82,11 +82,25 @@ def _insert_sqlite(connection: Connection, rows: list[tuple[Any, ...]]) -> list[
         cursor.close()
 
 
-def _claimable(now: datetime) -> ColumnElement[bool]:
-    return and_(
-        InboundMessage.status == "pending",
-        or_(InboundMessage.claimed_until.is_(None), InboundMessage.claimed_until < now),
-    )
+# Built once (see mailbot.store.registry): the runner claims a batch every few milliseconds under load.
+_CLAIMABLE = and_(
+    InboundMessage.status == "pending",
+    or_(InboundMessage.claimed_until.is_(None), InboundMessage.claimed_until < bindparam("now")),
+)
+_CANDIDATES = (
+    select(InboundMessage.id)
+    .where(_CLAIMABLE)
+    .order_by(InboundMessage.id)
+    .limit(bindparam("limit"))
+    .with_for_update(skip_locked=True)
+)
+_CLAIM = (
+    update(InboundMessage)
+    .where(InboundMessage.id.in_(bindparam("ids", expanding=True)), _CLAIMABLE)
+    .values(claimed_until=bindparam("until"), attempts=InboundMessage.attempts + 1)
+    .returning(InboundMessage)
+    .execution_options(synchronize_session=False, populate_existing=True)
+)
 
 
 def claim_pending(session: Session, now: datetime, lease: timedelta, limit: int) -> list[InboundMessage]:
@@ -94,28 +108,15 @@ def claim_pending(session: Session, now: datetime, lease: timedelta, limit: int)
 
     A lease that ran out (its holder died) makes the message claimable again. The conditional UPDATE is the
     lock: with several instances on one database, each row goes to exactly one of them (one statement for
-    the whole batch; its RETURNING says which rows this instance won). On PostgreSQL the candidates are read
-    FOR UPDATE SKIP LOCKED: rows another instance is processing right now are passed over, not waited for
-    (waiting made two instances no faster than one).
+    the whole batch; its RETURNING gives the rows this instance won, with their new leases). On PostgreSQL
+    the candidates are read FOR UPDATE SKIP LOCKED: rows another instance is processing right now are passed
+    over, not waited for (waiting made two instances no faster than one).
     """
-    candidates = session.scalars(
-        select(InboundMessage.id)
-        .where(_claimable(now))
-        .order_by(InboundMessage.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    ).all()
+    candidates = session.scalars(_CANDIDATES, {"now": now, "limit": limit}).all()
     if not candidates:
         return []
-    claimed = session.scalars(
-        update(InboundMessage)
-        .where(InboundMessage.id.in_(candidates), _claimable(now))
-        .values(claimed_until=now + lease, attempts=InboundMessage.attempts + 1)
-        .returning(InboundMessage.id)
-        .execution_options(synchronize_session=False)
-    ).all()
-    rows = select(InboundMessage).where(InboundMessage.id.in_(claimed)).order_by(InboundMessage.id)
-    return list(session.scalars(rows.execution_options(populate_existing=True)))  # the new leases, if loaded
+    claimed = session.scalars(_CLAIM, {"ids": list(candidates), "now": now, "until": now + lease}).all()
+    return sorted(claimed, key=lambda row: row.id)
 
 
 def get(session: Session, inbound_id: int, *, lock: bool = False) -> InboundMessage | None:

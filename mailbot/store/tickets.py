@@ -17,7 +17,7 @@ _KNOWN = select(exists().where(TicketMessage.message_id == bindparam("message_id
 
 
 def message_id_known(session: Session, message_id: str) -> bool:
-    return bool(session.scalar(_KNOWN, {"message_id": message_id}))
+    return bool(session.connection().scalar(_KNOWN, {"message_id": message_id}))
 
 
 def allocate_id(session: Session) -> int:
@@ -27,8 +27,9 @@ def allocate_id(session: Session) -> int:
     can take it meanwhile."""
     if session.get_bind().dialect.name == "postgresql":
         return int(session.scalar(_NEXT_ID_POSTGRESQL))
-    pending = (obj.id for obj in session.new if isinstance(obj, Ticket) and obj.id is not None)
-    return max((session.scalar(_LAST_ID) or 0, *pending)) + 1
+    # Pending ids were allocated past every stored one, and only their own flush stores more meanwhile.
+    pending = [obj.id for obj in session.new if isinstance(obj, Ticket) and obj.id is not None]
+    return max(pending or [session.connection().scalar(_LAST_ID) or 0]) + 1
 
 
 def add_message(
