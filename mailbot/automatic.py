@@ -156,6 +156,12 @@ def may_auto_reply_to(message: EmailMessage, envelope_sender: str | None) -> str
     """
     if automatic_reason(message, envelope_sender) is not None:
         return None
+    return aligned_author(message, envelope_sender)
+
+
+def aligned_author(message: EmailMessage, envelope_sender: str | None) -> str | None:
+    """The one From mailbox when the return path's domain is aligned with it, else None: the rule of
+    `may_auto_reply_to` without its check that a person wrote the message (for callers that made it)."""
     return_path = _return_path(message, envelope_sender)
     if not return_path or [name.lower() for name in message].count("from") != 1:
         return None

@@ -223,6 +223,7 @@ class Composer:
             autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False),
             undefined=StrictUndefined,
             keep_trailing_newline=True,
+            auto_reload=False,  # read each template once (a changed one applies from the next start), no stat per use
         )
         self._from = _mailboxes([identity.header()])  # the same on every message
 

@@ -13,8 +13,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from mailbot.admission import Gate
+from mailbot.automatic import automatic_reason
 from mailbot.followups import Continues, Decided, Followups
-from mailbot.loops import MachineMail, Opening, hold_reason
+from mailbot.loops import MachineMail, Opening, automatic_hold
 from mailbot.parse import ParsedMessage, ParseLimits, UnparseableMessage, content_key, parse
 from mailbot.store import tickets as ticket_store
 from mailbot.store.schema import InboundMessage
@@ -65,11 +66,11 @@ class Intake:
         else:
             key = parsed.message_id or content_key(inbound.raw)
             if not isolated:
-                outcome = self._decide(session, inbound, parsed, key, now)
+                outcome = self._decide(session, inbound, parsed, key, now, isolated=False)
             else:
                 try:
                     with session.begin_nested():
-                        outcome = self._decide(session, inbound, parsed, key, now)
+                        outcome = self._decide(session, inbound, parsed, key, now, isolated=True)
                 except IntegrityError:
                     # Another instance stored the same Message-ID a moment ago (the unique index is the guard).
                     outcome = Outcome("duplicate")
@@ -84,11 +85,16 @@ class Intake:
         inbound.claimed_until = None
         return outcome
 
-    def _decide(self, session: Session, inbound: InboundMessage, parsed: ParsedMessage, key: str, now: datetime) -> Outcome:
+    def _decide(
+        self, session: Session, inbound: InboundMessage, parsed: ParsedMessage, key: str, now: datetime, *,
+        isolated: bool,
+    ) -> Outcome:
         # Before the duplicate check: our own message coming back has a Message-ID we already keep.
         if (ignored := self.machines.screen(session, parsed, now)) is not None:
             return Outcome("ignored", ignored.ticket_id, ignored.detail)
-        if ticket_store.message_id_known(session, key):
+        # In a batch (not isolated) the unique Message-ID index alone finds a duplicate, at the batch's flush,
+        # and the batch then runs isolated: a look-up per message would cost more than the rare rerun.
+        if isolated and ticket_store.message_id_known(session, key):
             return Outcome("duplicate")
         followup = self.followups.follow(session, inbound, parsed, key, now)
         if isinstance(followup, Decided):
@@ -109,7 +115,8 @@ class Intake:
         sender = parsed.from_
         requester = sender.address.lower() if sender else (inbound.envelope_from or "").lower()
         held = None if requester else ("no-sender-address", "the message names no sender to answer")
-        held = held or hold_reason(parsed, inbound.envelope_from)  # automatic mail starts no conversation
+        automatic = automatic_reason(parsed.message, inbound.envelope_from)
+        held = held or automatic_hold(automatic)  # automatic mail starts no conversation
         admission = self.gate.judge(session, inbound, parsed, now) if requester and not held else None
         if admission is not None:
             held = admission.held
@@ -141,7 +148,7 @@ class Intake:
         )
         # What the guard on automatic replies reads (mailbot.loops rule 4), already in hand.
         bouncing = admission is not None and admission.contact is not None and admission.contact.bouncing
-        opening = Opening(parsed.message, inbound.envelope_from, bouncing)
+        opening = Opening(parsed.message, inbound.envelope_from, bouncing, automatic)
         if admission is not None:
             self.gate.record(session, ticket, admission, now, opening)
         if held:

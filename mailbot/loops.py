@@ -44,7 +44,7 @@ from typing import cast
 from sqlalchemy.orm import Session
 
 from mailbot.addresses import same_person
-from mailbot.automatic import automatic_reason, is_own_mail, loop_mark, may_auto_reply_to
+from mailbot.automatic import aligned_author, automatic_reason, is_own_mail, loop_mark
 from mailbot.bounces import Bounce, read_bounce
 from mailbot.parse import ParsedMessage
 from mailbot.store import deliveries, registry
@@ -66,9 +66,9 @@ class Ignored:
     ticket_id: int | None = None
 
 
-def hold_reason(parsed: ParsedMessage, envelope_sender: str | None) -> tuple[str, str] | None:
-    """(reason, detail) for holding a new ticket opened by automatic mail, or None for a person's mail."""
-    reason = automatic_reason(parsed.message, envelope_sender)
+def automatic_hold(reason: str | None) -> tuple[str, str] | None:
+    """(reason, detail) for holding a new ticket opened by automatic mail (`automatic.automatic_reason`
+    gave `reason`), or None for a person's mail."""
     return (HELD_AUTOMATIC, f"automatic mail: {reason}") if reason is not None else None
 
 
@@ -80,28 +80,21 @@ def delivery_detail(bounce: Bounce) -> str:
     return " ".join(part for part in parts if part) or "the receiving system gave no reason"
 
 
-def refusal(
-    message: EmailMessage,
-    envelope_sender: str | None,
-    requester: str,
-    *,
-    bouncing: bool,
-    sent_recently: int,
-    limit: int,
-) -> str | None:
-    """Why no automatic reply may go to `requester` about `message`, or None when one may (rule 4).
+def refusal(opening: Opening, requester: str, *, sent_recently: int, limit: int) -> str | None:
+    """Why no automatic reply may go to `requester` about the message `opening`, or None when one may
+    (rule 4).
 
     Without any return path (a message read from a file or a mailbox that kept none) there is no envelope
     to hold From against: From stands, once the message is known to be a person's.
     """
-    reason = automatic_reason(message, envelope_sender)
-    if reason is not None:
-        return f"automatic mail: {reason}"
+    if opening.automatic is not None:
+        return f"automatic mail: {opening.automatic}"
+    message, envelope_sender = opening.headers, opening.envelope_from
     has_return_path = envelope_sender is not None or "Return-Path" in message
-    allowed = may_auto_reply_to(message, envelope_sender) if has_return_path else requester
+    allowed = aligned_author(message, envelope_sender) if has_return_path else requester
     if allowed is None or not same_person(allowed, requester):
         return "the sender's address cannot be trusted with a reply (From and the return path disagree)"
-    if bouncing:
+    if opening.bouncing:
         return f"{requester} is marked bouncing"
     if sent_recently >= limit:
         return f"{sent_recently} automatic messages already went to {requester} recently (the limit is {limit})"
@@ -110,13 +103,19 @@ def refusal(
 
 @dataclass(frozen=True)
 class Opening:
-    """The message that opened a ticket as rule 4 reads it: its header fields, its envelope sender, and
-    whether the requester is a named contact marked bouncing. The intake has all three in hand as it opens
-    the ticket; otherwise (a release) `MachineMail.opening` reads them from the store."""
+    """The message that opened a ticket as rule 4 reads it: its header fields, its envelope sender, whether
+    the requester is a named contact marked bouncing, and why the message is automatic (None: a person
+    wrote it). The intake has all of it in hand as it opens the ticket; otherwise (a release)
+    `MachineMail.opening` reads it from the store."""
 
     headers: EmailMessage
     envelope_from: str | None
     bouncing: bool
+    automatic: str | None
+
+    @classmethod
+    def read(cls, headers: EmailMessage, envelope_from: str | None, *, bouncing: bool) -> Opening:
+        return cls(headers, envelope_from, bouncing, automatic_reason(headers, envelope_from))
 
 
 def _headers(raw: bytes) -> EmailMessage:
@@ -201,14 +200,7 @@ class MachineMail:
         with session.no_autoflush:
             since = now - self.auto_reply_window
             sent_recently = deliveries.count_to_requester(session, ticket.requester, AUTOMATIC_KINDS, since)
-        return refusal(
-            opening.headers,
-            opening.envelope_from,
-            ticket.requester,
-            bouncing=opening.bouncing,
-            sent_recently=sent_recently,
-            limit=self.auto_reply_limit,
-        )
+        return refusal(opening, ticket.requester, sent_recently=sent_recently, limit=self.auto_reply_limit)
 
     def opening(self, session: Session, ticket: Ticket) -> Opening | None:
         """The stored message that opened `ticket` and its requester's contact; None if it is not kept."""
@@ -217,4 +209,4 @@ class MachineMail:
             return None
         with session.no_autoflush:  # registry.add_contact flushes what it adds
             contact = registry.find_contact(session, ticket.requester)
-        return Opening(_headers(stored.raw), stored.envelope_from, contact is not None and contact.bouncing)
+        return Opening.read(_headers(stored.raw), stored.envelope_from, bouncing=contact is not None and contact.bouncing)

@@ -22,7 +22,7 @@ from sqlalchemy import select
 from mailbot import intake as intake_module
 from mailbot.automatic import automatic_reason, may_auto_reply_to
 from mailbot.bounces import read_bounce
-from mailbot.loops import hold_reason
+from mailbot.loops import Opening
 from mailbot.parse import UnparseableMessage, parse
 from mailbot.store.schema import Attachment, Blob, InboundMessage, Ticket, TicketMessage
 from tests.mailers import message
@@ -291,7 +291,7 @@ class TestParserFuzz:
         for envelope in (None, "", CUSTOMER):
             automatic_reason(parsed.message, envelope)
             may_auto_reply_to(parsed.message, envelope)
-            hold_reason(parsed, envelope)
+            Opening.read(parsed.message, envelope, bouncing=False)
         read_bounce(parsed.message)
 
     @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

@@ -177,3 +177,9 @@ class TestBatches:
         assert run_batch(app, raws, sender=stranger) == ["held"] * 5
         explained = app.db.call(lambda s: s.scalar(select(func.count()).select_from(OutboxItem)))
         assert explained == app.config.security.explanations_per_day == 3
+
+    def test_a_duplicate_of_an_earlier_batch_is_seen(self, app: App) -> None:
+        """The batch finds it at its flush (the unique Message-ID index) and reruns message by message."""
+        assert run_batch(app, [plain("<e1@x.example>")]) == ["created"]
+        assert run_batch(app, [plain("<e2@x.example>"), plain("<e1@x.example>")]) == ["created", "duplicate"]
+        assert app.db.call(lambda s: s.scalar(select(func.count()).select_from(Ticket))) == 2

@@ -23,7 +23,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from mailbot.automatic import LOOP_HEADER
 from mailbot.cli import tickets as ticket_commands
 from mailbot.clock import FrozenClock
-from mailbot.loops import HELD_AUTOMATIC, refusal
+from mailbot.loops import HELD_AUTOMATIC, Opening, refusal
 from mailbot.store import registry
 from mailbot.store.schema import Contact, InboundMessage, OutboxItem, Ticket
 from tests.mailers import SinkHandler, message
@@ -361,13 +361,13 @@ class TestGuard:
 class TestRefusalRule:
     """mailbot.loops.refusal, the pure rule behind the guard."""
 
-    def parsed(self, raw: bytes) -> EmailMessage:
+    def parsed(self, raw: bytes, envelope: str | None = CUSTOMER, *, bouncing: bool = False) -> Opening:
         parsed = message_from_bytes(raw, policy=policy.default)
         assert isinstance(parsed, EmailMessage)
-        return parsed
+        return Opening.read(parsed, envelope, bouncing=bouncing)
 
     def test_person_with_aligned_envelope_may_be_answered(self) -> None:
-        assert refusal(self.parsed(message()), CUSTOMER, CUSTOMER, bouncing=False, sent_recently=0, limit=1) is None
+        assert refusal(self.parsed(message()), CUSTOMER, sent_recently=0, limit=1) is None
 
     @pytest.mark.parametrize(
         ("headers", "envelope", "expected"),
@@ -380,15 +380,16 @@ class TestRefusalRule:
         ],
     )
     def test_refused(self, headers: dict[str, str], envelope: str | None, expected: str) -> None:
-        got = refusal(self.parsed(message(headers=headers)), envelope, CUSTOMER, bouncing=False, sent_recently=0, limit=5)
+        got = refusal(self.parsed(message(headers=headers), envelope), CUSTOMER, sent_recently=0, limit=5)
         assert got is not None and got.startswith(expected)
 
     def test_requester_must_be_the_from_address(self) -> None:
         """A ticket whose requester came from Reply-To or the envelope (no usable From) is never auto-answered."""
-        got = refusal(self.parsed(message()), CUSTOMER, "someone@lincoln.example", bouncing=False, sent_recently=0, limit=5)
+        got = refusal(self.parsed(message()), "someone@lincoln.example", sent_recently=0, limit=5)
         assert got is not None
 
     def test_limit_and_bouncing(self) -> None:
         msg = self.parsed(message())
-        assert "limit is 2" in (refusal(msg, CUSTOMER, CUSTOMER, bouncing=False, sent_recently=2, limit=2) or "")
-        assert "bouncing" in (refusal(msg, CUSTOMER, CUSTOMER, bouncing=True, sent_recently=0, limit=2) or "")
+        assert "limit is 2" in (refusal(msg, CUSTOMER, sent_recently=2, limit=2) or "")
+        bouncing = self.parsed(message(), bouncing=True)
+        assert "bouncing" in (refusal(bouncing, CUSTOMER, sent_recently=0, limit=2) or "")

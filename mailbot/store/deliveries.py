@@ -2,35 +2,44 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Collection
 from datetime import datetime
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import Select, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from mailbot.store.schema import InboundMessage, OutboxItem, Ticket
 
 # Built once with bound parameters (the intake runs them for every message; see mailbot.store.registry).
 _BY_MESSAGE_ID = select(OutboxItem).where(OutboxItem.message_id == bindparam("message_id"))
-_TO_REQUESTER = (
-    select(func.count())
-    .select_from(OutboxItem)
-    .join(Ticket, OutboxItem.ticket_id == Ticket.id)
-    .where(
-        OutboxItem.kind.in_(bindparam("kinds", expanding=True)),
-        OutboxItem.created_at >= bindparam("since"),
-        Ticket.requester == bindparam("requester"),
+
+
+@functools.cache  # one statement for each of the few fixed sets of kinds the callers ask for
+def _to_requester(kinds: frozenset[str]) -> Select[int]:
+    return (
+        select(func.count())
+        .select_from(OutboxItem)
+        .join(Ticket, OutboxItem.ticket_id == Ticket.id)
+        .where(
+            OutboxItem.kind.in_(sorted(kinds)),
+            OutboxItem.created_at >= bindparam("since"),
+            Ticket.requester == bindparam("requester"),
+        )
     )
-)
-_ON_TICKET = (
-    select(func.count())
-    .select_from(OutboxItem)
-    .where(
-        OutboxItem.ticket_id == bindparam("ticket_id"),
-        OutboxItem.kind.in_(bindparam("kinds", expanding=True)),
-        OutboxItem.created_at >= bindparam("since"),
+
+
+@functools.cache
+def _on_ticket(kinds: frozenset[str]) -> Select[int]:
+    return (
+        select(func.count())
+        .select_from(OutboxItem)
+        .where(
+            OutboxItem.ticket_id == bindparam("ticket_id"),
+            OutboxItem.kind.in_(sorted(kinds)),
+            OutboxItem.created_at >= bindparam("since"),
+        )
     )
-)
 
 
 def by_message_id(session: Session, message_id: str) -> OutboxItem | None:
@@ -40,20 +49,21 @@ def by_message_id(session: Session, message_id: str) -> OutboxItem | None:
 
 def count_to_requester(session: Session, requester: str, kinds: Collection[str], since: datetime) -> int:
     """Messages of `kinds` planned (sent or not) since `since` on tickets whose requester is `requester`."""
-    values = {"kinds": list(kinds), "since": since, "requester": requester}
+    values = {"since": since, "requester": requester}
     new_tickets = {obj.id: obj for obj in session.new if isinstance(obj, Ticket)}
 
     def to_requester(ticket_id: int) -> bool:
         ticket = new_tickets.get(ticket_id) or session.get(Ticket, ticket_id)
         return ticket is not None and ticket.requester == requester
 
-    return int(session.connection().scalar(_TO_REQUESTER, values) or 0) + _pending(session, kinds, since, to_requester)
+    stored = int(session.connection().scalar(_to_requester(frozenset(kinds)), values) or 0)
+    return stored + _pending(session, kinds, since, to_requester)
 
 
 def count_on_ticket(session: Session, ticket_id: int, kinds: Collection[str], since: datetime) -> int:
     """Messages of `kinds` planned on one ticket since `since`."""
-    values = {"ticket_id": ticket_id, "kinds": list(kinds), "since": since}
-    stored = int(session.connection().scalar(_ON_TICKET, values) or 0)
+    values = {"ticket_id": ticket_id, "since": since}
+    stored = int(session.connection().scalar(_on_ticket(frozenset(kinds)), values) or 0)
     return stored + _pending(session, kinds, since, lambda pending_ticket: pending_ticket == ticket_id)
 
 
