@@ -1,6 +1,7 @@
 """The intake's entitlement step: is a new ticket's sender who they claim to be, and are they entitled?
 
-`Gate.judge` authenticates the From address, looks the sender up in the registry and decides with
+`Gate.authenticate` authenticates the From address (the intake does it before it opens a database
+transaction: it may wait on DNS); `Gate.judge` looks the sender up in the registry and decides with
 `mailbot.entitlement.decide` (today being the date in the business time zone). Authentication is, by the
 configuration's `[security]`:
 
@@ -112,11 +113,11 @@ class Gate:
         self.resolver = resolver
 
     def judge(
-        self, session: Session, inbound: InboundMessage, parsed: ParsedMessage, now: datetime
+        self, session: Session, inbound: InboundMessage, parsed: ParsedMessage, now: datetime, verdict: AuthVerdict
     ) -> Admission:
-        """Authenticate the sender of a new ticket, look them up, and decide; TransientDNSError: try later."""
+        """Look the sender of a new ticket up and decide, with `verdict` from `authenticate`;
+        TransientDNSError: try later."""
         sender = parsed.from_.address if parsed.from_ else ""
-        verdict = self.authenticate(inbound, parsed, sender)
         temporary = verdict.temporary and not verdict.authenticated
         if temporary and now - inbound.received_at < self.security.auth_retry_for:
             raise TransientDNSError(verdict.reason)

@@ -101,7 +101,6 @@ class App:
         return Followups(
             self.workflow,
             self.reply_tokens,
-            self.gate.authenticate,
             reopen_within=self.config.sla.reopen_within,
             auth_retry_for=self.config.security.auth_retry_for,
         )

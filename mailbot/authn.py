@@ -56,6 +56,7 @@ class AuthVerdict:
     temporary: bool = False  # a DNS failure: try again later, never a pass
 
 
+@functools.lru_cache(maxsize=4096)  # pure, and asked for the same few domains for every message
 def organizational_domain(domain: str) -> str:
     """The registrable domain under the public suffix (RFC 7489 3.2): mail.schoolmint.com -> schoolmint.com.
 

@@ -17,7 +17,6 @@ name and whether the sender may join it, and acts:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -38,9 +37,6 @@ from mailbot.store.schema import InboundMessage, Specialist, Ticket, TicketMessa
 from mailbot.threads import Continuation, Match, Refusal, Role
 from mailbot.tokens import ReplyTokens
 from mailbot.workflow import Workflow, address_of
-
-# Authenticates the From address of a stored message (admission.Gate.authenticate).
-Authenticate = Callable[[InboundMessage, ParsedMessage, str], AuthVerdict]
 
 
 @dataclass(frozen=True)
@@ -64,21 +60,26 @@ class Followups:
         self,
         workflow: Workflow,
         tokens: ReplyTokens,
-        authenticate: Authenticate,
         *,
         reopen_within: timedelta,
         auth_retry_for: timedelta,
     ) -> None:
         self.workflow = workflow
         self.tokens = tokens
-        self.authenticate = authenticate
         self.reopen_within = reopen_within
         self.auth_retry_for = auth_retry_for
 
     def follow(
-        self, session: Session, inbound: InboundMessage, parsed: ParsedMessage, key: str, now: datetime
+        self,
+        session: Session,
+        inbound: InboundMessage,
+        parsed: ParsedMessage,
+        key: str,
+        now: datetime,
+        verdict: AuthVerdict,
     ) -> Decided | Continues | None:
-        """What the message does to the ticket it names; None when it names none (a new ticket)."""
+        """What the message does to the ticket it names; None when it names none (a new ticket).
+        `verdict`: whether its From address is authenticated (admission.Gate.authenticate)."""
         found = self.find(session, inbound, parsed)
         if found is None:
             return None
@@ -91,7 +92,7 @@ class Followups:
             messages=[(m.from_address, [*m.to, *m.cc]) for m in ticket.messages if m.direction == "in"],
             colleagues=conversations.colleagues(session, ticket),
         )
-        authenticated = self._authenticated(inbound, parsed, sender, now)
+        authenticated = self._authenticated(inbound, verdict, now)
         admitted = threads.admit(sender, found, people, authenticated=authenticated)
         if isinstance(admitted, Refusal):
             return self._hold(session, inbound, parsed, key, now, admitted, found)
@@ -129,10 +130,7 @@ class Followups:
             existing=conversations.existing(session, clues.ticket_ids()),
         )
 
-    def _authenticated(
-        self, inbound: InboundMessage, parsed: ParsedMessage, sender: str, now: datetime
-    ) -> bool:
-        verdict = self.authenticate(inbound, parsed, sender)
+    def _authenticated(self, inbound: InboundMessage, verdict: AuthVerdict, now: datetime) -> bool:
         if (
             verdict.temporary
             and not verdict.authenticated

@@ -1,7 +1,9 @@
-"""One stored raw message -> parsed, deduplicated, turned into a ticket (or a follow-up, a hold...): one transaction.
+"""One stored raw message -> parsed, deduplicated, turned into a ticket (or a follow-up, a hold...).
 
-The steps are rules applied in order; each either decides the outcome or passes. Outcomes are values:
-the caller records them on the inbound row.
+First `read`: parse the bytes and authenticate the sender, work that needs no database (and may wait on
+DNS), so a runner does it outside any transaction. Then `process`, in one transaction: the steps are rules
+applied in order; each either decides the outcome or passes. Outcomes are values: the inbound row records
+them.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from mailbot.admission import Gate
+from mailbot.authn import AuthVerdict
 from mailbot.automatic import automatic_reason
 from mailbot.followups import Continues, Decided, Followups
 from mailbot.loops import MachineMail, Opening, automatic_hold
@@ -35,6 +38,16 @@ class Outcome:
         return data
 
 
+@dataclass(frozen=True)
+class Reading:
+    """What the intake learns from a stored message before it looks at the database."""
+
+    parsed: ParsedMessage | None  # None: the message cannot be parsed (`failure` says why)
+    key: str  # its identity: the Message-ID, or a hash of the bytes
+    verdict: AuthVerdict  # whether its From address is authenticated (admission.Gate.authenticate)
+    failure: str | None = None
+
+
 class Intake:
     def __init__(
         self,
@@ -51,29 +64,48 @@ class Intake:
         self.followups = followups
         self.limits = limits or ParseLimits()
 
-    def process(self, session: Session, inbound: InboundMessage, now: datetime, *, isolated: bool = True) -> Outcome:
+    def read(self, inbound: InboundMessage) -> Reading:
+        """Parse the stored bytes and authenticate the From address: no database involved."""
+        try:
+            parsed = parse(inbound.raw, self.limits)
+        except UnparseableMessage as exc:
+            unread = AuthVerdict(False, "none", None, "not parsed")
+            return Reading(None, content_key(inbound.raw), unread, failure=f"unparseable: {exc}")
+        sender = parsed.from_.address if parsed.from_ else ""
+        key = parsed.message_id or content_key(inbound.raw)
+        return Reading(parsed, key, self.gate.authenticate(inbound, parsed, sender))
+
+    def process(
+        self,
+        session: Session,
+        inbound: InboundMessage,
+        now: datetime,
+        *,
+        isolated: bool = True,
+        reading: Reading | None = None,
+    ) -> Outcome:
         """Decide what the message is and store the result; the inbound row records the outcome.
 
+        `reading`: what `read` made of it, when the caller read it beforehand (outside the transaction).
         `isolated`: in a savepoint of its own, so a failure undoes this message's writes and nothing else,
         and a Message-ID another instance stored a moment ago is a duplicate. Without it (a batch that the
         caller keeps in one savepoint and writes in one flush, mailbot.processor), any failure raises, the
         unique Message-ID index included.
         """
-        try:
-            parsed = parse(inbound.raw, self.limits)
-        except UnparseableMessage as exc:
-            outcome = Outcome("failed", detail=f"unparseable: {exc}")
+        reading = reading or self.read(inbound)
+        parsed, key, verdict = reading.parsed, reading.key, reading.verdict
+        if parsed is None:
+            outcome = Outcome("failed", detail=reading.failure)
+        elif not isolated:
+            outcome = self._decide(session, inbound, parsed, key, now, verdict, isolated=False)
         else:
-            key = parsed.message_id or content_key(inbound.raw)
-            if not isolated:
-                outcome = self._decide(session, inbound, parsed, key, now, isolated=False)
-            else:
-                try:
-                    with session.begin_nested():
-                        outcome = self._decide(session, inbound, parsed, key, now, isolated=True)
-                except IntegrityError:
-                    # Another instance stored the same Message-ID a moment ago (the unique index is the guard).
-                    outcome = Outcome("duplicate")
+            try:
+                with session.begin_nested():
+                    outcome = self._decide(session, inbound, parsed, key, now, verdict, isolated=True)
+            except IntegrityError:
+                # Another instance stored the same Message-ID a moment ago (the unique index is the guard).
+                outcome = Outcome("duplicate")
+        if parsed is not None:
             # Set after the decision, so the row is written once with its outcome below (no flush of its own
             # before the savepoint); nothing in the decision reads the row's stored message_id.
             inbound.message_id = key
@@ -86,7 +118,14 @@ class Intake:
         return outcome
 
     def _decide(
-        self, session: Session, inbound: InboundMessage, parsed: ParsedMessage, key: str, now: datetime, *,
+        self,
+        session: Session,
+        inbound: InboundMessage,
+        parsed: ParsedMessage,
+        key: str,
+        now: datetime,
+        verdict: AuthVerdict,
+        *,
         isolated: bool,
     ) -> Outcome:
         # Before the duplicate check: our own message coming back has a Message-ID we already keep.
@@ -96,11 +135,11 @@ class Intake:
         # and the batch then runs isolated: a look-up per message would cost more than the rare rerun.
         if isolated and ticket_store.message_id_known(session, key):
             return Outcome("duplicate")
-        followup = self.followups.follow(session, inbound, parsed, key, now)
+        followup = self.followups.follow(session, inbound, parsed, key, now, verdict)
         if isinstance(followup, Decided):
             return Outcome(followup.action, followup.ticket_id, followup.detail)
         parent_id = followup.parent_id if isinstance(followup, Continues) else None
-        return self._new_ticket(session, inbound, parsed, key, now, parent_id=parent_id)
+        return self._new_ticket(session, inbound, parsed, key, now, verdict, parent_id=parent_id)
 
     def _new_ticket(
         self,
@@ -109,6 +148,7 @@ class Intake:
         parsed: ParsedMessage,
         key: str,
         now: datetime,
+        verdict: AuthVerdict,
         *,
         parent_id: int | None = None,
     ) -> Outcome:
@@ -117,7 +157,7 @@ class Intake:
         held = None if requester else ("no-sender-address", "the message names no sender to answer")
         automatic = automatic_reason(parsed.message, inbound.envelope_from)
         held = held or automatic_hold(automatic)  # automatic mail starts no conversation
-        admission = self.gate.judge(session, inbound, parsed, now) if requester and not held else None
+        admission = self.gate.judge(session, inbound, parsed, now, verdict) if requester and not held else None
         if admission is not None:
             held = admission.held
         ticket = self.workflow.open_ticket(

@@ -155,6 +155,20 @@ class TestComposeProperty:
             )
 
 
+class TestSubjectField:
+    @settings(max_examples=300, deadline=None)
+    @given(st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=90))
+    def test_short_ascii_is_what_header_gives(self, text: str) -> None:
+        """compose's shortcut for a short ASCII subject writes what email.header.Header would."""
+        from email.header import Header
+
+        from mailbot.compose import _encoded
+
+        assert _encoded("Subject", text) == Header(text, "us-ascii", maxlinelen=78, header_name="Subject").encode(
+            linesep="\r\n"
+        )
+
+
 class TestDkim:
     async def test_confirmation_on_the_wire_verifies(self, world, tmp_path: Path) -> None:
         """With [outbound.dkim], the confirmation the relay receives verifies with dkimpy against the published key."""

@@ -119,6 +119,16 @@ def claim_pending(session: Session, now: datetime, lease: timedelta, limit: int)
     return sorted(claimed, key=lambda row: row.id)
 
 
+def release(session: Session, ids: Sequence[int]) -> None:
+    """Give claimed rows back (their processing failed for the database's sake): pending again at once."""
+    session.execute(
+        update(InboundMessage)
+        .where(InboundMessage.id.in_(ids), InboundMessage.status == "pending")
+        .values(claimed_until=None)
+        .execution_options(synchronize_session=False)
+    )
+
+
 def get(session: Session, inbound_id: int, *, lock: bool = False) -> InboundMessage | None:
     """One row; `lock` holds it (SELECT ... FOR UPDATE on PostgreSQL; SQLite's write lock already does)."""
     return session.get(InboundMessage, inbound_id, with_for_update=lock)
