@@ -30,6 +30,7 @@ from mailbot.compose import ticket_subject
 from mailbot.errors import TransientDNSError
 from mailbot.parse import ParsedMessage
 from mailbot.quotes import split_reply
+from mailbot.reading import Reading
 from mailbot.redact import hide_addresses
 from mailbot.store import conversations
 from mailbot.store import tickets as ticket_store
@@ -70,16 +71,10 @@ class Followups:
         self.auth_retry_for = auth_retry_for
 
     def follow(
-        self,
-        session: Session,
-        inbound: InboundMessage,
-        parsed: ParsedMessage,
-        key: str,
-        now: datetime,
-        verdict: AuthVerdict,
+        self, session: Session, inbound: InboundMessage, reading: Reading, now: datetime
     ) -> Decided | Continues | None:
-        """What the message does to the ticket it names; None when it names none (a new ticket).
-        `verdict`: whether its From address is authenticated (admission.Gate.authenticate)."""
+        """What the message does to the ticket it names; None when it names none (a new ticket)."""
+        parsed, key = reading.parsed, reading.key
         found = self.find(session, inbound, parsed)
         if found is None:
             return None
@@ -92,7 +87,7 @@ class Followups:
             messages=[(m.from_address, [*m.to, *m.cc]) for m in ticket.messages if m.direction == "in"],
             colleagues=conversations.colleagues(session, ticket),
         )
-        authenticated = self._authenticated(inbound, verdict, now)
+        authenticated = self._authenticated(inbound, reading.verdict, now)
         admitted = threads.admit(sender, found, people, authenticated=authenticated)
         if isinstance(admitted, Refusal):
             return self._hold(session, inbound, parsed, key, now, admitted, found)

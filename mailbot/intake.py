@@ -15,11 +15,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from mailbot.admission import Gate
-from mailbot.authn import AuthVerdict
 from mailbot.automatic import automatic_reason
 from mailbot.followups import Continues, Decided, Followups
 from mailbot.loops import MachineMail, Opening, automatic_hold
-from mailbot.parse import ParsedMessage, ParseLimits, UnparseableMessage, content_key, parse
+from mailbot.parse import ParseLimits, UnparseableMessage, content_key, parse
+from mailbot.reading import Reading, Unreadable
 from mailbot.store import tickets as ticket_store
 from mailbot.store.schema import InboundMessage
 from mailbot.workflow import Workflow
@@ -38,16 +38,6 @@ class Outcome:
         return data
 
 
-@dataclass(frozen=True)
-class Reading:
-    """What the intake learns from a stored message before it looks at the database."""
-
-    parsed: ParsedMessage | None  # None: the message cannot be parsed (`failure` says why)
-    key: str  # its identity: the Message-ID, or a hash of the bytes
-    verdict: AuthVerdict  # whether its From address is authenticated (admission.Gate.authenticate)
-    failure: str | None = None
-
-
 class Intake:
     def __init__(
         self,
@@ -64,13 +54,12 @@ class Intake:
         self.followups = followups
         self.limits = limits or ParseLimits()
 
-    def read(self, inbound: InboundMessage) -> Reading:
+    def read(self, inbound: InboundMessage) -> Reading | Unreadable:
         """Parse the stored bytes and authenticate the From address: no database involved."""
         try:
             parsed = parse(inbound.raw, self.limits)
         except UnparseableMessage as exc:
-            unread = AuthVerdict(False, "none", None, "not parsed")
-            return Reading(None, content_key(inbound.raw), unread, failure=f"unparseable: {exc}")
+            return Unreadable(f"unparseable: {exc}")
         sender = parsed.from_.address if parsed.from_ else ""
         key = parsed.message_id or content_key(inbound.raw)
         return Reading(parsed, key, self.gate.authenticate(inbound, parsed, sender))
@@ -82,7 +71,7 @@ class Intake:
         now: datetime,
         *,
         isolated: bool = True,
-        reading: Reading | None = None,
+        reading: Reading | Unreadable | None = None,
     ) -> Outcome:
         """Decide what the message is and store the result; the inbound row records the outcome.
 
@@ -93,22 +82,21 @@ class Intake:
         unique Message-ID index included.
         """
         reading = reading or self.read(inbound)
-        parsed, key, verdict = reading.parsed, reading.key, reading.verdict
-        if parsed is None:
-            outcome = Outcome("failed", detail=reading.failure)
+        if isinstance(reading, Unreadable):
+            outcome = Outcome("failed", detail=reading.detail)
         elif not isolated:
-            outcome = self._decide(session, inbound, parsed, key, now, verdict, isolated=False)
+            outcome = self._decide(session, inbound, reading, now, isolated=False)
         else:
             try:
                 with session.begin_nested():
-                    outcome = self._decide(session, inbound, parsed, key, now, verdict, isolated=True)
+                    outcome = self._decide(session, inbound, reading, now, isolated=True)
             except IntegrityError:
                 # Another instance stored the same Message-ID a moment ago (the unique index is the guard).
                 outcome = Outcome("duplicate")
-        if parsed is not None:
+        if isinstance(reading, Reading):
             # Set after the decision, so the row is written once with its outcome below (no flush of its own
             # before the savepoint); nothing in the decision reads the row's stored message_id.
-            inbound.message_id = key
+            inbound.message_id = reading.key
         inbound.status = "failed" if outcome.action == "failed" else "processed"
         inbound.action = outcome.action
         inbound.error = outcome.detail if outcome.action == "failed" else None
@@ -118,16 +106,9 @@ class Intake:
         return outcome
 
     def _decide(
-        self,
-        session: Session,
-        inbound: InboundMessage,
-        parsed: ParsedMessage,
-        key: str,
-        now: datetime,
-        verdict: AuthVerdict,
-        *,
-        isolated: bool,
+        self, session: Session, inbound: InboundMessage, reading: Reading, now: datetime, *, isolated: bool
     ) -> Outcome:
+        parsed, key = reading.parsed, reading.key
         # Before the duplicate check: our own message coming back has a Message-ID we already keep.
         if (ignored := self.machines.screen(session, parsed, now)) is not None:
             return Outcome("ignored", ignored.ticket_id, ignored.detail)
@@ -135,29 +116,29 @@ class Intake:
         # and the batch then runs isolated: a look-up per message would cost more than the rare rerun.
         if isolated and ticket_store.message_id_known(session, key):
             return Outcome("duplicate")
-        followup = self.followups.follow(session, inbound, parsed, key, now, verdict)
+        followup = self.followups.follow(session, inbound, reading, now)
         if isinstance(followup, Decided):
             return Outcome(followup.action, followup.ticket_id, followup.detail)
         parent_id = followup.parent_id if isinstance(followup, Continues) else None
-        return self._new_ticket(session, inbound, parsed, key, now, verdict, parent_id=parent_id)
+        return self._new_ticket(session, inbound, reading, now, parent_id=parent_id)
 
     def _new_ticket(
         self,
         session: Session,
         inbound: InboundMessage,
-        parsed: ParsedMessage,
-        key: str,
+        reading: Reading,
         now: datetime,
-        verdict: AuthVerdict,
         *,
         parent_id: int | None = None,
     ) -> Outcome:
+        parsed, key = reading.parsed, reading.key
         sender = parsed.from_
         requester = sender.address.lower() if sender else (inbound.envelope_from or "").lower()
         held = None if requester else ("no-sender-address", "the message names no sender to answer")
         automatic = automatic_reason(parsed.message, inbound.envelope_from)
         held = held or automatic_hold(automatic)  # automatic mail starts no conversation
-        admission = self.gate.judge(session, inbound, parsed, now, verdict) if requester and not held else None
+        judged = requester and not held
+        admission = self.gate.judge(session, inbound, parsed, now, reading.verdict) if judged else None
         if admission is not None:
             held = admission.held
         ticket = self.workflow.open_ticket(

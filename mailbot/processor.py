@@ -24,7 +24,8 @@ from sqlalchemy.orm import Session
 
 from mailbot.clock import Clock
 from mailbot.errors import TransientError, TransientStoreError
-from mailbot.intake import Intake, Outcome, Reading
+from mailbot.intake import Intake, Outcome
+from mailbot.reading import Reading, Unreadable
 from mailbot.store import Database
 from mailbot.store import inbound as inbound_store
 from mailbot.store.schema import InboundMessage
@@ -33,8 +34,9 @@ log = logging.getLogger("mailbot.intake")
 LEASE = timedelta(minutes=5)
 # Rows per transaction. Small on purpose: on SQLite the door's group commits wait on the same database
 # thread, so a batch is how long the listener may have to wait for its next 250 while a backlog drains (at
-# about 8 ms a message, 25 rows hold it 0.2 s, 200 rows 1.6 s). A commit per 25 rows costs nothing measurable.
+# about 1.5 ms a message, 25 rows hold it 40 ms). Larger batches were no faster (bench/RESULTS.md).
 BATCH = 25
+Read = Reading | Unreadable | None  # None: reading raised (a bug); the row is then run isolated, which records it
 
 
 class Processor:
@@ -54,7 +56,9 @@ class Processor:
         self.on_outcome = on_outcome
         self._wake = asyncio.Event()
 
-    def process_row(self, session: Session, row: InboundMessage, reading: Reading | None = None) -> Outcome:
+    def process_row(
+        self, session: Session, row: InboundMessage, reading: Reading | Unreadable | None = None
+    ) -> Outcome:
         """Run the intake on one claimed row, isolating unexpected errors to that row."""
         now = self.clock.now()
         try:  # the intake keeps its writes in a savepoint of their own, undone when it raises
@@ -82,9 +86,9 @@ class Processor:
     def _claim(self, session: Session) -> list[InboundMessage]:
         return inbound_store.claim_pending(session, self.clock.now(), LEASE, self.batch)
 
-    def _read(self, rows: list[InboundMessage]) -> list[Reading | None]:
+    def _read(self, rows: list[InboundMessage]) -> list[Read]:
         """What the intake reads of each row; None where reading failed (the isolated run says why)."""
-        readings: list[Reading | None] = []
+        readings: list[Read] = []
         for row in rows:
             try:
                 readings.append(self.intake.read(row))
@@ -92,7 +96,7 @@ class Processor:
                 readings.append(None)
         return readings
 
-    def _decide(self, session: Session, rows: list[InboundMessage], readings: list[Reading | None]) -> list[Outcome]:
+    def _decide(self, session: Session, rows: list[InboundMessage], readings: list[Read]) -> list[Outcome]:
         for row in rows:
             session.add(row)  # claimed in a transaction of its own
         now = self.clock.now()
@@ -108,7 +112,7 @@ class Processor:
                     for row, reading in zip(rows, readings, strict=True)
                 ]
         except Exception:  # noqa: BLE001 - one message failed (or the database did): undo, then isolate each
-            return [self.process_row(session, row, reading) for row, reading in zip(rows, readings, strict=True)]
+            return [self.process_row(session, row, read) for row, read in zip(rows, readings, strict=True)]
         for row, outcome in zip(rows, outcomes, strict=True):
             _log(row, outcome)
         return outcomes
