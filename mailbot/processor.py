@@ -168,6 +168,8 @@ class Processor:
     async def run(self, sweep: float = 5.0) -> None:
         """Process whatever is pending whenever woken (a door stored something), and every `sweep` seconds."""
         while True:
+            # Cleared before the batch, not after: a message stored while the batch runs wakes the next one.
+            self._wake.clear()
             try:
                 outcomes = await self._run_batch()
             except TransientError as exc:
@@ -178,7 +180,6 @@ class Processor:
                     self.on_outcome(outcome)
             if len(outcomes) >= self.batch:
                 continue  # more is waiting
-            self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=sweep)
             except TimeoutError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from email.message import EmailMessage
 from email.policy import SMTP
 
@@ -183,3 +184,29 @@ class TestBatches:
         assert run_batch(app, [plain("<e1@x.example>")]) == ["created"]
         assert run_batch(app, [plain("<e2@x.example>"), plain("<e1@x.example>")]) == ["created", "duplicate"]
         assert app.db.call(lambda s: s.scalar(select(func.count()).select_from(Ticket))) == 2
+
+
+class TestRunner:
+    """The runner's loop, as the daemon runs it."""
+
+    async def test_mail_stored_during_a_batch_is_not_left_for_the_sweep(self, app: App) -> None:
+        """A door that stores (and wakes the runner) while a batch is being processed gets the next batch at
+        once, not at the next sweep."""
+        app.db.call(inbound_store.insert_many, [RawMessage(plain("<w1@x.example>"), "test")], app.clock.now())
+        done: list[str] = []
+
+        def stored_meanwhile(outcome) -> None:  # type: ignore[no-untyped-def]
+            done.append(outcome.action)
+            if len(done) == 1:  # as the door does: store, then wake
+                app.db.call(inbound_store.insert_many, [RawMessage(plain("<w2@x.example>"), "test")], app.clock.now())
+                app.processor.wake()
+
+        app.processor.on_outcome = stored_meanwhile
+        runner = asyncio.create_task(app.processor.run(sweep=60))
+        try:
+            async with asyncio.timeout(10):
+                while len(done) < 2:
+                    await asyncio.sleep(0.01)
+        finally:
+            runner.cancel()
+        assert done == ["created", "created"]
