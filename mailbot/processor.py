@@ -56,9 +56,7 @@ class Processor:
         self.on_outcome = on_outcome
         self._wake = asyncio.Event()
 
-    def process_row(
-        self, session: Session, row: InboundMessage, reading: Reading | Unreadable | None = None
-    ) -> Outcome:
+    def process_row(self, session: Session, row: InboundMessage, reading: Read = None) -> Outcome:
         """Run the intake on one claimed row, isolating unexpected errors to that row."""
         now = self.clock.now()
         try:  # the intake keeps its writes in a savepoint of their own, undone when it raises
@@ -99,23 +97,24 @@ class Processor:
     def _decide(self, session: Session, rows: list[InboundMessage], readings: list[Read]) -> list[Outcome]:
         for row in rows:
             session.add(row)  # claimed in a transaction of its own
-        now = self.clock.now()
-        try:
-            if None in readings:
-                raise LookupError("a message could not be read")
-            # Written in one flush when the savepoint is released: look-ups that could see this batch's own
-            # writes take pending rows into account (the auto-reply counts, stored blobs) or flush first
-            # (threading); a Message-ID twice in the batch meets the unique index at the flush.
-            with session.begin_nested(), session.no_autoflush:
-                outcomes = [
-                    self.intake.process(session, row, now, isolated=False, reading=reading)
-                    for row, reading in zip(rows, readings, strict=True)
-                ]
-        except Exception:  # noqa: BLE001 - one message failed (or the database did): undo, then isolate each
-            return [self.process_row(session, row, read) for row, read in zip(rows, readings, strict=True)]
-        for row, outcome in zip(rows, outcomes, strict=True):
-            _log(row, outcome)
-        return outcomes
+        if None not in readings:  # else a message could not even be read: each runs isolated at once
+            now = self.clock.now()
+            try:
+                # Written in one flush when the savepoint is released: look-ups that could see this batch's
+                # own writes take pending rows into account (the auto-reply counts, stored blobs) or flush
+                # first (threading); a Message-ID twice in the batch meets the unique index at the flush.
+                with session.begin_nested(), session.no_autoflush:
+                    outcomes = [
+                        self.intake.process(session, row, now, isolated=False, reading=reading)
+                        for row, reading in zip(rows, readings, strict=True)
+                    ]
+            except Exception:  # noqa: BLE001, S110 - one message failed (or the database did): isolate each
+                pass
+            else:
+                for row, outcome in zip(rows, outcomes, strict=True):
+                    _log(row, outcome)
+                return outcomes
+        return [self.process_row(session, row, read) for row, read in zip(rows, readings, strict=True)]
 
     def _give_back(self, rows: list[InboundMessage]) -> None:
         """After a database failure: the claimed rows are pending again at once, not when their lease ends."""
