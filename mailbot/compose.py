@@ -54,9 +54,11 @@ def _threadable(message_id: str) -> bool:
     return _ENCODED_WORD_START not in message_id and not any(c.isspace() or c < " " for c in message_id)
 
 
-# RFC 5322 section 2.1.1: lines SHOULD stay within 78 characters; RFC 2045 section 6.7: 76 in a QP body.
+# RFC 5322 section 2.1.1: lines SHOULD stay within 78 characters; RFC 2045 section 6.7: 76 in a QP body;
+# RFC 2047 section 2: an encoded word is at most 75 characters (a line of them is kept within that).
 _FOLD_AT = 78
 _QP_LINE = 76
+_WORDS_LINE = 75
 _CRLF = "\r\n"
 
 
@@ -65,7 +67,7 @@ def _encoded(name: str, text: str) -> str:
     if text.isascii() and len(name) + 2 + len(text) <= _FOLD_AT:
         return text  # what Header gives back for it (tests/test_outgoing.py), without its folding machinery
     charset = "us-ascii" if text.isascii() else "utf-8"
-    return Header(text, charset, maxlinelen=_FOLD_AT, header_name=name).encode(linesep=_CRLF)
+    return Header(text, charset, maxlinelen=_WORDS_LINE, header_name=name).encode(linesep=_CRLF)
 
 
 def _addr_spec(address: Address) -> str:
@@ -86,12 +88,17 @@ def _mailboxes(addresses: Sequence[Address]) -> str:
 
 
 def _mailbox(address: Address) -> str:
-    """`Name <local@domain>`, the name quoted or encoded as it needs (email.utils.formataddr)."""
+    """`Name <local@domain>`: an ASCII name quoted as it needs (email.utils.formataddr, given a stand-in for
+    the address, which it would refuse when not ASCII), any other as UTF-8 encoded words of at most 75
+    characters each (email.header; RFC 2047 sections 2 and 5)."""
     spec, name = _addr_spec(address), one_line(address.display_name)
-    if spec.isascii():
-        return formataddr((name, spec), charset="utf-8")
-    # formataddr refuses a non-ASCII address; it writes the name beside a stand-in instead.
-    return f"{formataddr((name, '_@_'), charset='utf-8').removesuffix(' <_@_>')} <{spec}>" if name else spec
+    if not name:
+        return spec
+    if name.isascii():
+        phrase = formataddr((name, "_@_")).removesuffix(" <_@_>")
+    else:
+        phrase = Header(name, "utf-8", maxlinelen=_WORDS_LINE).encode(linesep=_CRLF)
+    return f"{phrase} <{spec}>"
 
 
 def _fold(tokens: Sequence[str], separator: str) -> str:
@@ -100,37 +107,39 @@ def _fold(tokens: Sequence[str], separator: str) -> str:
     return line if len(line) <= _FOLD_AT - len("In-Reply-To: ") else f"{separator}{_CRLF} ".join(tokens)
 
 
-def _text_part(text: str, subtype: str) -> str:
+Fields = list[tuple[str, str]]
+
+
+def _text_part(text: str, subtype: str) -> tuple[Fields, str]:
     """A UTF-8 text entity, quoted-printable (long template lines need soft breaks; RFC 2045 section 6.7)."""
     lines = text.encode("utf-8").splitlines()
     body = quoprimime.body_encode(b"\n".join(lines).decode("latin-1") + "\n", _QP_LINE, eol=_CRLF)
-    return (
-        f'Content-Type: text/{subtype}; charset="utf-8"{_CRLF}'
-        f"Content-Transfer-Encoding: quoted-printable{_CRLF}{_CRLF}{body}"
-    )
+    fields = [("Content-Type", f'text/{subtype}; charset="utf-8"'), ("Content-Transfer-Encoding", "quoted-printable")]
+    return fields, body
 
 
-def _body(text: str, html: str | None) -> tuple[list[tuple[str, str]], str]:
+def _entity(fields: Fields, body: str) -> str:
+    return "".join(f"{name}: {value}{_CRLF}" for name, value in fields) + _CRLF + body
+
+
+def _body(text: str, html: str | None) -> tuple[Fields, str]:
     """The MIME fields of the message and its body: the text alone, or text and HTML as alternatives."""
     if html is None:
-        head, _, body = _text_part(text, "plain").partition(_CRLF * 2)
-        fields = [tuple(line.split(": ", 1)) for line in head.split(_CRLF)]
-        return [("MIME-Version", "1.0"), *fields], body  # type: ignore[list-item]
+        fields, body = _text_part(text, "plain")
+        return [("MIME-Version", "1.0"), *fields], body
     # 144 random bits: no template or customer text can contain it (RFC 2046 section 5.1.1).
     boundary = f"=_{secrets.token_urlsafe(18)}"
-    parts = (_text_part(text, "plain"), _text_part(html, "html"))
+    parts = (_entity(*_text_part(text, "plain")), _entity(*_text_part(html, "html")))
     body = "".join(f"--{boundary}{_CRLF}{part}{_CRLF}" for part in parts) + f"--{boundary}--{_CRLF}"
-    content_type = f'multipart/alternative;{_CRLF} boundary="{boundary}"'
-    return [("MIME-Version", "1.0"), ("Content-Type", content_type)], body
+    return [("MIME-Version", "1.0"), ("Content-Type", f'multipart/alternative;{_CRLF} boundary="{boundary}"')], body
 
 
-def _serialize(fields: Sequence[tuple[str, str]], body: str) -> bytes:
+def _serialize(fields: Fields, body: str) -> bytes:
     """The message's bytes; UnsafeHeader when a field value would hold a line break or control of its own."""
     for name, value in fields:
         if _CONTROL.search(value.replace(f"{_CRLF} ", " ")):
             raise UnsafeHeader(f"the {name} field would hold a control character: {value!r}")
-    head = "".join(f"{name}: {value}{_CRLF}" for name, value in fields)
-    data = f"{head}{_CRLF}{body}".encode()
+    data = _entity(fields, body).encode()
     _check_header_fields([name for name, _ in fields], data)
     return data
 
@@ -251,7 +260,7 @@ class Composer:
             html = None
         message_id = mint_message_id(self.identity.domain)
         subject = one_line(subject, 300)
-        fields = [("From", self._from if from_name is None else _mailboxes([self.identity.header(from_name)]))]
+        fields: Fields = [("From", self._from if from_name is None else _mailboxes([self.identity.header(from_name)]))]
         fields.append(("To", _mailboxes(to)))
         if cc:
             fields.append(("Cc", _mailboxes(cc)))

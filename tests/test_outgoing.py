@@ -3,6 +3,7 @@ DKIM-signed so that it verifies. Real SMTP in, a real SMTP sink as the relay, dk
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -14,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mailbot.automatic import LOOP_HEADER, loop_mark
-from mailbot.compose import Thread, UnsafeHeader
+from mailbot.compose import Thread, UnsafeHeader, one_line
 from mailbot.dns import FixedResolver, dkim_dnsfunc
 from mailbot.store import registry
 from mailbot.store.schema import Ticket
@@ -135,6 +136,32 @@ class TestComposeProperty:
         )
         assert outgoing.recipients == [CUSTOMER]
         assert_only_the_customer(outgoing.body, outgoing.recipients)
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(
+        subject=st.text(st.characters(codec="utf-8", blacklist_categories=("Cs",)), max_size=300),
+        name=st.text(st.characters(codec="utf-8", blacklist_categories=("Cs",)), max_size=200),
+    )
+    def test_a_mail_client_reads_back_what_was_written(self, app, subject: str, name: str) -> None:
+        """Subject and display name come back as composed (one safe line each), every line within 998 octets
+        and every encoded word within 75 characters (RFC 5322 2.1.1, RFC 2047 2). White space in a name is
+        folding white space to a reader, and the stdlib's reader adds a space between the encoded words of a
+        long name (FIELD-NOTES), so the name is compared without it."""
+        ticket = self.ticket(subject, name)
+        outgoing = app.workflow.composer.compose(
+            "confirmation",
+            to=[address_of(ticket.requester, name)],
+            subject=subject,
+            thread=Thread(),
+            context=app.workflow.context(ticket),
+        )
+        head = outgoing.body.partition(b"\r\n\r\n")[0]
+        assert all(len(line) <= 998 for line in head.split(b"\r\n"))
+        assert all(len(word) <= 75 for word in re.findall(rb"=\?[^?]+\?[bq]\?[^?]*\?=", head))
+        parsed = message_from_bytes(outgoing.body, policy=policy.default)
+        assert str(parsed["Subject"]) == one_line(subject, 300)
+        [to] = parsed["To"].addresses
+        assert ("".join(to.display_name.split()), to.addr_spec) == ("".join(one_line(name).split()), CUSTOMER)
 
     def test_encoded_words_are_written_not_decoded(self, app) -> None:
         """An address holding an encoded CR LF (CVE-2024-6923) goes out as written, in one To field."""
