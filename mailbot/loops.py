@@ -195,11 +195,10 @@ class MachineMail:
         opening = opening or self.opening(session, ticket)
         if opening is None:
             return "no stored message to answer"
-        # A pure look-up of outbox rows: the intake flushes what earlier messages wrote before it decides the
-        # next one, so this message's pending ticket and conversation entry need not be flushed first.
-        with session.no_autoflush:
-            since = now - self.auto_reply_window
-            sent_recently = deliveries.count_to_requester(session, ticket.requester, AUTOMATIC_KINDS, since)
+        # Counts the stored rows and those pending in the session: nothing needs flushing first (a batch of the
+        # intake is written in one flush, mailbot.processor).
+        since = now - self.auto_reply_window
+        sent_recently = deliveries.count_to_requester(session, ticket.requester, AUTOMATIC_KINDS, since)
         return refusal(opening, ticket.requester, sent_recently=sent_recently, limit=self.auto_reply_limit)
 
     def opening(self, session: Session, ticket: Ticket) -> Opening | None:
