@@ -55,8 +55,12 @@ class Admission:
 
     decision: Entitled | Held
     auth: AuthVerdict
-    organization_id: int | None  # the sender's organization, once the sender is known and authenticated
     contact: ContactRecord | None  # the named contact the From address belongs to, authenticated or not
+
+    @property
+    def organization_id(self) -> int | None:
+        """The sender's organization, once the sender is known and authenticated."""
+        return self.contact.organization_id if self.contact is not None and self.auth.authenticated else None
 
     @property
     def held(self) -> tuple[str, str] | None:
@@ -129,8 +133,7 @@ class Gate:
             today=now.astimezone(self.zone).date(),
             auth_temperror=temporary,
         )
-        organization_id = contact.organization_id if contact is not None and verdict.authenticated else None
-        return Admission(decision, verdict, organization_id, contact)
+        return Admission(decision, verdict, contact)
 
     def authenticate(self, inbound: InboundMessage, parsed: ParsedMessage, sender: str) -> AuthVerdict:
         """Whether `sender`, the From address, provably wrote the message (see the module docstring)."""

@@ -406,13 +406,18 @@ _CONTACT_FACTS = (
 )
 
 
-def find_contact(session: Session, address: str) -> Contact | None:
-    """The named contact a sender's address belongs to (by the normalized address), if any."""
+def _sender_key(address: str) -> str | None:
+    """The normalized address a sender is looked up by; None for what is no address (it is no contact)."""
     try:
-        key = normalize(address)
+        return normalize(address)
     except ValueError:
         return None
-    return session.scalars(_CONTACT, {"key": key}).one_or_none()
+
+
+def find_contact(session: Session, address: str) -> Contact | None:
+    """The named contact a sender's address belongs to (by the normalized address), if any."""
+    key = _sender_key(address)
+    return session.scalars(_CONTACT, {"key": key}).one_or_none() if key is not None else None
 
 
 def contact_record(session: Session, address: str) -> ContactRecord | None:
@@ -422,11 +427,8 @@ def contact_record(session: Session, address: str) -> ContactRecord | None:
     The rank is the number of contacts of the same scope (organization-level, or the same school)
     created before it: ids grow in creation order.
     """
-    try:
-        key = normalize(address)
-    except ValueError:
-        return None
-    row = session.connection().execute(_CONTACT_FACTS, {"key": key}).one_or_none()
+    key = _sender_key(address)
+    row = session.connection().execute(_CONTACT_FACTS, {"key": key}).one_or_none() if key is not None else None
     if row is None:
         return None
     contact, organization_id, bouncing, name, product, plan, valid_from, valid_until, suspended, school, rank = row

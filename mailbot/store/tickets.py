@@ -83,10 +83,8 @@ def add_message(
 
 def _blob_known(session: Session, sha256: str) -> bool:
     """Whether the bytes are stored, or waiting in this session to be (a batch not flushed yet)."""
-    if any(isinstance(obj, Blob) and obj.sha256 == sha256 for obj in session.new):
-        return True
-    with session.no_autoflush:
-        return session.get(Blob, sha256) is not None
+    pending = any(isinstance(obj, Blob) and obj.sha256 == sha256 for obj in session.new)
+    return pending or session.get(Blob, sha256) is not None
 
 
 def get(session: Session, ticket_id: int) -> Ticket | None:
