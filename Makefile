@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test setup test-deps migration bench
+.PHONY: run test setup test-deps lint test-calendar migration bench
 
 $(BIN)/mailbot: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,15 +19,33 @@ run: setup
 	$(BIN)/mailbot --config config.toml db upgrade
 	$(BIN)/mailbot --config config.toml run
 
-# Debian packages the suite's real servers need (Dovecot for IMAP); installed when missing.
+# Debian packages the suite needs, installed when missing: Dovecot for IMAP, libfaketime for the pinned clocks.
 test-deps:
-	@command -v dovecot >/dev/null 2>&1 || [ -x /usr/sbin/dovecot ] || { \
-	  echo "installing dovecot-imapd (needs root)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dovecot-imapd >/dev/null; }
+	@{ command -v dovecot >/dev/null 2>&1 || [ -x /usr/sbin/dovecot ]; } && command -v faketime >/dev/null 2>&1 || { \
+	  echo "installing dovecot-imapd and faketime (needs root)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dovecot-imapd faketime >/dev/null; }
 
-# Sets up and runs the whole test suite (PostgreSQL is expected at 127.0.0.1:5432, database `test`).
-test: setup test-deps
+# Sets up and runs the whole test suite (PostgreSQL is expected at 127.0.0.1:5432, database `test`): the
+# linters, the time-sensitive tests under pinned wall clocks, then every test.
+test: setup test-deps lint test-calendar
 	$(BIN)/pytest -q
+
+lint: setup
+	$(BIN)/ruff check mailbot tests bench
+	$(BIN)/mypy mailbot
+
+# No test may depend on the day it runs. The tests marked `calendar` (business time, deadlines, the real
+# daemon on the system clock) run again, side by side, with the wall clock pinned by libfaketime: a Friday
+# evening, a Saturday, a configured holiday (Thanksgiving) and the night the clocks fall back (US Eastern).
+CALENDAR := 2026-12-04T22:30:00 2026-12-05T15:00:00 2026-11-26T14:00:00 2026-11-01T05:45:00
+test-calendar: setup test-deps
+	@rm -rf var/calendar && mkdir -p var/calendar; \
+	for at in $(CALENDAR); do \
+	  faketime -f "@$$(echo $$at | tr T ' ')" $(BIN)/pytest -q -m "calendar and not postgres" -p no:cacheprovider \
+	    --basetemp=var/calendar/$$at > var/calendar/$$at.log 2>&1 & pids="$$pids $$!"; \
+	done; failed=0; for pid in $$pids; do wait $$pid || failed=1; done; \
+	for at in $(CALENDAR); do echo "calendar: wall clock at $$at UTC: $$(tail -n 1 var/calendar/$$at.log)"; done; \
+	if [ $$failed != 0 ]; then cat var/calendar/*.log; exit 1; fi
 
 # Before the first release only: regenerate the initial migration from the models.
 migration: setup

@@ -35,6 +35,21 @@ def clock() -> FrozenClock:
     return FrozenClock(TUESDAY_10_ET)
 
 
+def run_cli(
+    capsys: pytest.CaptureFixture[str], *argv: str, clock: FrozenClock | None = None
+) -> tuple[int, str, str]:
+    """`mailbot ARGV...` in this process on a pinned instant (Tuesday 10:00 ET unless `clock` says otherwise):
+    the exit status, stdout and stderr."""
+    from mailbot.cli import main
+
+    try:
+        code = main(list(argv), clock=clock or FrozenClock(TUESDAY_10_ET))
+    except SystemExit as exit_:  # argparse usage errors
+        code = int(exit_.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def _postgres_available() -> bool:
     try:
         engine = sa.create_engine(PG_ADMIN_URL)

@@ -34,3 +34,20 @@ def test_core_module_imports_no_shell(module: str) -> None:
     assert path.exists(), f"core module mailbot/{module}.py is missing"
     shell = {name for name in imports(path) if any(name == s or name.startswith(s + ".") for s in SHELL)}
     assert shell == set(), f"mailbot/{module}.py imports shell modules {sorted(shell)}"
+
+
+TESTS = Path(__file__).resolve().parent
+WALL_CLOCK = ("datetime.now(", "date.today(", "time.time()", "SystemClock(")
+
+
+def test_tests_take_time_from_an_injected_clock() -> None:
+    """A test that reads today's date passes on a Wednesday and fails on a Friday evening: tests pin the instant
+    (FrozenClock, `run_cli`'s clock). A deliberate use says why on its line with '# wall clock ok'."""
+    readers = [
+        f"{path.name}:{number}"
+        for path in sorted(TESTS.glob("*.py"))
+        if path.name != Path(__file__).name
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if any(reader in line for reader in WALL_CLOCK) and "# wall clock ok" not in line
+    ]
+    assert readers == []

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from mailbot.cli import main
+from mailbot.clock import FrozenClock
+from tests.conftest import TUESDAY_10_ET, run_cli
 from tests.mailers import message, smtp_send
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,12 +47,7 @@ def config_file(tmp_path: Path) -> Path:
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exit_:  # argparse usage errors
-        code = int(exit_.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_cli(capsys, *argv)
 
 
 class TestConfig:
@@ -165,6 +162,7 @@ class TestIngestAndTickets:
         assert code == 1 and "mailbot db upgrade" in err
 
 
+@pytest.mark.calendar  # the real `mailbot run` reads the system clock
 class TestDaemonProcess:
     def test_sigterm_drains_and_exits_0(self, config_file: Path, tmp_path: Path) -> None:
         """The real `mailbot run`: accepts mail, then SIGTERM stops it cleanly with exit 0."""
@@ -172,7 +170,7 @@ class TestDaemonProcess:
         subprocess.run([sys.executable, "-m", "mailbot", "--config", str(config_file), "db", "upgrade"], check=True,
                        env=env, capture_output=True)
         for argv in CUSTOMER:
-            assert main(["--config", str(config_file), *argv]) == 0
+            assert main(["--config", str(config_file), *argv], clock=FrozenClock(TUESDAY_10_ET)) == 0
         process = subprocess.Popen([sys.executable, "-m", "mailbot", "--config", str(config_file), "run"],
                                    env=env, stderr=subprocess.PIPE, text=True)
         try:

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from mailbot.cli import main
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.calendar  # run again under pinned wall clocks (Makefile: test-calendar)
 
 CONFIG = """
 [business_hours]
@@ -23,11 +25,7 @@ def config_file(tmp_path: Path) -> Path:
 
 
 def deadline(capsys: pytest.CaptureFixture[str], config: Path, *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(["--config", str(config), "hours", "deadline", "--", *argv])  # "--": "-1h" is no option
-    except SystemExit as exit_:  # argparse usage errors
-        code = int(exit_.code or 0)
-    out, err = capsys.readouterr()
+    code, out, err = run_cli(capsys, "--config", str(config), "hours", "deadline", "--", *argv)  # "-1h" is no option
     return code, out.strip(), err.strip()
 
 

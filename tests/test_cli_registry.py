@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from mailbot.cli import main
+from tests.conftest import run_cli
 from tests.mailers import message
 
 CONFIG = """
@@ -63,7 +64,7 @@ def upgraded(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("schema")
     config = folder / "config.toml"
     config.write_text(CONFIG.format(db=f"sqlite:///{folder / 'mailbot.db'}", sent=folder / "sent"))
-    assert main(["--config", str(config), "db", "upgrade"]) == 0
+    assert main(["--config", str(config), "db", "upgrade"]) == 0  # no clock: the schema only
     return folder / "mailbot.db"
 
 
@@ -76,12 +77,7 @@ def cli(tmp_path: Path, capsys: pytest.CaptureFixture[str], upgraded: Path) -> C
     config.write_text(CONFIG.format(db=f"sqlite:///{tmp_path / 'mailbot.db'}", sent=tmp_path / "sent"))
 
     def run(*argv: str) -> Result:
-        try:
-            code = main(["--config", str(config), *argv])
-        except SystemExit as exit_:  # argparse usage errors
-            code = int(exit_.code or 0)
-        out, err = capsys.readouterr()
-        return Result(code, out, err)
+        return Result(*run_cli(capsys, "--config", str(config), *argv))
 
     return run
 

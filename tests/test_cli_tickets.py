@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -12,10 +12,12 @@ from sqlalchemy import update
 
 from mailbot import config as config_module
 from mailbot.app import App
-from mailbot.cli import main
 from mailbot.clock import FrozenClock
 from mailbot.store.schema import Ticket
+from tests.conftest import TUESDAY_10_ET, run_cli
 from tests.mailers import message
+
+pytestmark = pytest.mark.calendar  # run again under pinned wall clocks (Makefile: test-calendar)
 
 CONFIG = """
 [database]
@@ -29,12 +31,7 @@ MAILDIR = 'transport = "maildir"\nmaildir = "{sent}"'
 
 
 def run(capsys: pytest.CaptureFixture[str], config: Path, *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(["--config", str(config), *argv])
-    except SystemExit as exit_:  # argparse usage errors
-        code = int(exit_.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_cli(capsys, "--config", str(config), *argv)
 
 
 def setup(capsys: pytest.CaptureFixture[str], tmp_path: Path, outbound: str) -> Path:
@@ -171,7 +168,7 @@ class TestSlaColumns:
         assert lines[0].endswith(" ok") and " due 20" in lines[1] and lines[2].endswith(" -")
 
         # Two days later nobody ran the daemon: the confirmation of ticket 2 never went out.
-        later = App(config_module.load(maildir_config), FrozenClock(datetime.now(UTC) + timedelta(days=2)))
+        later = App(config_module.load(maildir_config), FrozenClock(TUESDAY_10_ET + timedelta(days=2)))
         sweep = later.sla.sweep_once()
         later.close()
         assert [t for t, _ in sweep.assigned] == [2]

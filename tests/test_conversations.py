@@ -17,15 +17,17 @@ import pytest
 from sqlalchemy import func, insert, select
 
 from mailbot.app import App
-from mailbot.cli import main
 from mailbot.clock import FrozenClock
 from mailbot.errors import ConfigError
 from mailbot.parse import parse
 from mailbot.store import registry, settings
 from mailbot.store import tickets as ticket_store
-from mailbot.store.schema import InboundMessage, OutboxItem, Setting, Ticket
+from mailbot.store.schema import InboundMessage, Setting, Ticket
+from tests.conftest import run_cli
 from tests.mailers import message, smtp_send
-from tests.test_listener import Running, running  # noqa: F401  (the fixture that starts a real Daemon)
+from tests.world import Running
+
+pytestmark = pytest.mark.calendar  # run again under pinned wall clocks (Makefile: test-calendar)
 
 SUPPORT = "herosupport@schoolmint.com"
 ANA = "ana@lincoln.example"
@@ -117,23 +119,7 @@ class Desk:
         await self.settle()
 
     async def settle(self) -> None:
-        def pending(session: Any) -> tuple[int, int]:
-            inbound = session.scalar(
-                select(func.count()).select_from(InboundMessage).where(InboundMessage.status == "pending")
-            )
-            outbox = session.scalar(
-                select(func.count()).select_from(OutboxItem).where(OutboxItem.status == "pending")
-            )
-            return int(inbound), int(outbox)
-
-        for _ in range(400):
-            if self.app.db.call(pending) == (0, 0):
-                return
-            await (
-                self.app.sender.drain()
-            )  # the daemon's sender would too; the outbox lease keeps it to one send
-            await asyncio.sleep(0.025)
-        raise AssertionError(f"still pending (inbound, outbox): {self.app.db.call(pending)}")
+        await self.service.settle()
 
     def mails(self, to: str | None = None) -> list[EmailMessage]:
         """What went out, oldest first (maildir names start with the delivery time in ns)."""
@@ -193,7 +179,7 @@ def register_team(app: App, clock: FrozenClock) -> None:
 
 
 @pytest.fixture
-def desk(running: Callable[..., Any], tmp_path: Path, clock: FrozenClock) -> Callable[..., Any]:  # noqa: F811
+def desk(running: Callable[..., Any], tmp_path: Path, clock: FrozenClock) -> Callable[..., Any]:
     async def start(overrides: dict[str, Any] | None = None, *, db: str | None = None) -> Desk:
         service = await running(overrides, db=db)
         register_team(service.app, clock)
@@ -545,9 +531,7 @@ class TestResolveAndReopen:
         mail.write_bytes(message())
 
         def run(*argv: str) -> tuple[int, str, str]:
-            code = main(["--config", str(config), *argv])
-            out, err = capsys.readouterr()
-            return code, out, err
+            return run_cli(capsys, "--config", str(config), *argv)
 
         for argv in (
             ("db", "upgrade"),

@@ -34,6 +34,8 @@ from tests.conftest import deep_merge
 from tests.mailers import lmtp_send, message
 from tests.world import World, relay, world  # noqa: F401  (fixtures)
 
+pytestmark = pytest.mark.calendar  # run again under pinned wall clocks (Makefile: test-calendar)
+
 ROOT = Path(__file__).resolve().parent.parent
 TRUSTED_RECEIVER = "mx.schoolmint.com"
 DOMAINS = ("lincoln.example", "elsewhere.example", "springfield.example")

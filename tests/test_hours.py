@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 
 from mailbot.hours import BusinessHours
 
+pytestmark = pytest.mark.calendar  # run again under pinned wall clocks (Makefile: test-calendar)
+
 NY = ZoneInfo("America/New_York")
 WEEKDAYS = ["mon", "tue", "wed", "thu", "fri"]
 THANKSGIVING = date(2026, 11, 26)

@@ -28,6 +28,7 @@ from mailbot.imap import (
     uid_set,
 )
 from tests.dovecot import Account, Dovecot, message_id_of, running_dovecot, sample_message
+from tests.world import until
 
 # ---- test doubles of the lead's config model and store -------------------------------------------------
 
@@ -85,13 +86,6 @@ class MemoryCursors:
 
     async def save(self, mailbox: str, uidvalidity: int, last_uid: int) -> None:
         self.saved[mailbox] = (uidvalidity, last_uid)
-
-
-async def until(condition: Callable[[], bool], timeout: float) -> None:
-    """Return once `condition()` holds; TimeoutError after `timeout` seconds."""
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.02)
 
 
 def ids(tag: str, numbers: range) -> list[str]:
@@ -315,8 +309,8 @@ class TestFailures:
         sink = MemorySink(before=fail_first)
         watcher = MailboxWatcher(cfg, sink, MemoryCursors(), backoff_max=0.2)
         background(watcher, stopped)
-        await until(lambda: len(sink.received) >= 1, 5)
-        await until(lambda: watcher.state is WatcherState.IDLE, 5)
+        await until(lambda: len(sink.received) >= 1, "a message stored", 5)
+        await until(lambda: watcher.state is WatcherState.IDLE, "the watcher idling", 5)
         assert sink.message_ids() == ["<1.bug@test.invalid>"]
         assert account.message_ids("Processed") == ["<1.bug@test.invalid>"]
         [report] = [r for r in caplog.records if r.levelno == logging.ERROR]
@@ -360,7 +354,7 @@ class TestFailures:
         sink = MemorySink(before=restart_at_40)
         watcher = MailboxWatcher(cfg, sink, MemoryCursors(), batch_size=25, backoff_max=0.5)
         background(watcher, stopped)
-        await until(lambda: len(set(sink.message_ids())) == 120 and watcher.state is WatcherState.IDLE, 20)
+        await until(lambda: len(set(sink.message_ids())) == 120 and watcher.state is WatcherState.IDLE, "all 120 messages stored, then idling", 20)
         assert sorted(set(sink.message_ids())) == ids("restart", range(120))
         assert 120 < len(sink.received) <= 120 + 25  # the batch in hand, and only it, was read again
         assert account.message_ids("Processed") == ids("restart", range(120))
@@ -416,7 +410,7 @@ class TestFailures:
         )
         background(watcher, stopped)
         await asyncio.sleep(3.0)
-        await until(lambda: watcher.state is WatcherState.BACKOFF, 2)
+        await until(lambda: watcher.state is WatcherState.BACKOFF, "the watcher backing off", 2)
         errors = [r for r in caplog.records if r.levelno == logging.ERROR]
         assert 2 <= len(errors) <= 4
         assert all(
@@ -427,11 +421,11 @@ class TestFailures:
         def refused_by_server() -> int:
             return len(dovecot.log_lines("(auth failed,", f"user=<{account.username}>"))
 
-        await until(lambda: refused_by_server() >= len(errors), 2)
+        await until(lambda: refused_by_server() >= len(errors), "every refused login logged", 2)
         assert refused_by_server() == len(errors)
         assert sink.received == []
         secret.write_text(account.password + "\n")
-        await until(lambda: len(sink.received) >= 1, 5)
+        await until(lambda: len(sink.received) >= 1, "a message stored", 5)
         assert sink.message_ids() == ["<1.auth@test.invalid>"]
 
     async def test_sync_once_reports_a_wrong_password_as_login_refused(self, cfg: ImapConfig) -> None:
@@ -449,11 +443,11 @@ class TestWaiting:
         sink = MemorySink()
         watcher = MailboxWatcher(cfg, sink, MemoryCursors(), idle_renew=timedelta(seconds=0.4))
         run = background(watcher, stopped)
-        await until(lambda: watcher.state is WatcherState.IDLE, 5)
+        await until(lambda: watcher.state is WatcherState.IDLE, "the watcher idling", 5)
         await asyncio.sleep(1.0)
         await asyncio.to_thread(account.append, sample_message(1, tag="idle"))
-        await until(lambda: len(sink.received) >= 1, 2.0)
-        await until(lambda: watcher.state is WatcherState.IDLE, 5)
+        await until(lambda: len(sink.received) >= 1, "a message stored", 2.0)
+        await until(lambda: watcher.state is WatcherState.IDLE, "the watcher idling", 5)
         await watcher.stop()
         assert run.done()
         assert account.message_ids("Processed") == ["<1.idle@test.invalid>"]
@@ -467,9 +461,9 @@ class TestWaiting:
             replace(cfg, idle=False, poll_interval=timedelta(seconds=0.2)), sink, MemoryCursors()
         )
         background(watcher, stopped)
-        await until(lambda: watcher.state is WatcherState.POLLING, 5)
+        await until(lambda: watcher.state is WatcherState.POLLING, "the watcher polling", 5)
         account.deliver([sample_message(1, tag="poll")])
-        await until(lambda: len(sink.received) >= 1, 5)
+        await until(lambda: len(sink.received) >= 1, "a message stored", 5)
         assert sink.message_ids() == ["<1.poll@test.invalid>"]
 
     async def test_stop_finishes_the_message_in_hand_and_logs_out(

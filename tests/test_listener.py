@@ -5,52 +5,14 @@ from __future__ import annotations
 import asyncio
 import smtplib
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from datetime import datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 
-from mailbot.app import App
-from mailbot.daemon import Daemon
 from mailbot.store.schema import InboundMessage, Ticket
 from tests.mailers import lmtp_send, message, smtp_send
-
-
-class Running:
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
-        self.app = daemon.app
-
-    @property
-    def port(self) -> int:
-        return int(self.daemon.servers[0].sockets[0].getsockname()[1])
-
-    def count(self, model: type) -> int:
-        return int(self.app.db.call(lambda s: s.scalar(select(func.count()).select_from(model))))
-
-    async def settle(self, tickets: int, timeout: float = 10.0) -> None:
-        """Wait (bounded) until the intake runner has made `tickets` tickets."""
-        for _ in range(int(timeout / 0.05)):
-            if self.count(Ticket) >= tickets:
-                return
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"expected {tickets} tickets, have {self.count(Ticket)}")
-
-
-@pytest.fixture
-async def running(make_app: Callable[..., App]) -> AsyncIterator[Callable[..., object]]:
-    daemons: list[Daemon] = []
-
-    async def start(overrides: dict | None = None, *, db: str | None = None) -> Running:
-        daemon = Daemon(make_app(overrides, db=db))
-        await daemon.start()
-        daemons.append(daemon)
-        return Running(daemon)
-
-    yield start
-    for daemon in daemons:
-        await daemon.stop()
 
 
 class TestSmtp:
@@ -61,7 +23,7 @@ class TestSmtp:
         refused = await asyncio.to_thread(smtp_send, service.port, raw)
         assert refused == {}
         assert service.count(InboundMessage) == 1  # durably stored by the time 250 came back
-        await service.settle(1)
+        await service.settle()
         for _ in range(200):
             sent = list((tmp_path / "sent" / "new").glob("*"))
             if sent:
@@ -139,7 +101,7 @@ class TestSmtp:
         raw = message(message_id="<twice@lincoln.example>")
         await asyncio.to_thread(smtp_send, service.port, raw)
         await asyncio.to_thread(smtp_send, service.port, raw)
-        await service.settle(1)
+        await service.settle()
         for _ in range(100):
             actions = service.app.db.call(lambda s: sorted(s.scalars(select(InboundMessage.action)).all(), key=str))
             if None not in actions:
@@ -152,8 +114,8 @@ class TestSmtp:
         service = await running()
         raw = b"From: ana@lincoln.example\r\nTo: herosupport@schoolmint.com\r\nSubject: no id\r\n\r\nhello\r\n"
         app = service.app
-        first = app.processor.process_one(app.db.call(_insert, raw))
-        second = app.processor.process_one(app.db.call(_insert, raw))
+        first = app.processor.process_one(app.db.call(_insert, raw, app.clock.now()))
+        second = app.processor.process_one(app.db.call(_insert, raw, app.clock.now()))
         assert (first.action, second.action) == ("created", "duplicate")
 
     async def test_malformed_message_kept_as_failed_ingest(self, running) -> None:
@@ -203,12 +165,10 @@ class TestLmtp:
         assert service.count(InboundMessage) == 1
 
 
-def _insert(session, raw: bytes) -> int:  # type: ignore[no-untyped-def]
-    from datetime import UTC, datetime
-
+def _insert(session, raw: bytes, now: datetime) -> int:  # type: ignore[no-untyped-def]
     from mailbot.store.inbound import RawMessage, insert_many
 
-    return insert_many(session, [RawMessage(raw, "test")], datetime.now(UTC))[0]
+    return insert_many(session, [RawMessage(raw, "test")], now)[0]
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,8 @@ from mailbot.store.schema import Contact, InboundMessage, OutboxItem, Ticket
 from tests.mailers import SinkHandler, message
 from tests.world import CUSTOMER, SUPPORT, World
 
+pytestmark = pytest.mark.calendar  # run again under pinned wall clocks (Makefile: test-calendar)
+
 DATA = Path(__file__).parent / "data"
 SAM = "sam@schoolmint.com"
 

@@ -19,6 +19,8 @@ from mailbot.store import registry
 from mailbot.store.registry import ContactRow, ImportRefused
 from mailbot.store.schema import Contact, Organization
 
+pytestmark = pytest.mark.calendar  # run again under pinned wall clocks (Makefile: test-calendar)
+
 
 @pytest.fixture
 def store(make_app: Callable[..., App], db_url: str) -> App:

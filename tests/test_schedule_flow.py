@@ -27,7 +27,9 @@ from mailbot.store.inbound import RawMessage, insert_many
 from mailbot.store.schema import OutboxItem, Specialist, Ticket
 from tests.conftest import deep_merge
 from tests.mailers import SmtpSink, message, smtp_send
-from tests.test_listener import Running
+from tests.world import Running, until
+
+pytestmark = pytest.mark.calendar  # run again under pinned wall clocks (Makefile: test-calendar)
 
 ET = ZoneInfo("America/New_York")
 SAM = ("sam@schoolmint.com", "Sam Lee")
@@ -40,15 +42,6 @@ def et(year: int, month: int, day: int, hour: int, minute: int = 0) -> datetime:
     return datetime(year, month, day, hour, minute, tzinfo=ET).astimezone(UTC)
 
 
-async def until(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    """Wait (bounded) for work the daemon does on its own tasks."""
-    for _ in range(int(timeout / 0.02)):
-        if check():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"gave up waiting for {what}")
-
-
 class Service(Running):
     """A running daemon on a frozen clock, wired to the SMTP sink."""
 
@@ -58,9 +51,8 @@ class Service(Running):
         self.clock = clock
 
     async def receive(self, raw: bytes, mail_from: str = "ana@lincoln.example") -> None:
-        tickets = self.count(Ticket)
         await asyncio.to_thread(smtp_send, self.port, raw, mail_from=mail_from)
-        await self.settle(tickets + 1)
+        await until(self.intake_done, "the intake")
 
     async def tick(self, when: datetime) -> None:
         """Time moves to `when`; the due jobs run, as the scheduler would have run them."""

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from mailbot.clock import FrozenClock
 from mailbot.scheduler import Scheduler
+from tests.world import until
 
 HOUR = timedelta(hours=1)
 
@@ -21,14 +22,6 @@ async def scheduler() -> AsyncIterator[Scheduler]:
     timer = Scheduler(FrozenClock(datetime(2031, 6, 2, 12, 0, tzinfo=UTC)))
     yield timer
     await timer.stop(timeout=5)
-
-
-async def until(check: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-    for _ in range(int(timeout / 0.01)):
-        if check():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"gave up waiting for {what}")
 
 
 class TestScheduler:

@@ -19,6 +19,8 @@ from mailbot.sla import (
     next_check,
 )
 
+pytestmark = pytest.mark.calendar  # run again under pinned wall clocks (Makefile: test-calendar)
+
 ET = ZoneInfo("America/New_York")
 MARGIN = timedelta(minutes=15)
 OPENED = datetime(2026, 12, 1, 15, 0, tzinfo=UTC)  # Tuesday 10:00 Eastern

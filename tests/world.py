@@ -1,6 +1,7 @@
-"""A running mailbot between real SMTP clients and a real SMTP sink standing in for the relay, for the tests of
-the hostile world (loops, bounces, forged and malicious mail, signed mail). Fixtures `relay` and `world`
-(conftest.py makes them available to every test module)."""
+"""The suite's one end-to-end harness: a running mailbot between real SMTP clients and, for outgoing mail, a
+maildir (`running`) or a real SMTP sink standing in for the relay (`world`). `until` is the one bounded wait and
+`Running.settle` the one "everything done" for every test that drives a daemon. Fixtures `running`, `relay` and
+`world` (conftest.py makes them available to every test module)."""
 
 from __future__ import annotations
 
@@ -31,30 +32,23 @@ async def until(check: Callable[[], bool], what: str, timeout: float = 15.0) -> 
     raise AssertionError(f"gave up waiting for {what}")
 
 
-class World:
-    """One daemon: `send` mail in over SMTP, `settle` until it has done all it will, read what it sent."""
+class Running:
+    """One started daemon: its port, what it stored, and `settle` until it has done all it will."""
 
-    def __init__(self, daemon: Daemon, relay: SmtpSink) -> None:
+    def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
         self.app: App = daemon.app
-        self.relay = relay
 
     @property
     def port(self) -> int:
         return int(self.daemon.servers[0].sockets[0].getsockname()[1])
 
-    async def send(self, raw: bytes, *, mail_from: str = CUSTOMER, rcpt: tuple[str, ...] = (SUPPORT,)) -> None:
-        """Deliver one message as an MTA would (smtplib, off the loop); raises on any refusal."""
-
-        def deliver() -> None:
-            with smtplib.SMTP("127.0.0.1", self.port, timeout=30) as client:
-                client.sendmail(mail_from, list(rcpt), raw)
-
-        await asyncio.to_thread(deliver)
+    def intake_done(self) -> bool:
+        return self.count(InboundMessage, InboundMessage.status == "pending") == 0
 
     async def settle(self) -> None:
-        """Every stored message processed, every due outgoing message sent (or failed) and received by the sink."""
-        await until(lambda: self.count(InboundMessage, InboundMessage.status == "pending") == 0, "the intake")
+        """Every stored message processed, every due outgoing message sent (or failed) and delivered."""
+        await until(self.intake_done, "the intake")
         for _ in range(750):
             await self.app.sender.drain()
             if self._outbox_quiet():
@@ -87,7 +81,27 @@ class World:
         """What the daemon did with the mail so far, for an assertion's message."""
         inbound = [(m.id, m.status, m.action, m.error) for m in self.inbound()]
         outbox = [(o.id, o.kind, o.status, o.attempts, o.last_error) for o in self.outbox()]
-        return f"inbound {inbound}; outbox {outbox}; relay got {len(self.wire)}"
+        return f"inbound {inbound}; outbox {outbox}"
+
+
+class World(Running):
+    """A daemon whose outgoing mail goes to a real SMTP sink: `send` mail in over SMTP, read what it sent."""
+
+    def __init__(self, daemon: Daemon, relay: SmtpSink) -> None:
+        super().__init__(daemon)
+        self.relay = relay
+
+    async def send(self, raw: bytes, *, mail_from: str = CUSTOMER, rcpt: tuple[str, ...] = (SUPPORT,)) -> None:
+        """Deliver one message as an MTA would (smtplib, off the loop); raises on any refusal."""
+
+        def deliver() -> None:
+            with smtplib.SMTP("127.0.0.1", self.port, timeout=30) as client:
+                client.sendmail(mail_from, list(rcpt), raw)
+
+        await asyncio.to_thread(deliver)
+
+    def describe(self) -> str:
+        return f"{super().describe()}; relay got {len(self.wire)}"
 
     @property
     def wire(self) -> list[Received]:
@@ -107,6 +121,22 @@ def raw_session(port: int, data: bytes, *, timeout: float = 10.0) -> bytes:
         except (TimeoutError, ConnectionResetError):
             pass
     return b"".join(chunks)
+
+
+@pytest.fixture
+async def running(make_app: Callable[..., App]) -> AsyncIterator[Callable[..., Any]]:
+    """`await running(overrides, db=...)`: a started daemon writing its outgoing mail to tmp_path/sent."""
+    daemons: list[Daemon] = []
+
+    async def start(overrides: dict[str, Any] | None = None, *, db: str | None = None) -> Running:
+        daemon = Daemon(make_app(overrides, db=db))
+        await daemon.start()
+        daemons.append(daemon)
+        return Running(daemon)
+
+    yield start
+    for daemon in daemons:
+        await daemon.stop()
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from mailbot.errors import ConfigError, MailbotError, RefusedError, TransientErr
 
 if TYPE_CHECKING:
     from mailbot.app import App
+    from mailbot.clock import Clock
 
 EX_TEMPFAIL = 75
 Handler = Callable[[argparse.Namespace, "Context"], int]
@@ -29,8 +30,9 @@ Handler = Callable[[argparse.Namespace, "Context"], int]
 class Context:
     """What a command needs, built lazily: `parse` must work without a configuration or a database."""
 
-    def __init__(self, config_path: str | None) -> None:
+    def __init__(self, config_path: str | None, clock: Clock | None = None) -> None:
         self.config_path = config_path
+        self.clock = clock  # None: the system clock; tests pin the instant
 
     @cached_property
     def config(self) -> Config:
@@ -40,7 +42,7 @@ class Context:
     def app(self) -> App:
         from mailbot.app import App  # heavy (SQLAlchemy, templates): only for commands that need it
 
-        return App(self.config)
+        return App(self.config, self.clock)
 
     def close(self) -> None:
         if "app" in self.__dict__:
@@ -73,11 +75,11 @@ def fail(message: str, code: int = 1) -> int:
     return code
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, clock: Clock | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
-    context = Context(args.config)
+    context = Context(args.config, clock)
     handler: Handler = args.handler
     try:
         return handler(args, context)
