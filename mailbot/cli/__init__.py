@@ -48,13 +48,13 @@ class Context:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mailbot.cli import hours, mail, registry, service, tickets
+    from mailbot.cli import hours, mail, ops, registry, service, tickets
 
     parser = argparse.ArgumentParser(prog="mailbot", description="Email-to-ticket daemon for the support address.")
     parser.add_argument("--config", metavar="PATH", help="configuration file (default: $MAILBOT_CONFIG or ./config.toml)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (service, mail, tickets, registry, hours):
+    for module in (service, mail, tickets, registry, hours, ops):
         module.register(commands)
     return parser
 
