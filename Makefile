@@ -19,11 +19,17 @@ run: setup
 	$(BIN)/mailbot --config config.toml db upgrade
 	$(BIN)/mailbot --config config.toml run
 
-# Debian packages the suite's real servers need (Dovecot for IMAP); installed when missing.
+# Debian packages the suite's real servers and tools need (Dovecot for IMAP; promtool, from the prometheus
+# package, checks docs/monitoring), installed when missing. The prometheus package also ships a server that
+# systemd would start: it is stopped and disabled, the tests need only promtool.
 test-deps:
 	@command -v dovecot >/dev/null 2>&1 || [ -x /usr/sbin/dovecot ] || { \
 	  echo "installing dovecot-imapd (needs root)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dovecot-imapd >/dev/null; }
+	@command -v promtool >/dev/null 2>&1 || { \
+	  echo "installing prometheus for promtool (needs root)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	  ! command -v systemctl >/dev/null 2>&1 || systemctl disable --now prometheus >/dev/null 2>&1 || true; }
 
 # Sets up and runs the whole test suite (PostgreSQL is expected at 127.0.0.1:5432, database `test`).
 test: setup test-deps
