@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -67,13 +68,14 @@ def test_backlog_tickets_and_sla(cfg: tuple[str, str], capsys: pytest.CaptureFix
     code, out, _ = run(capsys, *cfg, "status")
     lines = out.splitlines()
     assert code == 0 and [line.split()[0] for line in lines] == ["inbound", "outbox", "tickets", "sla", "received"]
-    assert re.fullmatch(r"inbound +1 pending \(oldest \d+h\d\dm old\), 0 failed", lines[0])
+    assert re.fullmatch(r"inbound +1 pending \(the oldest waiting \d+h\d\dm\), 0 failed", lines[0])
     assert lines[2].split(None, 1)[1] == "2 new, 0 open, 1 held, 0 resolved"
     assert lines[3].split(None, 1)[1] == "0 at risk, 1 breached"
 
 
-def test_ages_come_from_the_clock(app: App, clock: FrozenClock) -> None:
+def test_ages_come_from_the_clock(make_app: Callable[..., App], db_url: str, clock: FrozenClock) -> None:
     """The same query as the gauges of /metrics (mailbot.store.overview), at an injected instant."""
+    app = make_app(db=db_url)
     app.db.call(inbound_store.insert_many, [inbound_store.RawMessage(message(), "smtp")], clock.now())
     clock.advance(timedelta(minutes=90))
     state = app.db.call(overview.read, clock.now())

@@ -55,7 +55,8 @@ class TestTrail:
 
 
 class TestRecorded:
-    def test_a_new_ticket_records_every_rule_in_order(self, app: App) -> None:
+    def test_a_new_ticket_records_every_rule_in_order(self, make_app: Callable[..., App], db_url: str) -> None:
+        app = make_app(db=db_url)
         [inbound_id] = store(app, message(message_id="<t1@lincoln.example>"))
         outcome = app.processor.process_one(inbound_id)
         steps = trail_of(app, inbound_id)

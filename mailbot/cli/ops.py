@@ -26,12 +26,14 @@ def register_inbound(sub: Any) -> None:
     show.set_defaults(handler=cmd_inbound_show)
 
 
-def _ago(seconds: float | None) -> str:
+def _oldest(seconds: float | None) -> str:
+    """' (the oldest waiting 1h05m)', or nothing when nothing waits."""
     if seconds is None:
-        return "-"
+        return ""
     minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else (f"{minutes}m{secs:02d}s" if minutes else f"{secs}s")
+    age = f"{hours}h{minutes:02d}m" if hours else (f"{minutes}m{secs:02d}s" if minutes else f"{secs}s")
+    return f" (the oldest waiting {age})"
 
 
 def _local(instant: datetime | None, context: Any) -> str:
@@ -47,9 +49,9 @@ def cmd_status(args: argparse.Namespace, context: Any) -> int:
         print(json.dumps(state.to_json(), indent=2))
         return 0
     tickets = state.tickets
-    print(f"inbound   {state.inbound_pending} pending (oldest {_ago(state.inbound_oldest_pending_seconds)} old), "
+    print(f"inbound   {state.inbound_pending} pending{_oldest(state.inbound_oldest_pending_seconds)}, "
           f"{state.inbound_failed} failed")
-    print(f"outbox    {state.outbox_due} due (oldest waiting {_ago(state.outbox_oldest_due_seconds)}), "
+    print(f"outbox    {state.outbox_due} due{_oldest(state.outbox_oldest_due_seconds)}, "
           f"{state.outbox_failing} failing, {state.outbox_refused} refused for good")
     print(f"tickets   {tickets['new']} new, {tickets['open']} open, {tickets['held']} held, "
           f"{tickets['resolved']} resolved")
