@@ -251,7 +251,7 @@ class SecurityConfig(_Section):
 class MetricsConfig(_Section):
     """The operator's HTTP endpoint (mailbot.metrics): /metrics, /healthz, /readyz. Off unless `listen` is set."""
 
-    listen: str | None = None  # "127.0.0.1:9187", "[::1]:9187", or ":9187" for every address
+    listen: str | None = None  # "127.0.0.1:9187", "[::1]:9187"; a bare port ("9187", ":9187") is loopback
 
     @field_validator("listen")
     @classmethod
@@ -266,12 +266,13 @@ class MetricsConfig(_Section):
 
 
 def split_listen(listen: str) -> tuple[str, int]:
-    """'127.0.0.1:9187' -> ('127.0.0.1', 9187); '[::1]:9187' -> ('::1', 9187); ':9187' -> ('', 9187)."""
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:  # 0: any free port (tests)
+    """'127.0.0.1:9187' -> ('127.0.0.1', 9187); '[::1]:9187' -> ('::1', 9187); '9187' or ':9187' ->
+    ('127.0.0.1', 9187): loopback unless an address is given ("0.0.0.0:9187" for every IPv4 address)."""
+    host, _, port = listen.rpartition(":")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:  # 0: any free port (tests)
         raise ValueError(f'expected "HOST:PORT" like "127.0.0.1:9187", got {listen!r}')
-    host = host.removeprefix("[").removesuffix("]")
-    if host and host != "localhost":
+    host = host.removeprefix("[").removesuffix("]") or "127.0.0.1"
+    if host != "localhost":
         try:
             ipaddress.ip_address(host)
         except ValueError:

@@ -32,7 +32,7 @@ class Endpoint:
         self._metrics_text = metrics
 
     async def start(self, host: str, port: int) -> asyncio.Server:
-        return await asyncio.start_server(self._serve, host or None, port)
+        return await asyncio.start_server(self._serve, host, port)
 
     async def _metrics(self) -> tuple[HTTPStatus, str, bytes]:
         return HTTPStatus.OK, EXPOSITION, await self._metrics_text()

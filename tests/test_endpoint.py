@@ -77,12 +77,13 @@ class TestConfig:
         assert make_config().metrics.address is None
 
     @pytest.mark.parametrize(("listen", "address"), [
-        ("127.0.0.1:9187", ("127.0.0.1", 9187)), ("[::1]:9187", ("::1", 9187)), (":9187", ("", 9187)),
+        ("127.0.0.1:9187", ("127.0.0.1", 9187)), ("[::1]:9187", ("::1", 9187)), ("0.0.0.0:9187", ("0.0.0.0", 9187)),
+        (":9187", ("127.0.0.1", 9187)), ("9187", ("127.0.0.1", 9187)),
     ])
     def test_listen(self, make_config: Callable[..., Any], listen: str, address: tuple[str, int]) -> None:
         assert make_config({"metrics": {"listen": listen}}).metrics.address == address
 
-    @pytest.mark.parametrize("listen", ["9187", "127.0.0.1:http", "127.0.0.1:70000", "metrics.example:9187"])
+    @pytest.mark.parametrize("listen", ["", "127.0.0.1:http", "127.0.0.1:70000", "metrics.example:9187"])
     def test_bad_listen_is_one_line_naming_the_key(self, listen: str) -> None:
         with pytest.raises(ConfigError) as refused:
             from_mapping({"metrics": {"listen": listen}}, "config.toml")
