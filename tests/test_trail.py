@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from mailbot.app import App
 from mailbot.clock import FrozenClock
+from mailbot.config import load
 from mailbot.dns import FixedResolver
 from mailbot.store import inbound as inbound_store
 from mailbot.store.inbound import RawMessage
@@ -193,6 +194,18 @@ class TestInboundShow:
         assert lines[-2].split()[:2] == ["entitlement", "unknown-sender:"]
         step, rest = lines[-1].split(maxsplit=1)
         assert step == "decision" and rest.startswith("held: ticket 1; the sender is not a named contact")
+
+    def test_a_message_not_processed_yet(self, cfg: tuple[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+        app = App(load(cfg[1]))
+        store(app, message())  # stored by a door; no intake ran
+        app.close()
+        code, out, _ = run(capsys, *cfg, "inbound", "show", "1", "--json")
+        shown = json.loads(out)
+        assert (code, shown["status"], shown["action"], shown["ticket"], shown["steps"]) == (0, "pending", None, None, [])
+        assert shown["door"] == "smtp" and shown["envelope_from"] == "ana@lincoln.example"
+        code, out, _ = run(capsys, *cfg, "inbound", "show", "1")
+        assert out.splitlines()[0] == "inbound 1: pending, not decided yet"
+        assert "no decision trail recorded" in out
 
     def test_no_such_message(self, cfg: tuple[str, str], capsys: pytest.CaptureFixture[str]) -> None:
         code, out, err = run(capsys, *cfg, "inbound", "show", "42")
