@@ -85,3 +85,18 @@ def test_ages_come_from_the_clock(make_app: Callable[..., App], db_url: str, clo
     state = app.db.call(overview.read, clock.now())
     assert state.inbound_pending == 0 and state.inbound_oldest_pending_seconds is None
     assert (state.outbox_due, state.outbox_oldest_due_seconds) == (1, 0.0)  # the confirmation, due at once
+
+
+async def test_sla_counts_follow_the_findings_of_the_sweep(app: App, clock: FrozenClock) -> None:
+    """Nobody on the team: the introduction is at risk before its deadline and breached after it."""
+    app.db.call(inbound_store.insert_many, [inbound_store.RawMessage(message(), "smtp")], clock.now())
+    assert app.processor.run_once()[0].action == "created"  # Tuesday 10:00 ET: introduction due 14:00
+    assert await app.sender.drain() == 1  # the confirmation, in time
+    clock.advance(timedelta(hours=3, minutes=50))
+    app.sla.sweep_once()
+    state = app.db.call(overview.read, clock.now())
+    assert (state.sla_at_risk, state.sla_breached) == (1, 0)
+    clock.advance(timedelta(minutes=11))
+    app.sla.sweep_once()
+    state = app.db.call(overview.read, clock.now())
+    assert (state.sla_at_risk, state.sla_breached) == (0, 1)

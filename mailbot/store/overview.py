@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from mailbot.sla import RUNNING
+from mailbot.sla import AT_RISK, BREACHED, RUNNING
 from mailbot.store.schema import InboundMessage, OutboxItem, Ticket
 
 STATUSES = ("new", "open", "held", "resolved")
@@ -96,8 +96,8 @@ def read(session: Session, now: datetime) -> Overview:
         ),
         outbox_refused=_count(session, OutboxItem.status == "failed", model=OutboxItem),
         tickets={status: int(by_status.get(status, 0)) for status in STATUSES},
-        # The texts mailbot.sla.Finding writes: "AT RISK: ..." and "BREACHED: ...", joined by "; ".
-        sla_at_risk=_count(session, running, Ticket.sla_breach.contains("AT RISK"), model=Ticket),
-        sla_breached=_count(session, running, Ticket.sla_breach.contains("BREACHED"), model=Ticket),
+        # The findings recorded on a ticket (mailbot.sla.describe): "AT RISK: ...; BREACHED: ...".
+        sla_at_risk=_count(session, running, Ticket.sla_breach.contains(AT_RISK), model=Ticket),
+        sla_breached=_count(session, running, Ticket.sla_breach.contains(BREACHED), model=Ticket),
         last_received=_first_received(session, newest=True),
     )
