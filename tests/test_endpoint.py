@@ -24,7 +24,7 @@ from mailbot.errors import ConfigError
 from mailbot.store import inbound as inbound_store
 from mailbot.store import overview
 from mailbot.store.schema import InboundMessage, OutboxItem, Ticket
-from tests.mailers import message
+from tests.mailers import lmtp_send, message
 from tests.world import World
 
 Start = Callable[..., Any]
@@ -115,6 +115,17 @@ class TestMetrics:
         now = service.app.clock.now()
         assert value(samples, "mailbot_last_received_timestamp_seconds") == now.timestamp()
         assert value(samples, "mailbot_database_up") == 1
+
+    async def test_lmtp_is_its_own_door(self, world: Start) -> None:
+        service: World = await world({**METRICS, "smtp": {"protocol": "lmtp"}})
+        replies = await asyncio.to_thread(
+            lmtp_send, service.port, message(), mail_from="ana@lincoln.example", rcpt=("herosupport@schoolmint.com",)
+        )
+        assert [code for code, _ in replies] == [250]
+        samples = await scrape(service.daemon)
+        assert value(samples, "mailbot_inbound_accepted_total", door="lmtp") == 1
+        assert value(samples, "mailbot_inbound_accepted_total", door="smtp") == 0
+        assert value(samples, "mailbot_accept_seconds_count") == 1
 
     async def test_gauges_read_the_database_as_status_does(self, world: Start) -> None:
         """A backlog leased by another instance, a relay failing, SLA findings: each gauge says what
