@@ -19,11 +19,19 @@ run: setup
 	$(BIN)/mailbot --config config.toml db upgrade
 	$(BIN)/mailbot --config config.toml run
 
-# Debian packages the suite needs, installed when missing: Dovecot for IMAP, libfaketime for the pinned clocks.
+# Debian packages the suite needs, installed when missing: Dovecot for IMAP, libfaketime for the pinned clocks,
+# promtool (from the prometheus package) to check docs/monitoring. The prometheus package also ships a server
+# that systemd would start: it is stopped and disabled, the tests need only promtool.
 test-deps:
-	@{ command -v dovecot >/dev/null 2>&1 || [ -x /usr/sbin/dovecot ]; } && command -v faketime >/dev/null 2>&1 || { \
-	  echo "installing dovecot-imapd and faketime (needs root)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dovecot-imapd faketime >/dev/null; }
+	@missing=""; \
+	{ command -v dovecot >/dev/null 2>&1 || [ -x /usr/sbin/dovecot ]; } || missing="$$missing dovecot-imapd"; \
+	command -v faketime >/dev/null 2>&1 || missing="$$missing faketime"; \
+	[ -z "$$missing" ] || { echo "installing$$missing (needs root)"; apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; }
+	@command -v promtool >/dev/null 2>&1 || { \
+	  echo "installing prometheus for promtool (needs root)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	  ! command -v systemctl >/dev/null 2>&1 || systemctl disable --now prometheus >/dev/null 2>&1 || true; }
 
 # Sets up and runs the whole test suite (PostgreSQL is expected at 127.0.0.1:5432, database `test`): the
 # linters, the time-sensitive tests under pinned wall clocks, then every test.

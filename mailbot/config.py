@@ -248,6 +248,38 @@ class SecurityConfig(_Section):
         return self
 
 
+class MetricsConfig(_Section):
+    """The operator's HTTP endpoint (mailbot.metrics): /metrics, /healthz, /readyz. Off unless `listen` is set."""
+
+    listen: str | None = None  # "127.0.0.1:9187", "[::1]:9187"; a bare port ("9187", ":9187") is loopback
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, listen: str | None) -> str | None:
+        if listen is not None:
+            split_listen(listen)  # raises ValueError naming what is wrong
+        return listen
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        return None if self.listen is None else split_listen(self.listen)
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """'127.0.0.1:9187' -> ('127.0.0.1', 9187); '[::1]:9187' -> ('::1', 9187); '9187' or ':9187' ->
+    ('127.0.0.1', 9187): loopback unless an address is given ("0.0.0.0:9187" for every IPv4 address)."""
+    host, _, port = listen.rpartition(":")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:  # 0: any free port (tests)
+        raise ValueError(f'expected "HOST:PORT" like "127.0.0.1:9187", got {listen!r}')
+    host = host.removeprefix("[").removesuffix("]") or "127.0.0.1"
+    if host != "localhost":
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IP address (give 127.0.0.1, ::1 or another address)") from None
+    return host, int(port)
+
+
 class Config(_Section):
     database: DatabaseConfig = DatabaseConfig()
     support: SupportConfig = SupportConfig()
@@ -257,6 +289,7 @@ class Config(_Section):
     business_hours: BusinessHoursConfig = BusinessHoursConfig()
     sla: SlaConfig = SlaConfig()
     security: SecurityConfig = SecurityConfig()
+    metrics: MetricsConfig = MetricsConfig()
     path: Path | None = Field(None, exclude=True)  # where it was read from, for messages
 
 

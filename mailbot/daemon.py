@@ -1,27 +1,39 @@
 """`mailbot run`: start, serve, drain, stop — reading top to bottom.
 
-Startup: schema check, listener, intake runner, sender, watchers, then READY=1 for systemd.
-Shutdown (SIGTERM/SIGINT): stop accepting connections, let sessions in flight finish their DATA (bounded),
-commit what the door holds, stop the runners, STOPPING=1, exit 0.
+Startup: schema check, the operator's endpoint (`[metrics] listen`), listener, intake runner, sender,
+watchers, then READY=1 for systemd.
+Shutdown (SIGTERM/SIGINT): /readyz says "stopping", stop accepting connections, let sessions in flight
+finish their DATA (bounded), commit what the door holds, stop the runners, STOPPING=1, close the endpoint,
+exit 0.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
 
 from mailbot import listener, notify
 from mailbot.app import App
 from mailbot.door import Door
-from mailbot.errors import TransientError
+from mailbot.errors import ConfigError, TransientError
 from mailbot.imap import MailboxWatcher
 from mailbot.imap_door import DatabaseCursors, ImapSink
 from mailbot.scheduler import Scheduler
+from mailbot.store import overview
+
+if TYPE_CHECKING:
+    from mailbot.metrics import Metrics
 
 log = logging.getLogger("mailbot")
 DRAIN_TIMEOUT = 20.0
+PROBE_TIMEOUT = 5.0  # /readyz: a database that does not answer within this is not reachable
 
 
 class Daemon:
@@ -30,11 +42,14 @@ class Daemon:
         self.config = app.config
         self.stopping = asyncio.Event()
         self.scheduler = Scheduler(app.clock)
-        self.door = Door(app.db, app.clock, on_stored=app.processor.wake)
+        self.metrics = _metrics() if self.config.metrics.listen else None
+        app.processor.metrics = app.sender.metrics = self.metrics
+        self.door = Door(app.db, app.clock, on_stored=app.processor.wake, metrics=self.metrics)
         self.servers: list[asyncio.Server] = []
         self.handlers: list[listener.Handler] = []
         self.watchers: list[MailboxWatcher] = []
         self.tasks: list[asyncio.Task[None]] = []
+        self.endpoint: asyncio.Server | None = None
 
     def hostname(self) -> str:
         return self.config.smtp.hostname or self.app.identity.domain
@@ -42,9 +57,11 @@ class Daemon:
     async def start(self) -> None:
         app = self.app
         app.processor.on_outcome = lambda _outcome: self.scheduler.wake("outbox")
+        await self._open_endpoint()  # first: a port in use refuses the start before any mail is taken
         if self.config.smtp.enabled:
             handler = listener.Handler(
-                self.door, self.config.smtp, self.config.support.addresses, app.clock, self.hostname()
+                self.door, self.config.smtp, self.config.support.addresses, app.clock, self.hostname(),
+                metrics=self.metrics,
             )
             server = await listener.start(handler, self.config.smtp)
             self.servers.append(server)
@@ -66,6 +83,56 @@ class Daemon:
         notify.ready()
         notify.status("accepting mail")
         log.info("mailbot started")
+
+    async def _open_endpoint(self) -> None:
+        if (address := self.config.metrics.address) is None:
+            return
+        from mailbot.endpoint import Endpoint  # prometheus_client: only for a daemon that serves /metrics
+
+        endpoint = Endpoint(metrics=self._metrics_text, healthy=self._health, ready=self._readiness)
+        try:
+            self.endpoint = await endpoint.start(*address)
+        except OSError as exc:  # asyncio words it "error while attempting to bind on address ...": say it plainly
+            why = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise ConfigError(f"metrics.listen: cannot listen on {self.config.metrics.listen}: {why}") from None
+        log.info("serving /metrics, /healthz and /readyz on %s", self.endpoint.sockets[0].getsockname()[:2])
+
+    async def _metrics_text(self) -> bytes:
+        """The exposition, with the gauges read from the database now (on a database thread)."""
+        assert self.metrics is not None  # the endpoint is opened only with metrics
+        try:
+            state = await self.app.db.run(overview.read, self.app.clock.now())
+        except TransientError as exc:
+            log.warning("metrics: cannot read the database: %s", exc)
+            state = None
+        self.metrics.observe(state)
+        return self.metrics.exposition()
+
+    async def _health(self) -> str | None:
+        """None while every loop of the daemon is alive, else which one stopped and why."""
+        for task in self.tasks:
+            if task.done():
+                error = None if task.cancelled() else task.exception()
+                return f"{task.get_name()} stopped" + (f": {type(error).__name__}: {error}" if error else "")
+        if not self.scheduler.running:
+            return "the scheduler is not running"
+        return None
+
+    async def _readiness(self) -> str | None:
+        """None when the daemon can take mail: alive, not stopping, listening, its database answering."""
+        if (unhealthy := await self._health()) is not None:
+            return unhealthy
+        if self.stopping.is_set():
+            return "stopping"
+        if any(not server.is_serving() for server in self.servers):
+            return "the listener is not accepting connections"
+        try:
+            await asyncio.wait_for(self.app.db.run(_ping), PROBE_TIMEOUT)
+        except TimeoutError:
+            return f"the database did not answer within {PROBE_TIMEOUT:g} s"
+        except TransientError as exc:
+            return f"the database is unreachable: {exc}"
+        return None
 
     async def _drain_outbox(self) -> None:
         await self.app.sender.drain()
@@ -105,6 +172,9 @@ class Daemon:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.endpoint is not None:
+            self.endpoint.close()
+            await self.endpoint.wait_closed()
         log.info("mailbot stopped")
 
     async def serve(self) -> None:
@@ -114,6 +184,16 @@ class Daemon:
         await self.start()
         await self.stopping.wait()
         await self.stop()
+
+
+def _metrics() -> Metrics:
+    from mailbot.metrics import Metrics  # prometheus_client: only for a daemon that serves /metrics
+
+    return Metrics()
+
+
+def _ping(session: Session) -> None:
+    session.execute(text("SELECT 1"))
 
 
 def run(app: App) -> int:

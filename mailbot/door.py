@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from mailbot.clock import Clock
 from mailbot.errors import TransientStoreError
@@ -16,14 +17,32 @@ from mailbot.store import Database
 from mailbot.store import inbound as inbound_store
 from mailbot.store.inbound import RawMessage
 
+if TYPE_CHECKING:
+    from mailbot.metrics import Metrics
+
 log = logging.getLogger("mailbot.door")
+DOORS = ("smtp", "lmtp", "imap", "ingest")
+
+
+def door_of(source: str) -> str:
+    """The door a stored message came through, from its `source` ("imap:<mailbox>", "cli", "smtp"...)."""
+    if source.startswith("imap"):
+        return "imap"
+    return "ingest" if source == "cli" else source
 
 
 class Door:
     def __init__(
-        self, db: Database, clock: Clock, *, max_batch: int = 256, on_stored: Callable[[], None] | None = None
+        self,
+        db: Database,
+        clock: Clock,
+        *,
+        max_batch: int = 256,
+        on_stored: Callable[[], None] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.db = db
+        self.metrics = metrics
         self.clock = clock
         self.max_batch = max_batch
         self.on_stored = on_stored
@@ -75,6 +94,8 @@ class Door:
         for (_, future), inbound_id in zip(batch, ids, strict=True):
             if not future.done():
                 future.set_result(inbound_id)
+        if self.metrics:
+            self.metrics.stored(message.source for message in messages)
         if self.on_stored:
             self.on_stored()
 

@@ -14,7 +14,8 @@ from datetime import datetime
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from mailbot.admission import Gate
+from mailbot.admission import ENTITLED, Admission, Gate
+from mailbot.authn import AuthVerdict
 from mailbot.automatic import automatic_reason
 from mailbot.followups import Continues, Decided, Followups
 from mailbot.loops import MachineMail, Opening, automatic_hold
@@ -22,6 +23,7 @@ from mailbot.parse import ParseLimits, UnparseableMessage, content_key, parse
 from mailbot.reading import Reading, Unreadable
 from mailbot.store import tickets as ticket_store
 from mailbot.store.schema import InboundMessage
+from mailbot.trail import Trail
 from mailbot.workflow import Workflow
 
 
@@ -56,13 +58,18 @@ class Intake:
 
     def read(self, inbound: InboundMessage) -> Reading | Unreadable:
         """Parse the stored bytes and authenticate the From address: no database involved."""
+        trail = Trail()
         try:
             parsed = parse(inbound.raw, self.limits)
         except UnparseableMessage as exc:
-            return Unreadable(f"unparseable: {exc}")
+            trail.add("reading", "unparseable", str(exc))
+            return Unreadable(f"unparseable: {exc}", tuple(trail.steps))
         sender = parsed.from_.address if parsed.from_ else ""
         key = parsed.message_id or content_key(inbound.raw)
-        return Reading(parsed, key, self.gate.authenticate(inbound, parsed, sender))
+        trail.add("reading", "parsed", f"{key} from {sender or '(no sender)'}, subject {parsed.subject!r}")
+        verdict = self.gate.authenticate(inbound, parsed, sender)
+        trail.add("authentication", _auth_verdict(verdict), f"{verdict.method}: {verdict.reason}")
+        return Reading(parsed, key, verdict, tuple(trail.steps))
 
     def process(
         self,
@@ -81,18 +88,28 @@ class Intake:
         caller keeps in one savepoint and writes in one flush, mailbot.processor), any failure raises, the
         unique Message-ID index included.
         """
-        reading = reading or self.read(inbound)
-        if isinstance(reading, Unreadable):
-            outcome = Outcome("failed", detail=reading.detail)
-        elif not isolated:
-            outcome = self._decide(session, inbound, reading, now, isolated=False)
-        else:
-            try:
-                with session.begin_nested():
-                    outcome = self._decide(session, inbound, reading, now, isolated=True)
-            except IntegrityError:
-                # Another instance stored the same Message-ID a moment ago (the unique index is the guard).
-                outcome = Outcome("duplicate")
+        trail = Trail()
+        try:
+            reading = reading or self.read(inbound)
+            trail = Trail(reading.steps)
+            if isinstance(reading, Unreadable):
+                outcome = Outcome("failed", detail=reading.detail)
+            elif not isolated:
+                outcome = self._decide(session, inbound, reading, now, trail, isolated=False)
+            else:
+                try:
+                    with session.begin_nested():
+                        outcome = self._decide(session, inbound, reading, now, trail, isolated=True)
+                except IntegrityError:
+                    # Another instance stored the same Message-ID a moment ago (the unique index is the guard).
+                    trail = Trail(reading.steps)
+                    trail.add("duplicate", "duplicate", f"{reading.key} was stored by another instance meanwhile")
+                    outcome = Outcome("duplicate")
+        except Exception:
+            inbound.trail = trail.to_json()  # the steps up to the failure; the runner adds how it ended
+            raise
+        trail.add("decision", outcome.action, _decision_detail(outcome, trail))
+        inbound.trail = trail.to_json()
         if isinstance(reading, Reading):
             # Set after the decision, so the row is written once with its outcome below (no flush of its own
             # before the savepoint); nothing in the decision reads the row's stored message_id.
@@ -106,21 +123,40 @@ class Intake:
         return outcome
 
     def _decide(
-        self, session: Session, inbound: InboundMessage, reading: Reading, now: datetime, *, isolated: bool
+        self,
+        session: Session,
+        inbound: InboundMessage,
+        reading: Reading,
+        now: datetime,
+        trail: Trail,
+        *,
+        isolated: bool,
     ) -> Outcome:
         parsed, key = reading.parsed, reading.key
         # Before the duplicate check: our own message coming back has a Message-ID we already keep.
         if (ignored := self.machines.screen(session, parsed, now)) is not None:
+            trail.add("automatic mail", "ignored", ignored.detail)
             return Outcome("ignored", ignored.ticket_id, ignored.detail)
+        automatic = automatic_reason(parsed.message, inbound.envelope_from)
+        trail.add("automatic mail", "automatic" if automatic else "written by a person", automatic or "")
         # In a batch (not isolated) the unique Message-ID index alone finds a duplicate, at the batch's flush,
         # and the batch then runs isolated: a look-up per message would cost more than the rare rerun.
-        if isolated and ticket_store.message_id_known(session, key):
-            return Outcome("duplicate")
+        if isolated:
+            known = ticket_store.message_id_known(session, key)
+            trail.add("duplicate", "duplicate" if known else "new", f"{key} is already stored" if known else "")
+            if known:
+                return Outcome("duplicate")
         followup = self.followups.follow(session, inbound, reading, now)
         if isinstance(followup, Decided):
+            trail.add("threading", followup.action, followup.detail)
             return Outcome(followup.action, followup.ticket_id, followup.detail)
+        if isinstance(followup, Continues):
+            trail.add("threading", "continues", f"ticket #{followup.parent_id} was resolved before the reopen "
+                      "window: a new ticket linked to it")
+        else:
+            trail.add("threading", "new conversation", "names no ticket")
         parent_id = followup.parent_id if isinstance(followup, Continues) else None
-        return self._new_ticket(session, inbound, reading, now, parent_id=parent_id)
+        return self._new_ticket(session, inbound, reading, now, trail, automatic, parent_id=parent_id)
 
     def _new_ticket(
         self,
@@ -128,6 +164,8 @@ class Intake:
         inbound: InboundMessage,
         reading: Reading,
         now: datetime,
+        trail: Trail,
+        automatic: str | None,
         *,
         parent_id: int | None = None,
     ) -> Outcome:
@@ -135,12 +173,14 @@ class Intake:
         sender = parsed.from_
         requester = sender.address.lower() if sender else (inbound.envelope_from or "").lower()
         held = None if requester else ("no-sender-address", "the message names no sender to answer")
-        automatic = automatic_reason(parsed.message, inbound.envelope_from)
         held = held or automatic_hold(automatic)  # automatic mail starts no conversation
         judged = requester and not held
         admission = self.gate.judge(session, inbound, parsed, now, reading.verdict) if judged else None
         if admission is not None:
             held = admission.held
+            trail.add("entitlement", held[0] if held else ENTITLED, held[1] if held else _entitled(admission))
+        elif held:
+            trail.add("entitlement", "not judged", f"held as {held[0]}: {held[1]}")
         ticket = self.workflow.open_ticket(
             session,
             requester=requester,
@@ -176,3 +216,24 @@ class Intake:
             return Outcome("held", ticket.id, held[1])
         self.workflow.start_clock(session, ticket, now, opening)
         return Outcome("created", ticket.id)
+
+
+def _auth_verdict(verdict: AuthVerdict) -> str:
+    if verdict.authenticated:
+        return "pass"
+    return "temporary failure" if verdict.temporary else "fail"
+
+
+def _entitled(admission: Admission) -> str:
+    contact = admission.contact
+    if contact is None:
+        return "entitled"
+    org = contact.facts.org
+    return f"{contact.facts.address} is a named contact of {org.name} ({org.product}, {org.plan})"
+
+
+def _decision_detail(outcome: Outcome, trail: Trail) -> str:
+    """Why, in one line: the outcome's own detail, else what the last rule found (e.g. who is entitled)."""
+    ticket = f"ticket {outcome.ticket_id}" if outcome.ticket_id else ""
+    why = outcome.detail or trail.reason
+    return "; ".join(part for part in (ticket, why) if part)

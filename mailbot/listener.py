@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from collections import Counter
 from collections.abc import Sequence
 from email.utils import format_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -22,6 +23,9 @@ from mailbot.clock import Clock
 from mailbot.config import SmtpConfig
 from mailbot.door import Door
 from mailbot.errors import TransientError
+
+if TYPE_CHECKING:
+    from mailbot.metrics import Metrics
 
 log = logging.getLogger("mailbot.listener")
 
@@ -51,8 +55,18 @@ class SessionLimits:
 
 
 class Handler:
-    def __init__(self, door: Door, config: SmtpConfig, addresses: Sequence[str], clock: Clock, hostname: str) -> None:
+    def __init__(
+        self,
+        door: Door,
+        config: SmtpConfig,
+        addresses: Sequence[str],
+        clock: Clock,
+        hostname: str,
+        *,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.door = door
+        self.metrics = metrics
         self.config = config
         self.addresses = [a.lower() for a in addresses]
         self.clock = clock
@@ -87,6 +101,7 @@ class Handler:
         return f"Received: from {helo} ([{peer}])\r\n\tby {self.hostname} (mailbot) with {protocol}; {stamp}\r\n".encode()
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        started = time.perf_counter()  # aiosmtpd calls this once the final "." has been read
         raw = envelope.original_content or b""
         self.in_flight += 1
         try:
@@ -103,6 +118,8 @@ class Handler:
             return self._per_recipient(envelope, reply)
         finally:
             self.in_flight -= 1
+        if self.metrics:
+            self.metrics.accept_seconds.observe(time.perf_counter() - started)
         return self._per_recipient(envelope, f"250 2.0.0 OK: queued as {inbound_id}")
 
     def _per_recipient(self, envelope: Envelope, reply: str) -> str:

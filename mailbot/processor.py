@@ -18,6 +18,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
@@ -29,6 +30,10 @@ from mailbot.reading import Reading, Unreadable
 from mailbot.store import Database
 from mailbot.store import inbound as inbound_store
 from mailbot.store.schema import InboundMessage
+from mailbot.trail import ended
+
+if TYPE_CHECKING:
+    from mailbot.metrics import Metrics
 
 log = logging.getLogger("mailbot.intake")
 LEASE = timedelta(minutes=5)
@@ -48,12 +53,14 @@ class Processor:
         *,
         batch: int = BATCH,
         on_outcome: Callable[[Outcome], None] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.db = db
         self.intake = intake
         self.clock = clock
         self.batch = batch
         self.on_outcome = on_outcome
+        self.metrics = metrics  # set by the daemon when it serves /metrics
         self._wake = asyncio.Event()
 
     def process_row(self, session: Session, row: InboundMessage, reading: Read = None) -> Outcome:
@@ -70,14 +77,15 @@ class Processor:
         except TransientError as exc:
             # Nothing could be decided now (a DNS failure authenticating the sender): the savepoint undid
             # the intake's work, and the row stays pending under a lease, tried again when it runs out.
-            log.warning("inbound message %s deferred: %s", row.id, exc)
             row.claimed_until = now + LEASE
-            outcome = Outcome("deferred", detail=str(exc))
+            outcome = Outcome("deferred", detail=f"{exc}; tried again after {row.claimed_until:%H:%M:%S} UTC")
+            row.trail = ended(row.trail, "deferred", outcome.detail or "")
         except Exception as exc:  # a bug or hostile input: keep the message, record why, go on
             log.exception("inbound message %s failed", row.id)
             row.status, row.action, row.claimed_until = "failed", "failed", None
             row.error = f"{type(exc).__name__}: {exc}"[:2000]
             outcome = Outcome("failed", detail=row.error)
+            row.trail = ended(row.trail, "failed", row.error)
         _log(row, outcome)
         return outcome
 
@@ -130,7 +138,7 @@ class Processor:
             return []
         readings = self._read(rows)
         try:
-            return self.db.call(self._decide, rows, readings)
+            return self._committed(self.db.call(self._decide, rows, readings))
         except TransientStoreError:
             self._give_back(rows)
             raise
@@ -138,15 +146,16 @@ class Processor:
     def process_one(self, inbound_id: int) -> Outcome:
         """Process one stored message now (the CLI's ingest, the IMAP door)."""
 
-        def work(session: Session) -> Outcome:
+        def work(session: Session) -> tuple[Outcome, bool]:
             row = inbound_store.get(session, inbound_id, lock=True)  # the sweep may be on it too
             if row is None:
                 raise LookupError(f"no inbound message {inbound_id}")
             if row.status != "pending":
-                return Outcome(row.action or row.status, row.ticket_id, row.error)
-            return self.process_row(session, row)
+                return Outcome(row.action or row.status, row.ticket_id, row.error), False
+            return self.process_row(session, row), True
 
-        return self.db.call(work)
+        outcome, decided_now = self.db.call(work)
+        return self._committed([outcome])[0] if decided_now else outcome
 
     async def _run_batch(self) -> list[Outcome]:
         """`run_once`, with the reading on a thread of its own: the database's threads (SQLite's one,
@@ -156,10 +165,16 @@ class Processor:
             return []
         readings = await asyncio.to_thread(self._read, rows)
         try:
-            return await self.db.run(self._decide, rows, readings)
+            return self._committed(await self.db.run(self._decide, rows, readings))
         except TransientStoreError:
             await asyncio.to_thread(self._give_back, rows)
             raise
+
+    def _committed(self, outcomes: list[Outcome]) -> list[Outcome]:
+        """Count the outcomes of a transaction that committed (a failed one's messages are processed again)."""
+        if self.metrics:
+            self.metrics.decided(outcome.action for outcome in outcomes)
+        return outcomes
 
     def wake(self) -> None:
         self._wake.set()
@@ -185,6 +200,15 @@ class Processor:
                 pass
 
 
+# How loud each outcome is: a failure needs a person; a deferral resolves itself, unless it keeps happening.
+_LEVELS = {"failed": logging.ERROR, "deferred": logging.WARNING}
+
+
 def _log(row: InboundMessage, outcome: Outcome) -> None:
-    ticket = f" ticket {outcome.ticket_id}" if outcome.ticket_id else ""
-    log.info("inbound %s from %s: %s%s", row.id, row.envelope_from or "-", outcome.action, ticket)
+    """One line per decision, with its reason: the decision step of the trail (mailbot.trail)."""
+    steps = row.trail or []
+    why = steps[-1]["detail"] if steps else (outcome.detail or "")
+    log.log(
+        _LEVELS.get(outcome.action, logging.INFO),
+        "inbound %s from %s: %s: %s", row.id, row.envelope_from or "-", outcome.action, why,
+    )

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from mailbot.authn import AuthVerdict
 from mailbot.parse import ParsedMessage
+from mailbot.trail import Step
 
 
 @dataclass(frozen=True)
@@ -14,6 +15,7 @@ class Reading:
     parsed: ParsedMessage
     key: str  # the message's identity: its Message-ID, or a hash of its bytes
     verdict: AuthVerdict  # whether its From address is authenticated (admission.Gate.authenticate)
+    steps: tuple[Step, ...] = ()  # the decision trail so far: reading, authentication (mailbot.trail)
 
 
 @dataclass(frozen=True)
@@ -21,3 +23,4 @@ class Unreadable:
     """The message cannot be parsed; it is kept as a failed ingest with `detail`."""
 
     detail: str
+    steps: tuple[Step, ...] = ()

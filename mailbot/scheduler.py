@@ -74,6 +74,10 @@ class Scheduler:
 
         return run
 
+    @property
+    def running(self) -> bool:
+        return bool(self._scheduler.running)
+
     def start(self) -> None:
         self._scheduler.start()
 

@@ -15,7 +15,7 @@ import time
 from datetime import datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import aiosmtplib
 from sqlalchemy.orm import Session
@@ -27,6 +27,9 @@ from mailbot.signing import DkimSigner
 from mailbot.store import Database
 from mailbot.store import outbox as outbox_store
 from mailbot.store.schema import OutboxItem, Ticket
+
+if TYPE_CHECKING:
+    from mailbot.metrics import Metrics
 
 log = logging.getLogger("mailbot.sender")
 LEASE = timedelta(minutes=2)
@@ -128,8 +131,10 @@ class Sender:
         signer: DkimSigner | None = None,
         retry_cap: timedelta = timedelta(seconds=60),
         worker: str | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.db = db
+        self.metrics = metrics  # set by the daemon when it serves /metrics
         self.transport = transport
         self.clock = clock
         self.signer = signer
@@ -166,6 +171,8 @@ class Sender:
             await self.db.run(outbox_store.mark_attempt_failed, item.id, str(exc), retry_at)
             return 0
         await self.db.run(_record_delivery, item.id, self.clock.now())
+        if self.metrics:
+            self.metrics.sent.labels(item.kind).inc()
         log.info("sent %s %s for ticket %s to %s", item.kind, item.message_id, item.ticket_id, ", ".join(item.recipients))
         return 1
 

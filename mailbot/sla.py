@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
 
 RUNNING = ("new", "open")  # the statuses whose tickets still owe the customer something
+# How a finding starts in the text recorded on its ticket; `mailbot status` and /metrics count by them.
+BREACHED, AT_RISK = "BREACHED", "AT RISK"
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,7 @@ class Finding:
     reason: str
 
     def __str__(self) -> str:
-        return f"{'BREACHED' if self.breached else 'AT RISK'}: {self.deadline} {self.reason}"
+        return f"{BREACHED if self.breached else AT_RISK}: {self.deadline} {self.reason}"
 
 
 def shown(instant: datetime, zone: tzinfo) -> str:

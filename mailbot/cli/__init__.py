@@ -8,8 +8,6 @@ for bad input.
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
 from collections.abc import Callable, Sequence
 from functools import cached_property
@@ -50,24 +48,21 @@ class Context:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mailbot.cli import hours, mail, registry, service, tickets
+    from mailbot.cli import hours, mail, ops, registry, service, tickets
 
     parser = argparse.ArgumentParser(prog="mailbot", description="Email-to-ticket daemon for the support address.")
     parser.add_argument("--config", metavar="PATH", help="configuration file (default: $MAILBOT_CONFIG or ./config.toml)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (service, mail, tickets, registry, hours):
+    for module in (service, mail, tickets, registry, hours, ops):
         module.register(commands)
     return parser
 
 
 def setup_logging(verbose: bool) -> None:
-    # Under systemd the journal adds its own timestamps; on a terminal we add ours.
-    journal = "JOURNAL_STREAM" in os.environ
-    fmt = "%(levelname)s %(name)s: %(message)s" if journal else "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=fmt, stream=sys.stderr)
-    for noisy in ("mail.log", "apscheduler", "aioimaplib"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from mailbot import logs  # text, journald priorities or JSON lines (MAILBOT_LOG_FORMAT)
+
+    logs.setup(verbose)
 
 
 def fail(message: str, code: int = 1) -> int:

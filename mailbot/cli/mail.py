@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mailbot.cli import ops
 from mailbot.errors import RefusedError
 from mailbot.parse import UnparseableMessage, parse
 from mailbot.store import inbound as inbound_store
@@ -29,6 +30,7 @@ def register(commands: Any) -> None:
     retry = sub.add_parser("retry", help="put failed messages back in the queue and process them")
     retry.add_argument("ids", nargs="*", type=int, metavar="ID")
     retry.set_defaults(handler=cmd_retry)
+    ops.register_inbound(sub)
 
 
 def read_input(name: str) -> bytes:

@@ -123,6 +123,9 @@ class InboundMessage(Base):
     message_id: Mapped[str | None] = mapped_column(String(998), index=True)
     peer: Mapped[str | None] = mapped_column(String(100))  # the SMTP/LMTP client's IP address
     ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id", ondelete="SET NULL"))
+    # The decision trail (mailbot.trail): each rule the intake ran, its verdict, why, how long; written with
+    # the outcome. Deferred: loaded only by `inbound show`, never by the runner's claim.
+    trail: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, deferred=True)
 
     # Many-to-one links that are never loaded (lazy="raise"); they make a flush write a new ticket before the
     # rows that name it, as the intake flushes a whole batch at once (mailbot.processor).
