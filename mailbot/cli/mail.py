@@ -1,4 +1,4 @@
-"""parse, ingest, and the failed-ingest queue (inbound list / retry)."""
+"""parse and ingest: one raw message from a file or a pipe."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from mailbot.errors import RefusedError
-from mailbot.parse import UnparseableMessage, parse
-from mailbot.store import inbound as inbound_store
 
 
 def register(commands: Any) -> None:
@@ -21,14 +19,6 @@ def register(commands: Any) -> None:
     i.add_argument("file", metavar="FILE|-")
     i.add_argument("--sender", help="the envelope sender (default: none)")
     i.set_defaults(handler=cmd_ingest)
-    inbound = commands.add_parser("inbound", help="messages that failed to ingest: inspect and retry")
-    sub = inbound.add_subparsers(dest="inbound_command", metavar="COMMAND", required=True)
-    failed = sub.add_parser("failed", help="list messages whose ingest failed")
-    failed.add_argument("--json", action="store_true")
-    failed.set_defaults(handler=cmd_failed)
-    retry = sub.add_parser("retry", help="put failed messages back in the queue and process them")
-    retry.add_argument("ids", nargs="*", type=int, metavar="ID")
-    retry.set_defaults(handler=cmd_retry)
 
 
 def read_input(name: str) -> bytes:
@@ -41,6 +31,8 @@ def read_input(name: str) -> bytes:
 
 
 def cmd_parse(args: argparse.Namespace, context: Any) -> int:
+    from mailbot.parse import UnparseableMessage, parse
+
     raw = read_input(args.file)
     try:
         parsed = parse(raw)
@@ -51,6 +43,8 @@ def cmd_parse(args: argparse.Namespace, context: Any) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace, context: Any) -> int:
+    from mailbot.store import inbound as inbound_store
+
     raw = read_input(args.file)
     app = context.app
     [inbound_id] = app.db.call(
@@ -58,30 +52,4 @@ def cmd_ingest(args: argparse.Namespace, context: Any) -> int:
     )
     outcome = app.processor.process_one(inbound_id)
     print(json.dumps(outcome.to_json()))
-    return 0
-
-
-def cmd_failed(args: argparse.Namespace, context: Any) -> int:
-    rows = context.app.db.call(
-        lambda s: [
-            {"id": r.id, "received_at": r.received_at.isoformat(), "source": r.source,
-             "envelope_from": r.envelope_from, "size": r.size, "error": r.error}
-            for r in inbound_store.failed(s)
-        ]
-    )
-    if args.json:
-        print(json.dumps(rows, indent=2))
-    else:
-        for row in rows:
-            print(f"{row['id']:>6}  {row['received_at'][:19]}  {row['source']:<6} {row['error']}")
-    return 0
-
-
-def cmd_retry(args: argparse.Namespace, context: Any) -> int:
-    app = context.app
-    count = app.db.call(inbound_store.retry_failed, args.ids)
-    outcomes = app.processor.run_once() if count else []
-    for outcome in outcomes:
-        print(json.dumps(outcome.to_json()))
-    print(f"{count} message(s) retried", file=sys.stderr)
     return 0
