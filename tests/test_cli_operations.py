@@ -215,3 +215,29 @@ class TestBackup:
             "mailbot: db backup copies SQLite databases; for PostgreSQL run: pg_dump --format=custom "
             "--file=/srv/backup/mailbot.dump --host=db.example --port=5433 --username=mailbot tickets\n"
         )
+
+
+class TestDocumented:
+    """README.md stands alone: every command and option the parser knows appears in it."""
+
+    def test_every_command_and_option_is_in_the_readme(self) -> None:
+        import argparse
+
+        from mailbot.cli import build_parser
+
+        readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+        missing = []
+
+        def walk(parser: argparse.ArgumentParser, words: tuple[str, ...]) -> None:
+            for action in parser._actions:
+                if isinstance(action, argparse._SubParsersAction):
+                    for name, child in action.choices.items():
+                        walk(child, (*words, name))
+                for option in action.option_strings:
+                    if option.startswith("--") and option != "--help" and option not in readme:
+                        missing.append(f"{' '.join(words)} {option}")
+            if words and f"`{' '.join(words)}" not in readme and f"· `{words[-1]}" not in readme:
+                missing.append(" ".join(words))
+
+        walk(build_parser(), ())
+        assert missing == [], missing
