@@ -106,6 +106,17 @@ class TestUnusableFiles:
             assert code == 1 and expected in one_line(err) and "OK" not in out, (command, err)
             assert "started" not in err
 
+    def test_the_daemon_never_starts(self, tmp_path: Path, config_file: Path) -> None:
+        """The real `mailbot run`: one line, exit 1, no "mailbot started" and no traceback in its log."""
+        config_file.write_text(config_file.read_text() + DKIM.format(key=tmp_path / "absent.key"))
+        command = [sys.executable, "-m", "mailbot", "--config", str(config_file)]
+        subprocess.run([*command, "db", "upgrade"], capture_output=True, check=True)
+        result = subprocess.run([*command, "run"], capture_output=True, text=True, timeout=60, check=False)
+        assert result.returncode == 1 and "started" not in result.stderr and "Traceback" not in result.stderr
+        assert result.stderr.splitlines()[-1] == (
+            f"mailbot: outbound.dkim.private_key_file: cannot read {tmp_path / 'absent.key'}: No such file or directory"
+        )
+
     def test_a_key_that_is_no_key(self, capsys: pytest.CaptureFixture[str], tmp_path: Path,
                                   config_file: Path) -> None:
         key = tmp_path / "dkim.key"
@@ -199,3 +210,18 @@ class TestConcurrentUpgrade:
     def test_sqlite(self, tmp_path: Path) -> None:
         results = self.upgrade_three_at_once(tmp_path, f"sqlite:///{tmp_path / 'm.db'}")
         assert [r.returncode for r in results] == [0, 0, 0], [r.stderr[-300:] for r in results]
+
+
+class TestIngestKeepsTheMail:
+    """`ingest` is an MTA's pipe: whatever keeps it from storing a message is exit 75, so the MTA retries."""
+
+    def test_setup_mistakes_are_temporary_for_ingest(self, capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                     config_file: Path) -> None:
+        eml = tmp_path / "m.eml"
+        eml.write_bytes(b"From: ana@lincoln.example\r\nSubject: hi\r\n\r\nhello\r\n")
+        code, _, err = cli(capsys, "--config", str(config_file), "ingest", str(eml))  # no schema yet
+        assert code == 75 and "run `mailbot db upgrade`" in one_line(err)
+        code, _, err = cli(capsys, "--config", str(tmp_path / "absent.toml"), "ingest", str(eml))
+        assert code == 75 and "no such configuration file" in one_line(err)
+        code, _, err = cli(capsys, "--config", str(config_file), "ingest", str(tmp_path / "absent.eml"))
+        assert code == 1 and "cannot read" in one_line(err)  # nothing came in: nothing to keep

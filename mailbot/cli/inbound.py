@@ -130,9 +130,13 @@ def cmd_retry(args: argparse.Namespace, context: Any) -> int:
 
 
 def _existing(session: Session, ids: Sequence[int]) -> list[InboundMessage]:
+    """The rows of `ids` (each once, held for this transaction); refused when one does not exist."""
     from mailbot.store import inbound as inbound_store
 
-    rows = [inbound_store.get(session, inbound_id, lock=True) for inbound_id in dict.fromkeys(ids)]
-    if missing := [i for i, row in zip(dict.fromkeys(ids), rows, strict=True) if row is None]:
-        raise RefusedError(f"no inbound message {missing[0]}")
-    return [row for row in rows if row is not None]
+    rows = []
+    for inbound_id in dict.fromkeys(ids):
+        row = inbound_store.get(session, inbound_id, lock=True)
+        if row is None:
+            raise RefusedError(f"no inbound message {inbound_id}")
+        rows.append(row)
+    return rows

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mailbot.errors import RefusedError
+from mailbot.errors import ConfigError, RefusedError, TransientError
 
 
 def register(commands: Any) -> None:
@@ -44,12 +44,18 @@ def cmd_parse(args: argparse.Namespace, context: Any) -> int:
 
 def cmd_ingest(args: argparse.Namespace, context: Any) -> int:
     from mailbot.store import inbound as inbound_store
+    from mailbot.store.problems import lasting_problem
 
     raw = read_input(args.file)
-    app = context.app
-    [inbound_id] = app.db.call(
-        inbound_store.insert_many, [inbound_store.RawMessage(raw, "cli", args.sender, ())], app.clock.now()
-    )
+    try:
+        app = context.app
+        [inbound_id] = app.db.call(
+            inbound_store.insert_many, [inbound_store.RawMessage(raw, "cli", args.sender, ())], app.clock.now()
+        )
+    except (ConfigError, TransientError) as exc:
+        # An MTA pipes mail in: whatever keeps it from being stored, even a mistake in the setup, the MTA must
+        # keep the message and retry (exit 75), never bounce it (exit 1).
+        raise TransientError(lasting_problem(exc) or str(exc)) from None
     outcome = app.processor.process_one(inbound_id)
     print(json.dumps(outcome.to_json()))
     return 0

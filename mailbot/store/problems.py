@@ -33,10 +33,9 @@ def lasting_problem(exc: BaseException) -> str | None:
     """A one-line instruction when `exc` (or an error it was raised from) is a database set-up mistake
     that retrying will not fix; None when it may pass."""
     seen: BaseException | None = exc
-    while seen is not None:
-        orig = getattr(seen, "orig", None)
-        if orig is not None:
-            return _judge(orig)
+    while seen is not None:  # SQLAlchemy's error holds the driver's as .orig; the store's raw SQLite calls chain it
+        if (problem := _judge(getattr(seen, "orig", None) or seen)) is not None:
+            return problem
         seen = seen.__cause__
     return None
 
