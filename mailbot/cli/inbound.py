@@ -58,7 +58,11 @@ def cmd_failed(args: argparse.Namespace, context: Any) -> int:
         return 0
     table(
         ("ID", "RECEIVED", "SOURCE", "FROM", "SIZE", "ERROR"),
-        ((r["id"], r["received_at"][:19], r["source"], r["envelope_from"] or "-", r["size"], r["error"]) for r in rows),
+        (
+            (r["id"], r["received_at"][:19], r["source"], r["envelope_from"] or "-", r["size"],
+             " ".join((r["error"] or "").split()))  # one line per message; --json keeps the text as it is
+            for r in rows
+        ),
     )
     return 0
 
@@ -123,7 +127,7 @@ def cmd_retry(args: argparse.Namespace, context: Any) -> int:
     else:
         for result in results:
             ticket = f" ticket {result['ticket']}" if result["ticket"] else ""
-            detail = f": {result['detail']}" if result.get("detail") else ""
+            detail = f": {' '.join(result['detail'].split())}" if result.get("detail") else ""
             print(f"inbound {result['id']}: {result['action']}{ticket}{detail}")
     actions = {result["action"] for result in results}
     return EX_FAILED_AGAIN if "failed" in actions else EX_TEMPFAIL if "deferred" in actions else 0
