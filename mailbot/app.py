@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from mailbot.tokens import ReplyTokens
     from mailbot.workflow import Workflow
 
+
 def shipped_templates() -> Path:
     """templates/ beside the package in a source checkout, else where a wheel install put them
     (pyproject.toml's data-files: <prefix>/share/mailbot/templates)."""
