@@ -6,24 +6,28 @@ import secrets
 import sys
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from mailbot.admission import Gate
 from mailbot.clock import Clock, SystemClock
-from mailbot.compose import Composer, Identity
-from mailbot.config import Config, read_secret
-from mailbot.dns import DnsResolver, Resolver
+from mailbot.config import Config, SecurityConfig, read_secret
 from mailbot.errors import ConfigError
-from mailbot.followups import Followups
-from mailbot.hours import BusinessHours
-from mailbot.intake import Intake
-from mailbot.loops import MachineMail
-from mailbot.processor import Processor
-from mailbot.sender import Sender, make_transport
-from mailbot.signing import DkimSigner
-from mailbot.sla_runner import SlaRunner
-from mailbot.store import Database, settings
-from mailbot.tokens import ReplyTokens
-from mailbot.workflow import Workflow
+
+# Each part is imported where it is built: a command pays only for what it uses (`ticket list` loads no
+# SMTP, DKIM or template library; mailbot.cli on start-up time).
+if TYPE_CHECKING:
+    from mailbot.admission import Gate
+    from mailbot.compose import Composer, Identity
+    from mailbot.dns import Resolver
+    from mailbot.followups import Followups
+    from mailbot.hours import BusinessHours
+    from mailbot.intake import Intake
+    from mailbot.loops import MachineMail
+    from mailbot.processor import Processor
+    from mailbot.sender import Sender
+    from mailbot.sla_runner import SlaRunner
+    from mailbot.store import Database
+    from mailbot.tokens import ReplyTokens
+    from mailbot.workflow import Workflow
 
 
 def shipped_templates() -> Path:
@@ -36,6 +40,19 @@ SECRET_SETTING = "secret"
 MIN_SECRET_CHARS = 16
 
 
+def site_secret(security: SecurityConfig) -> bytes | None:
+    """The secret `[security]` gives (inline or by file), checked; None when it gives none."""
+    try:
+        given = read_secret(security.secret, security.secret_file)
+    except ConfigError as exc:
+        raise ConfigError(f"security.secret_file: {exc}") from None
+    if given is None:
+        return None
+    if len(given) < MIN_SECRET_CHARS:
+        raise ConfigError(f"security.secret_file: the secret must be at least {MIN_SECRET_CHARS} characters")
+    return given.encode()
+
+
 class App:
     def __init__(self, config: Config, clock: Clock | None = None, templates: Path | None = None) -> None:
         self.config = config
@@ -44,6 +61,8 @@ class App:
 
     @cached_property
     def db(self) -> Database:
+        from mailbot.store import Database
+
         database = self.config.database
         return Database(database.url, lock_timeout=database.lock_timeout.total_seconds())
 
@@ -53,19 +72,27 @@ class App:
 
     @cached_property
     def identity(self) -> Identity:
+        from mailbot.compose import Identity
+
         return Identity.parse(self.config.support.from_)
 
     @cached_property
     def composer(self) -> Composer:
+        from mailbot.compose import Composer
+
         return Composer(self.templates, self.identity, loop_secret=self.secret)
 
     @cached_property
     def workflow(self) -> Workflow:
+        from mailbot.workflow import Workflow
+
         return Workflow(self.composer, self.hours, self.config.sla, tokens=self.reply_tokens, guard=self.machines)
 
     @cached_property
     def machines(self) -> MachineMail:
         """Our own mail, bounces and the automatic-reply guard (mailbot.loops)."""
+        from mailbot.loops import MachineMail
+
         security = self.config.security
         return MachineMail(
             self.secret,
@@ -82,22 +109,25 @@ class App:
 
         Reading it takes a transaction of its own: build what needs it before opening one (SQLite has one
         writer, so a read inside another transaction would wait for that one to end)."""
-        security = self.config.security
-        given = read_secret(security.secret, security.secret_file)
+        from mailbot.store import settings
+
+        given = site_secret(self.config.security)
         if given is None:
             stored = self.db.call(settings.get_or_create, SECRET_SETTING, secrets.token_hex, self.clock.now())
             return stored.encode()
-        if len(given) < MIN_SECRET_CHARS:
-            raise ConfigError(f"security.secret_file: the secret must be at least {MIN_SECRET_CHARS} characters")
-        return given.encode()
+        return given
 
     @cached_property
     def reply_tokens(self) -> ReplyTokens:
         """Tokens hang on the first support address (the one the listener surely accepts)."""
+        from mailbot.tokens import ReplyTokens
+
         return ReplyTokens(self.secret, tuple(self.config.support.addresses))
 
     @cached_property
     def followups(self) -> Followups:
+        from mailbot.followups import Followups
+
         return Followups(
             self.workflow,
             self.reply_tokens,
@@ -108,24 +138,35 @@ class App:
     @cached_property
     def resolver(self) -> Resolver:
         """DNS for sender authentication; tests assign a FixedResolver before the intake is built."""
+        from mailbot.dns import DnsResolver
+
         return DnsResolver()
 
     @cached_property
     def gate(self) -> Gate:
+        from mailbot.admission import Gate
+
         security = self.config.security
         resolver = self.resolver if security.require_sender_auth else None
         return Gate(security, self.hours.zone, self.workflow, resolver)
 
     @cached_property
     def intake(self) -> Intake:
+        from mailbot.intake import Intake
+
         return Intake(self.workflow, gate=self.gate, followups=self.followups, machines=self.machines)
 
     @cached_property
     def processor(self) -> Processor:
+        from mailbot.processor import Processor
+
         return Processor(self.db, self.intake, self.clock)
 
     @cached_property
     def sender(self) -> Sender:
+        from mailbot.sender import Sender, make_transport
+        from mailbot.signing import DkimSigner
+
         outbound = self.config.outbound
         signer = None
         if outbound.dkim is not None:
@@ -136,6 +177,8 @@ class App:
 
     @cached_property
     def sla(self) -> SlaRunner:
+        from mailbot.sla_runner import SlaRunner
+
         return SlaRunner(self.db, self.workflow, self.clock, self.config.sla)
 
     def close(self) -> None:

@@ -10,6 +10,7 @@ exit 0.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import signal
@@ -63,7 +64,7 @@ class Daemon:
                 self.door, self.config.smtp, self.config.support.addresses, app.clock, self.hostname(),
                 metrics=self.metrics,
             )
-            server = await listener.start(handler, self.config.smtp)
+            server = await self._listen(handler)
             self.servers.append(server)
             self.handlers.append(handler)
             for sock in server.sockets:
@@ -133,6 +134,19 @@ class Daemon:
         except TransientError as exc:
             return f"the database is unreachable: {exc}"
         return None
+
+    async def _listen(self, handler: listener.Handler) -> asyncio.Server:
+        """The listener's socket, or one line saying why there is none (a port in use, a privileged port)."""
+        smtp = self.config.smtp
+        try:
+            return await listener.start(handler, smtp)
+        except OSError as exc:
+            hint = {
+                errno.EADDRINUSE: " (another mailbot or an MTA listens there)",
+                errno.EACCES: " (ports below 1024 need CAP_NET_BIND_SERVICE)",
+            }.get(exc.errno or 0, "")
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)  # asyncio's strerror repeats the address
+            raise ConfigError(f"smtp: cannot listen on {smtp.host}:{smtp.port}: {reason}{hint}") from None
 
     async def _drain_outbox(self) -> None:
         await self.app.sender.drain()

@@ -18,9 +18,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from functools import cache
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from holidays import HolidayBase, country_holidays
+if TYPE_CHECKING:
+    from holidays import HolidayBase
+
 
 DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")  # index = date.weekday()
 _DAY = timedelta(days=1)
@@ -183,6 +186,8 @@ def _offset_change(before: datetime, after: datetime, zone: ZoneInfo) -> datetim
 @cache
 def _country_calendar(country: str) -> HolidayBase:
     """A country's public holidays (observed dates included); it fills in years as they are asked."""
+    from holidays import country_holidays  # only a site with holiday_country pays for its import
+
     try:
         return country_holidays(country)
     except NotImplementedError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,10 @@ SYSTEMD_DIR = Path(__file__).resolve().parent.parent / "systemd"
 UNIT = SYSTEMD_DIR / "mailbot.service"
 SYSUSERS = SYSTEMD_DIR / "mailbot.sysusers"
 TMPFILES = SYSTEMD_DIR / "mailbot.tmpfiles"
+VENV_DROP_IN = SYSTEMD_DIR / "mailbot-venv.conf"
+EXAMPLE_CONFIG = SYSTEMD_DIR / "config.toml"
+README = SYSTEMD_DIR.parent / "README.md"
+VENV_MAILBOT = "/opt/mailbot/bin/mailbot"
 
 HARDENING = {
     "NoNewPrivileges": "yes",
@@ -104,6 +109,49 @@ class TestUnitDirectives:
         assert parse_unit()["Install"]["WantedBy"] == "multi-user.target"
 
 
+def directives(text: str) -> list[str]:
+    """The lines of a unit file or drop-in that are not comments or blank."""
+    return [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith(("#", ";"))]
+
+
+def readme_drop_in() -> list[str]:
+    """The drop-in README shows for `systemctl edit mailbot` (the ini block that starts with [Service])."""
+    blocks = re.findall(r"```ini\n(.*?)```", README.read_text(encoding="utf-8"), re.DOTALL)
+    [block] = [b for b in blocks if b.startswith("[Service]")]
+    return directives(block)
+
+
+class TestPathsAgree:
+    """README, the unit, its drop-in and the example configuration name the same places."""
+
+    def test_readme_shows_the_shipped_drop_in(self) -> None:
+        assert readme_drop_in() == directives(VENV_DROP_IN.read_text(encoding="utf-8"))
+
+    def test_drop_in_resets_then_runs_the_units_commands_from_the_venv(self) -> None:
+        lines = directives(VENV_DROP_IN.read_text(encoding="utf-8"))
+        unit = {key: value.replace("/usr/bin/mailbot", VENV_MAILBOT) for key, value in parse_unit()["Service"].items()}
+        assert lines == ["[Service]", "ExecStartPre=", f"ExecStartPre={unit['ExecStartPre']}",
+                         "ExecStart=", f"ExecStart={unit['ExecStart']}"]
+
+    def test_readme_installs_where_the_unit_looks(self) -> None:
+        readme = README.read_text(encoding="utf-8")
+        service = parse_unit()["Service"]
+        assert f"python3 -m venv {VENV_MAILBOT.removesuffix('/bin/mailbot')} " in readme
+        config_path = service["Environment"].removeprefix("MAILBOT_CONFIG=")
+        assert f"systemd/config.toml {config_path}" in readme
+        credentials = set(re.findall(r"/etc/credstore/([\w.-]+)", readme))
+        assert credentials and credentials <= set(all_values("LoadCredential"))
+
+    def test_example_config_uses_the_units_state_and_credentials(self) -> None:
+        import tomllib
+
+        config = tomllib.loads(EXAMPLE_CONFIG.read_text(encoding="utf-8"))
+        state = f"/var/lib/{parse_unit()['Service']['StateDirectory']}/"
+        assert config["database"]["url"].startswith(f"sqlite:///{state}")
+        key = Path(config["outbound"]["dkim"]["private_key_file"])
+        assert key.parent == Path("/run/credentials/mailbot.service") and key.name in all_values("LoadCredential")
+
+
 def _systemd_analyze() -> str:
     tool = shutil.which("systemd-analyze")
     if tool is None:
@@ -128,6 +176,21 @@ class TestSystemdTools:
             [_systemd_analyze(), "verify", str(checkable_unit)], capture_output=True, text=True, check=False
         )
         assert (result.returncode, result.stderr.strip()) == (0, "")
+
+    def test_venv_drop_in_is_accepted(self, tmp_path: Path) -> None:
+        """The README's drop-in, beside the unit, passes verify; without its empty ExecStart= it would not."""
+        unit_text = UNIT.read_text(encoding="utf-8").replace("/usr/bin/mailbot", sys.executable)
+        drop_in = VENV_DROP_IN.read_text(encoding="utf-8").replace(VENV_MAILBOT, sys.executable)
+        (tmp_path / UNIT.name).write_text(unit_text)
+        (tmp_path / f"{UNIT.name}.d").mkdir()
+        results = []
+        for text in (drop_in, drop_in.replace("ExecStart=\n", "")):
+            (tmp_path / f"{UNIT.name}.d" / "venv.conf").write_text(text)
+            results.append(subprocess.run([_systemd_analyze(), "verify", str(tmp_path / UNIT.name)],
+                                          capture_output=True, text=True, check=False))
+        accepted, refused = results
+        assert (accepted.returncode, accepted.stderr.strip()) == (0, "")
+        assert refused.returncode != 0 and "more than one ExecStart=" in refused.stderr
 
     def test_security_exposure_stays_low(self, checkable_unit: Path) -> None:
         """The offline sandbox score stays at or under 2.0 of 10 ("OK"); a dropped directive raises it."""

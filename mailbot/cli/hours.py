@@ -6,7 +6,6 @@ import argparse
 from datetime import datetime
 from typing import Any
 
-from mailbot.config import parse_duration
 from mailbot.errors import RefusedError
 
 
@@ -20,6 +19,8 @@ def register(commands: Any) -> None:
 
 
 def cmd_deadline(args: argparse.Namespace, context: Any) -> int:
+    from mailbot.config import parse_duration
+
     try:
         start = datetime.fromisoformat(args.start)
     except ValueError:

@@ -1,4 +1,4 @@
-"""parse, ingest, and the failed-ingest queue (inbound list / retry)."""
+"""parse and ingest: one raw message from a file or a pipe."""
 
 from __future__ import annotations
 
@@ -8,10 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mailbot.cli import ops
-from mailbot.errors import RefusedError
-from mailbot.parse import UnparseableMessage, parse
-from mailbot.store import inbound as inbound_store
+from mailbot.errors import ConfigError, RefusedError, TransientError
 
 
 def register(commands: Any) -> None:
@@ -22,15 +19,6 @@ def register(commands: Any) -> None:
     i.add_argument("file", metavar="FILE|-")
     i.add_argument("--sender", help="the envelope sender (default: none)")
     i.set_defaults(handler=cmd_ingest)
-    inbound = commands.add_parser("inbound", help="messages that failed to ingest: inspect and retry")
-    sub = inbound.add_subparsers(dest="inbound_command", metavar="COMMAND", required=True)
-    failed = sub.add_parser("failed", help="list messages whose ingest failed")
-    failed.add_argument("--json", action="store_true")
-    failed.set_defaults(handler=cmd_failed)
-    retry = sub.add_parser("retry", help="put failed messages back in the queue and process them")
-    retry.add_argument("ids", nargs="*", type=int, metavar="ID")
-    retry.set_defaults(handler=cmd_retry)
-    ops.register_inbound(sub)
 
 
 def read_input(name: str) -> bytes:
@@ -43,6 +31,8 @@ def read_input(name: str) -> bytes:
 
 
 def cmd_parse(args: argparse.Namespace, context: Any) -> int:
+    from mailbot.parse import UnparseableMessage, parse
+
     raw = read_input(args.file)
     try:
         parsed = parse(raw)
@@ -53,37 +43,19 @@ def cmd_parse(args: argparse.Namespace, context: Any) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace, context: Any) -> int:
+    from mailbot.store import inbound as inbound_store
+    from mailbot.store.problems import lasting_problem
+
     raw = read_input(args.file)
-    app = context.app
-    [inbound_id] = app.db.call(
-        inbound_store.insert_many, [inbound_store.RawMessage(raw, "cli", args.sender, ())], app.clock.now()
-    )
+    try:
+        app = context.app
+        [inbound_id] = app.db.call(
+            inbound_store.insert_many, [inbound_store.RawMessage(raw, "cli", args.sender, ())], app.clock.now()
+        )
+    except (ConfigError, TransientError) as exc:
+        # An MTA pipes mail in: whatever keeps it from being stored, even a mistake in the setup, the MTA must
+        # keep the message and retry (exit 75), never bounce it (exit 1).
+        raise TransientError(lasting_problem(exc) or str(exc)) from None
     outcome = app.processor.process_one(inbound_id)
     print(json.dumps(outcome.to_json()))
-    return 0
-
-
-def cmd_failed(args: argparse.Namespace, context: Any) -> int:
-    rows = context.app.db.call(
-        lambda s: [
-            {"id": r.id, "received_at": r.received_at.isoformat(), "source": r.source,
-             "envelope_from": r.envelope_from, "size": r.size, "error": r.error}
-            for r in inbound_store.failed(s)
-        ]
-    )
-    if args.json:
-        print(json.dumps(rows, indent=2))
-    else:
-        for row in rows:
-            print(f"{row['id']:>6}  {row['received_at'][:19]}  {row['source']:<6} {row['error']}")
-    return 0
-
-
-def cmd_retry(args: argparse.Namespace, context: Any) -> int:
-    app = context.app
-    count = app.db.call(inbound_store.retry_failed, args.ids)
-    outcomes = app.processor.run_once() if count else []
-    for outcome in outcomes:
-        print(json.dumps(outcome.to_json()))
-    print(f"{count} message(s) retried", file=sys.stderr)
     return 0

@@ -5,21 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.orm import Session
-
+from mailbot.cli import group
 from mailbot.errors import RefusedError
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 
 def register(commands: Any) -> None:
     status = commands.add_parser("status", help="inbound backlog, outbox, tickets by status, SLA at a glance")
     status.add_argument("--json", action="store_true")
     status.set_defaults(handler=cmd_status)
-
-
-def register_inbound(sub: Any) -> None:
-    """`inbound show`, beside the other `inbound` commands (mailbot.cli.mail)."""
+    sub = group(commands, "inbound", "stored messages the intake could not handle: inspect, retry, discard")
     show = sub.add_parser("show", help="what the intake did with one stored message and why, step by step")
     show.add_argument("id", type=int)
     show.add_argument("--json", action="store_true")

@@ -8,19 +8,21 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy.orm import Session
-
+from mailbot.cli.output import add_json_flag, dump, report, table
 from mailbot.errors import RefusedError
 from mailbot.plans import Plan, Product
-from mailbot.store import registry
-from mailbot.store.registry import KEEP, ContactRow, DateChange, ImportRefused
+
+if TYPE_CHECKING:  # the store is imported by the handlers that use it (mailbot.cli: start-up time)
+    from sqlalchemy.orm import Session
+
+    from mailbot.store import registry
+    from mailbot.store.registry import ContactRow, DateChange
 
 E = TypeVar("E", Product, Plan)
 IMPORT_COLUMNS = ("email", "org", "name", "school")
@@ -34,6 +36,7 @@ def register(commands: Any) -> None:
     add = school_sub.add_parser("add", help="a school of a district")
     add.add_argument("org", metavar="ORG")
     add.add_argument("name", metavar="NAME")
+    add_json_flag(add)
     add.set_defaults(handler=cmd_school_add)
     _register_contact(commands)
     _register_specialist(commands)
@@ -48,9 +51,10 @@ def _register_org(commands: Any) -> None:
     add.add_argument("--plan", required=True, metavar=_choices(Plan))
     add.add_argument("--valid-from", metavar="DATE", help="first day of the plan (YYYY-MM-DD)")
     add.add_argument("--valid-until", metavar="DATE", help="last day of the plan (YYYY-MM-DD)")
+    add_json_flag(add)
     add.set_defaults(handler=cmd_org_add)
     listing = sub.add_parser("list", help="organizations, plans and contact counts")
-    listing.add_argument("--json", action="store_true")
+    add_json_flag(listing)
     listing.set_defaults(handler=cmd_org_list)
     change = sub.add_parser("set", help="change an organization's plan, validity or status")
     change.add_argument("org", metavar="ORG")
@@ -61,6 +65,7 @@ def _register_org(commands: Any) -> None:
     status = change.add_mutually_exclusive_group()
     status.add_argument("--suspended", dest="suspended", action="store_true", default=None)
     status.add_argument("--active", dest="suspended", action="store_false")
+    add_json_flag(change)
     change.set_defaults(handler=cmd_org_set)
 
 
@@ -72,16 +77,19 @@ def _register_contact(commands: Any) -> None:
     add.add_argument("--org", required=True, metavar="ORG")
     add.add_argument("--name", default="")
     add.add_argument("--school", metavar="SCHOOL", help="a school of the district (District Gold only)")
+    add_json_flag(add)
     add.set_defaults(handler=cmd_contact_add)
     remove = sub.add_parser("remove", help="remove a named contact")
     remove.add_argument("email", metavar="EMAIL")
+    add_json_flag(remove)
     remove.set_defaults(handler=cmd_contact_remove)
     listing = sub.add_parser("list", help="named contacts")
     listing.add_argument("--org", metavar="ORG")
-    listing.add_argument("--json", action="store_true")
+    add_json_flag(listing)
     listing.set_defaults(handler=cmd_contact_list)
     load = sub.add_parser("import", help="contacts from a CSV file (email,org,name,school): all rows or none")
     load.add_argument("file", metavar="FILE.csv")
+    add_json_flag(load)
     load.set_defaults(handler=cmd_contact_import)
 
 
@@ -91,15 +99,18 @@ def _register_specialist(commands: Any) -> None:
     add = sub.add_parser("add", help="a Product Support Specialist")
     add.add_argument("email", metavar="EMAIL")
     add.add_argument("--name", required=True)
+    add_json_flag(add)
     add.set_defaults(handler=cmd_specialist_add)
     listing = sub.add_parser("list", help="the specialists")
-    listing.add_argument("--json", action="store_true")
+    add_json_flag(listing)
     listing.set_defaults(handler=cmd_specialist_list)
     away = sub.add_parser("away", help="skip a specialist in automatic assignment")
     away.add_argument("email", metavar="EMAIL")
+    add_json_flag(away)
     away.set_defaults(handler=cmd_specialist_active, active=False)
     back = sub.add_parser("back", help="include a specialist in automatic assignment again")
     back.add_argument("email", metavar="EMAIL")
+    add_json_flag(back)
     back.set_defaults(handler=cmd_specialist_active, active=True)
 
 
@@ -107,11 +118,13 @@ def _register_specialist(commands: Any) -> None:
 
 
 def cmd_org_add(args: argparse.Namespace, context: Any) -> int:
+    from mailbot.store import registry
+
     product, plan = _enum(Product, args.product, "--product"), _enum(Plan, args.plan, "--plan")
     valid_from, valid_until = _date(args.valid_from, "--valid-from"), _date(args.valid_until, "--valid-until")
     app = context.app
 
-    def add(session: Session) -> str:
+    def add(session: Session) -> dict[str, Any]:
         org = registry.add_org(
             session,
             args.name,
@@ -121,27 +134,36 @@ def cmd_org_add(args: argparse.Namespace, context: Any) -> int:
             valid_until=valid_until,
             now=app.clock.now(),
         )
-        return _org_line(org.id, org.name, org.product, org.plan, org.valid_from, org.valid_until)
+        session.flush()  # the id
+        return _org_json(org)
 
-    print(f"added organization {app.db.call(add)}")
+    org = app.db.call(add)
+    report(args, org, f"added organization {_org_line(org)}")
     return 0
 
 
 def cmd_org_list(args: argparse.Namespace, context: Any) -> int:
+    from mailbot.store import registry
+
     orgs = context.app.db.call(registry.org_summaries)
     if args.json:
-        print(json.dumps([org.to_json() for org in orgs], indent=2, ensure_ascii=False))
+        dump([org.to_json() for org in orgs])
         return 0
+    rows: list[tuple[object, ...]] = []
     for org in orgs:
-        status = " SUSPENDED" if org.suspended else ""
-        line = _org_line(org.id, org.name, org.product, org.plan, org.valid_from, org.valid_until)
-        print(f"{line}; contacts {org.contacts}/{org.contact_limit}{status}")
+        period = f"{org.valid_from or 'any time'} to {org.valid_until or 'no end'}"
+        status = "suspended" if org.suspended else "active"
+        rows.append((org.id, org.name, org.product, org.plan, period, f"{org.contacts}/{org.contact_limit}", status))
         for school in org.schools:
-            print(f"      school {school.name}: contacts {school.contacts}/{org.school_contact_limit}")
+            rows.append(("", f"  school {school.name}", "", "", "", f"{school.contacts}/{org.school_contact_limit}", ""))
+    table(("ID", "NAME", "PRODUCT", "PLAN", "VALID", "CONTACTS", "STATUS"), rows)
     return 0
 
 
 def cmd_org_set(args: argparse.Namespace, context: Any) -> int:
+    from mailbot.store import registry
+    from mailbot.store.registry import KEEP
+
     product = _enum(Product, args.product, "--product") if args.product else None
     plan = _enum(Plan, args.plan, "--plan") if args.plan else None
     valid_from = _date_change(args.valid_from, "--valid-from")
@@ -157,7 +179,7 @@ def cmd_org_set(args: argparse.Namespace, context: Any) -> int:
             "nothing to change: give --plan, --product, --valid-from, --valid-until, --suspended or --active"
         )
 
-    def change(session: Session) -> str:
+    def change(session: Session) -> dict[str, Any]:
         org = registry.update_org(
             session,
             registry.find_org(session, args.org, lock=True),
@@ -167,20 +189,24 @@ def cmd_org_set(args: argparse.Namespace, context: Any) -> int:
             valid_until=valid_until,
             suspended=args.suspended,
         )
-        status = " SUSPENDED" if org.suspended else ""
-        return _org_line(org.id, org.name, org.product, org.plan, org.valid_from, org.valid_until) + status
+        return _org_json(org)
 
-    print(f"changed organization {context.app.db.call(change)}")
+    org = context.app.db.call(change)
+    report(args, org, f"changed organization {_org_line(org)}" + (" SUSPENDED" if org["suspended"] else ""))
     return 0
 
 
 def cmd_school_add(args: argparse.Namespace, context: Any) -> int:
-    def add(session: Session) -> str:
+    from mailbot.store import registry
+
+    def add(session: Session) -> dict[str, Any]:
         org = registry.find_org(session, args.org, lock=True)
         school = registry.add_school(session, org, args.name)
-        return f"{school.name} of {org.name}"
+        session.flush()
+        return {"id": school.id, "name": school.name, "organization_id": org.id, "organization": org.name}
 
-    print(f"added school {context.app.db.call(add)}")
+    school = context.app.db.call(add)
+    report(args, school, f"added school {school['name']} of {school['organization']}")
     return 0
 
 
@@ -188,42 +214,59 @@ def cmd_school_add(args: argparse.Namespace, context: Any) -> int:
 
 
 def cmd_contact_add(args: argparse.Namespace, context: Any) -> int:
+    from mailbot.store import registry
+
     app = context.app
 
-    def add(session: Session) -> str:
+    def add(session: Session) -> dict[str, Any]:
         org = registry.find_org(session, args.org, lock=True)
         contact = registry.add_contact(
             session, args.email, org=org, name=args.name, school=args.school, now=app.clock.now()
         )
-        return f"{contact.address} to {org.name}" + (f" (school {args.school})" if args.school else "")
+        session.flush()
+        return {"id": contact.id, "address": contact.address, "name": contact.name, "organization": org.name,
+                "school": args.school}
 
-    print(f"added contact {app.db.call(add)}")
+    contact = app.db.call(add)
+    school = f" (school {contact['school']})" if contact["school"] else ""
+    report(args, contact, f"added contact {contact['address']} to {contact['organization']}{school}")
     return 0
 
 
 def cmd_contact_remove(args: argparse.Namespace, context: Any) -> int:
+    from mailbot.store import registry
+
     address = context.app.db.call(lambda s: registry.remove_contact(s, args.email).address)
-    print(f"removed contact {address}")
+    report(args, {"address": address, "removed": True}, f"removed contact {address}")
     return 0
 
 
 def cmd_contact_list(args: argparse.Namespace, context: Any) -> int:
+    from mailbot.store import registry
+
     def listing(session: Session) -> list[registry.ContactSummary]:
         org = registry.find_org(session, args.org) if args.org else None
         return registry.contact_summaries(session, org)
 
     contacts = context.app.db.call(listing)
     if args.json:
-        print(json.dumps([c.to_json() for c in contacts], indent=2, ensure_ascii=False))
+        dump([c.to_json() for c in contacts])
         return 0
-    for c in contacts:
-        scope = f"school {c.school}" if c.school else "organization"
-        flag = "  OVER THE PLAN'S LIMIT" if c.over_limit else ""
-        print(f"{c.address:<40} {c.name[:30]:<30} {c.organization} ({scope}){flag}")
+    table(
+        ("ADDRESS", "NAME", "ORGANIZATION", "SCOPE", "LIMIT"),
+        (
+            (c.address, c.name[:30], c.organization, f"school {c.school}" if c.school else "organization",
+             "OVER THE PLAN'S LIMIT" if c.over_limit else "ok")
+            for c in contacts
+        ),
+    )
     return 0
 
 
 def cmd_contact_import(args: argparse.Namespace, context: Any) -> int:
+    from mailbot.store import registry
+    from mailbot.store.registry import ImportRefused
+
     rows, problems = read_contact_rows(Path(args.file))
     app = context.app
 
@@ -245,7 +288,7 @@ def cmd_contact_import(args: argparse.Namespace, context: Any) -> int:
         raise RefusedError(
             f"{args.file}: {lines} row(s) refused, nothing imported (an import applies all its rows or none)"
         ) from None
-    print(f"imported {count} contact(s) from {args.file}")
+    report(args, {"imported": count, "file": args.file}, f"imported {count} contact(s) from {args.file}")
     return 0
 
 
@@ -255,6 +298,8 @@ def read_contact_rows(path: Path) -> tuple[list[ContactRow], list[tuple[int, str
     Returns the well-formed rows and the (line, reason) of each malformed one; a file that cannot be
     read, or whose header is wrong, is refused outright.
     """
+    from mailbot.store.registry import ContactRow
+
     try:
         with path.open(encoding="utf-8-sig", newline="") as handle:  # utf-8-sig: spreadsheets write a BOM
             records = list(_records(csv.reader(handle)))
@@ -303,15 +348,23 @@ def _records(reader: Any) -> Iterator[tuple[int, list[str]]]:
 
 
 def cmd_specialist_add(args: argparse.Namespace, context: Any) -> int:
+    from mailbot.store import registry
+
     app = context.app
-    address = app.db.call(
-        lambda s: registry.add_specialist(s, args.email, args.name, app.clock.now()).address
-    )
-    print(f"added specialist {address}")
+
+    def add(session: Session) -> dict[str, Any]:
+        specialist = registry.add_specialist(session, args.email, args.name, app.clock.now())
+        session.flush()
+        return {"id": specialist.id, "address": specialist.address, "name": specialist.name, "active": True}
+
+    specialist = app.db.call(add)
+    report(args, specialist, f"added specialist {specialist['address']}")
     return 0
 
 
 def cmd_specialist_list(args: argparse.Namespace, context: Any) -> int:
+    from mailbot.store import registry
+
     rows = context.app.db.call(
         lambda s: [
             {
@@ -324,18 +377,26 @@ def cmd_specialist_list(args: argparse.Namespace, context: Any) -> int:
         ]
     )
     if args.json:
-        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        dump(rows)
         return 0
-    for row in rows:
-        print(f"{row['address']:<40} {row['name'][:30]:<30} {'active' if row['active'] else 'away'}")
+    table(
+        ("ADDRESS", "NAME", "STATUS", "LAST ASSIGNED"),
+        (
+            (row["address"], row["name"][:30], "active" if row["active"] else "away", row["last_assigned_at"] or "-")
+            for row in rows
+        ),
+    )
     return 0
 
 
 def cmd_specialist_active(args: argparse.Namespace, context: Any) -> int:
+    from mailbot.store import registry
+
     address = context.app.db.call(
         lambda s: registry.set_specialist_active(s, args.email, args.active).address
     )
-    print(f"specialist {address} is {'back' if args.active else 'away'}")
+    report(args, {"address": address, "active": args.active},
+           f"specialist {address} is {'back' if args.active else 'away'}")
     return 0
 
 
@@ -363,6 +424,8 @@ def _date(value: str | None, option: str) -> date | None:
 
 
 def _date_change(value: str | None, option: str) -> DateChange:
+    from mailbot.store.registry import KEEP
+
     if value is None:
         return KEEP
     if value.strip().lower() == "none":
@@ -370,8 +433,15 @@ def _date_change(value: str | None, option: str) -> DateChange:
     return _date(value, option)
 
 
-def _org_line(
-    org_id: int, name: str, product: str, plan: str, valid_from: date | None, valid_until: date | None
-) -> str:
-    period = f"{valid_from or 'any time'} to {valid_until or 'no end'}"
-    return f"{org_id} {name}: product {product}, plan {plan}, valid {period}"
+def _org_json(org: Any) -> dict[str, Any]:
+    return {
+        "id": org.id, "name": org.name, "product": org.product, "plan": org.plan,
+        "valid_from": org.valid_from.isoformat() if org.valid_from else None,
+        "valid_until": org.valid_until.isoformat() if org.valid_until else None,
+        "suspended": bool(org.suspended),
+    }
+
+
+def _org_line(org: dict[str, Any]) -> str:
+    period = f"{org['valid_from'] or 'any time'} to {org['valid_until'] or 'no end'}"
+    return f"{org['id']} {org['name']}: product {org['product']}, plan {org['plan']}, valid {period}"

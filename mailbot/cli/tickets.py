@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.orm import Session
-
-from mailbot import sla
+from mailbot.cli.output import add_json_flag, report
 from mailbot.errors import RefusedError
-from mailbot.store import outbox as outbox_store
-from mailbot.store import sla as sla_store
-from mailbot.store import tickets as ticket_store
-from mailbot.store.schema import Organization, OutboxItem, Ticket
-from mailbot.views import ticket_json
+
+if TYPE_CHECKING:  # the store is imported by the handlers that use it (mailbot.cli: start-up time)
+    from sqlalchemy.orm import Session
+
+    from mailbot.store.schema import Ticket
 
 STATUSES = ("new", "open", "held", "resolved")
 
@@ -34,18 +31,26 @@ def register(commands: Any) -> None:
     show.set_defaults(handler=cmd_show)
     release = sub.add_parser("release", help="a held ticket enters the normal flow (confirmation, introduction)")
     release.add_argument("id", type=int)
+    add_json_flag(release)
     release.set_defaults(handler=cmd_release)
     assign = sub.add_parser("assign", help="a specialist claims a ticket: the introduction goes out now")
     assign.add_argument("id", type=int)
     assign.add_argument("email", help="the specialist's address (see `mailbot specialist list`)")
+    add_json_flag(assign)
     assign.set_defaults(handler=cmd_assign)
     resolve = sub.add_parser("resolve", help="the ticket is resolved and the customer is told")
     resolve.add_argument("id", type=int)
     resolve.add_argument("--note", default="", help="what was done, for the customer (in the resolution mail)")
+    add_json_flag(resolve)
     resolve.set_defaults(handler=cmd_resolve)
 
 
 def _json(session: Session, ticket: Any, messages: bool) -> dict[str, Any]:
+    from mailbot.store import outbox as outbox_store
+    from mailbot.store import tickets as ticket_store
+    from mailbot.store.schema import Organization
+    from mailbot.views import ticket_json
+
     organization = session.get(Organization, ticket.organization_id) if ticket.organization_id else None
     return ticket_json(
         ticket,
@@ -57,6 +62,10 @@ def _json(session: Session, ticket: Any, messages: bool) -> dict[str, Any]:
 
 
 def cmd_list(args: argparse.Namespace, context: Any) -> int:
+    from mailbot import sla
+    from mailbot.store import sla as sla_store
+    from mailbot.store import tickets as ticket_store
+
     zone = context.app.hours.zone
 
     def load(session: Session) -> list[tuple[dict[str, Any], str]]:
@@ -98,6 +107,8 @@ def cmd_show(args: argparse.Namespace, context: Any) -> int:
 
 
 def existing(session: Session, ticket_id: int) -> Ticket:
+    from mailbot.store import tickets as ticket_store
+
     ticket = ticket_store.get(session, ticket_id)
     if ticket is None:
         raise RefusedError(f"no ticket {ticket_id}")
@@ -108,15 +119,16 @@ def cmd_release(args: argparse.Namespace, context: Any) -> int:
     app = context.app
     workflow = app.workflow  # built outside the transaction: it reads the site's secret from the database
 
-    def release(session: Session) -> str:
+    def release(session: Session) -> dict[str, Any]:
         ticket = existing(session, args.id)
         workflow.release(session, ticket, app.clock.now())
-        if ticket.confirmation_due_at is None:
-            return f"no confirmation ({ticket.auto_reply_refused})"
-        return "the confirmation is queued"
+        queued = ticket.confirmation_due_at is not None
+        return {"ticket": ticket.id, "status": ticket.status, "confirmation": "queued" if queued else "none",
+                "detail": None if queued else ticket.auto_reply_refused}
 
-    outcome = app.db.call(release)
-    print(f"released ticket {args.id}: its clock has started; {outcome}")
+    result = app.db.call(release)
+    outcome = "the confirmation is queued" if result["detail"] is None else f"no confirmation ({result['detail']})"
+    report(args, result, f"released ticket {args.id}: its clock has started; {outcome}")
     return 0
 
 
@@ -127,22 +139,33 @@ def cmd_assign(args: argparse.Namespace, context: Any) -> int:
     app = context.app
     claim = app.sla.claim(args.id, args.email)
     who = f"{claim.name} <{claim.address}>"
+    result: dict[str, Any] = {"ticket": claim.ticket_id, "specialist": claim.address, "previous": claim.previous}
     if claim.previous == claim.address:
-        print(f"ticket {claim.ticket_id} is already assigned to {who}")
+        report(args, {**result, "introduction": "none"}, f"ticket {claim.ticket_id} is already assigned to {who}")
         return 0
     if claim.introduction_id is None:
-        print(f"ticket {claim.ticket_id} assigned to {who}; the customer was introduced before and is not again")
+        report(args, {**result, "introduction": "none"},
+               f"ticket {claim.ticket_id} assigned to {who}; the customer was introduced before and is not again")
         return 0
-    asyncio.run(app.sender.drain())
-    item = app.db.call(lambda s: s.get_one(OutboxItem, claim.introduction_id))
-    if item.status == "sent":
-        print(f"ticket {claim.ticket_id} assigned to {who}; introduction sent")
+    status, error = _send_now(app, claim.introduction_id)
+    if status == "sent":
+        prose = f"ticket {claim.ticket_id} assigned to {who}; introduction sent"
     else:
-        print(
-            f"ticket {claim.ticket_id} assigned to {who}; introduction queued, not sent yet "
-            f"({item.last_error or 'not attempted'}): the daemon keeps trying"
-        )
+        prose = (f"ticket {claim.ticket_id} assigned to {who}; introduction queued, not sent yet "
+                 f"({error or 'not attempted'}): the daemon keeps trying")
+    report(args, {**result, "introduction": status, "error": error}, prose)
     return 0
+
+
+def _send_now(app: Any, item_id: int) -> tuple[str, str | None]:
+    """Run the sender once; "sent", or "queued" with the relay's last error."""
+    import asyncio
+
+    from mailbot.store.schema import OutboxItem
+
+    asyncio.run(app.sender.drain())
+    item = app.db.call(lambda s: s.get_one(OutboxItem, item_id))
+    return ("sent", None) if item.status == "sent" else ("queued", item.last_error)
 
 
 def cmd_resolve(args: argparse.Namespace, context: Any) -> int:
@@ -156,9 +179,8 @@ def cmd_resolve(args: argparse.Namespace, context: Any) -> int:
         session.flush()
         return item.id
 
-    item_id = app.db.call(resolve)
-    asyncio.run(app.sender.drain())
-    item = app.db.call(lambda s: s.get_one(OutboxItem, item_id))
-    told = "the customer was told" if item.status == "sent" else "the resolution mail is queued: the daemon sends it"
-    print(f"resolved ticket {args.id}; {told}")
+    status, error = _send_now(app, app.db.call(resolve))
+    told = "the customer was told" if status == "sent" else "the resolution mail is queued: the daemon sends it"
+    report(args, {"ticket": args.id, "status": "resolved", "resolution": status, "error": error},
+           f"resolved ticket {args.id}; {told}")
     return 0

@@ -13,21 +13,24 @@ import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailbot.errors import ConfigError, TransientStoreError
+from mailbot.store.problems import describe, lasting_problem
+
+if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
 
 T = TypeVar("T")
 log = logging.getLogger("mailbot.store")
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+# pg_advisory_xact_lock's key for schema migrations: any constant other software on the database does not use.
+MIGRATION_LOCK = 0x6D61696C626F74  # "mailbot"
+UPGRADE_WAIT_MS = 10 * 60 * 1000  # another host's migration may take minutes; systemd's start timeout bounds it
 
 
 def _sqlite_pragmas(lock_timeout: float) -> Callable[[Any, Any], None]:
@@ -63,6 +66,7 @@ def make_engine(url: str, lock_timeout: float = 10.0) -> Engine:
 class Database:
     def __init__(self, url: str, *, lock_timeout: float = 10.0, threads: int | None = None) -> None:
         self.url = url
+        self.lock_timeout = lock_timeout
         self.engine = make_engine(url, lock_timeout)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         # SQLite has one writer at a time: one worker thread serializes writes without lock contention.
@@ -83,7 +87,7 @@ class Database:
             with self.sessions.begin() as session:
                 yield session
         except (OperationalError, DBAPIError) as exc:
-            raise TransientStoreError(f"database unavailable: {type(exc.orig or exc).__name__}") from exc
+            raise TransientStoreError(f"database unavailable: {describe(exc)}") from exc
 
     def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run fn(session, *args) in one transaction (synchronously)."""
@@ -101,32 +105,71 @@ class Database:
         return await loop.run_in_executor(self._executor, lambda: fn(*args))
 
     def _alembic(self) -> AlembicConfig:
+        from alembic.config import Config as AlembicConfig  # alembic: only to migrate or check the schema
+
         cfg = AlembicConfig()
         cfg.set_main_option("script_location", str(MIGRATIONS))
         return cfg
 
-    def upgrade(self) -> None:
-        """Create or migrate the schema to the newest revision (alembic)."""
+    def upgrade(self) -> str:
+        """Create or migrate the schema to the newest revision (alembic), safely from several hosts at once;
+        returns that revision.
+
+        Two hosts booting together both run the unit's ExecStartPre: the migration runs in one transaction
+        under a lock, so the second waits for the first, then finds the schema current. PostgreSQL: a
+        transaction-level advisory lock; SQLite: its own write lock, taken at BEGIN (BEGIN IMMEDIATE).
+        """
+        from alembic import command
+        from alembic.script import ScriptDirectory
+
         cfg = self._alembic()
         try:
-            with self.engine.begin() as connection:
+            with self.engine.connect() as connection, self._patient(connection), connection.begin():
+                if not self.is_sqlite:
+                    connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
                 cfg.attributes["connection"] = connection
                 command.upgrade(cfg, "head")
         except (OperationalError, DBAPIError) as exc:
-            raise TransientStoreError(f"database unavailable: {exc.orig or exc}") from exc
+            raise self._failure(exc) from exc
+        return str(ScriptDirectory.from_config(cfg).get_current_head())
+
+    @contextlib.contextmanager
+    def _patient(self, connection: Connection) -> Iterator[None]:
+        """SQLite: wait up to UPGRADE_WAIT_MS for the write lock (set before BEGIN, whose wait it is), then
+        give the pooled connection back with its usual timeout."""
+        if not self.is_sqlite:
+            yield
+            return
+        driver = connection.connection.driver_connection
+        assert driver is not None
+        driver.execute(f"PRAGMA busy_timeout={UPGRADE_WAIT_MS}")
+        try:
+            yield
+        finally:
+            driver.execute(f"PRAGMA busy_timeout={int(self.lock_timeout * 1000)}")
 
     def check_current(self) -> None:
-        """Refuse to serve on a schema older (or newer) than this code."""
+        """Refuse to serve on a schema older (or newer) than this code, or on a database that is not there."""
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
+
         head = ScriptDirectory.from_config(self._alembic()).get_current_head()
         try:
             with self.engine.connect() as connection:
                 current = MigrationContext.configure(connection).get_current_revision()
         except (OperationalError, DBAPIError) as exc:
-            raise TransientStoreError(f"database unavailable: {exc.orig or exc}") from exc
+            raise self._failure(exc) from exc
         if current != head:
             raise ConfigError(
                 f"database schema is at {current or 'nothing'}, this mailbot needs {head}: run `mailbot db upgrade`"
             )
+
+    @staticmethod
+    def _failure(exc: DBAPIError) -> ConfigError | TransientStoreError:
+        """A set-up mistake is refused for good (exit 1); anything else may pass (exit 75, a restart)."""
+        if (problem := lasting_problem(exc)) is not None:
+            return ConfigError(problem)
+        return TransientStoreError(f"database unavailable: {describe(exc)}")
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)

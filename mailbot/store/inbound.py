@@ -10,7 +10,6 @@ from typing import Any, cast
 
 from sqlalchemy import (
     Connection,
-    CursorResult,
     Table,
     and_,
     bindparam,
@@ -134,14 +133,36 @@ def get(session: Session, inbound_id: int, *, lock: bool = False) -> InboundMess
     return session.get(InboundMessage, inbound_id, with_for_update=lock)
 
 
+# A failed message stays failed until a person retries it or discards it; a discarded one is kept with its
+# bytes and its error (`mailbot inbound raw`, `inbound failed --discarded`) and may still be retried.
+RETRYABLE = ("failed", "discarded")
+
+
 def retry_failed(session: Session, ids: Sequence[int] = ()) -> int:
-    """Put failed messages back in the queue (all of them, or the ids given)."""
-    statement = update(InboundMessage).where(InboundMessage.status == "failed")
+    """Put failed messages back in the queue (all failed ones, or the failed or discarded ids given)."""
+    return len(requeue(session, ids))
+
+
+def requeue(session: Session, ids: Sequence[int] = ()) -> list[int]:
+    """Like retry_failed; returns the ids put back, in order."""
+    statement = update(InboundMessage)
     if ids:
-        statement = statement.where(InboundMessage.id.in_(ids))
-    result = session.execute(statement.values(status="pending", claimed_until=None, error=None))
-    return cast(CursorResult[Any], result).rowcount
+        statement = statement.where(InboundMessage.id.in_(ids), InboundMessage.status.in_(RETRYABLE))
+    else:
+        statement = statement.where(InboundMessage.status == "failed")
+    result = session.execute(
+        statement.values(status="pending", claimed_until=None, error=None).returning(InboundMessage.id)
+    )
+    return sorted(result.scalars())
 
 
-def failed(session: Session) -> list[InboundMessage]:
-    return list(session.scalars(select(InboundMessage).where(InboundMessage.status == "failed").order_by(InboundMessage.id)))
+def discard(session: Session, row: InboundMessage, now: datetime) -> None:
+    """A failed message set aside: kept with its bytes and error, no longer listed as failed nor retried
+    by a plain `inbound retry`."""
+    row.status, row.processed_at = "discarded", now
+
+
+def failed(session: Session, status: str = "failed") -> list[InboundMessage]:
+    """The failed messages (or, with status="discarded", those set aside), oldest first."""
+    statement = select(InboundMessage).where(InboundMessage.status == status).order_by(InboundMessage.id)
+    return list(session.scalars(statement))

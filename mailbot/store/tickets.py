@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import bindparam, exists, func, select, text
 from sqlalchemy.orm import Session, selectinload
 
-from mailbot.parse import Attachment as ParsedAttachment
 from mailbot.store.schema import Attachment, Blob, Specialist, Ticket, TicketMessage
+
+if TYPE_CHECKING:  # a type only: `ticket list` need not load the mail parser
+    from mailbot.parse import Attachment as ParsedAttachment
 
 _LAST_ID = select(func.max(Ticket.id))
 _NEXT_ID_POSTGRESQL = text("SELECT nextval(pg_get_serial_sequence('tickets', 'id'))")
