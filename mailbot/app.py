@@ -14,6 +14,7 @@ from mailbot.config import Config, read_secret
 from mailbot.dns import DnsResolver, Resolver
 from mailbot.errors import ConfigError
 from mailbot.followups import Followups
+from mailbot.governor import Governor
 from mailbot.hours import BusinessHours
 from mailbot.intake import Intake
 from mailbot.loops import MachineMail
@@ -61,19 +62,17 @@ class App:
 
     @cached_property
     def workflow(self) -> Workflow:
-        return Workflow(self.composer, self.hours, self.config.sla, tokens=self.reply_tokens, guard=self.machines)
+        return Workflow(self.composer, self.hours, self.config.sla, tokens=self.reply_tokens, governor=self.governor)
 
     @cached_property
     def machines(self) -> MachineMail:
-        """Our own mail, bounces and the automatic-reply guard (mailbot.loops)."""
-        security = self.config.security
-        return MachineMail(
-            self.secret,
-            auto_reply_limit=security.auto_reply_limit,
-            auto_reply_window=security.auto_reply_window,
-            bouncing_after=security.bouncing_after,
-            ticket_mail_per_hour=security.ticket_mail_per_hour,
-        )
+        """Our own mail coming back, and bounces (mailbot.loops)."""
+        return MachineMail(self.secret, bouncing_after=self.config.security.bouncing_after)
+
+    @cached_property
+    def governor(self) -> Governor:
+        """The limits on every automatic mail (mailbot.governor); our own addresses never get any."""
+        return Governor(self.config.security, [*self.config.support.addresses, self.identity.address])
 
     @cached_property
     def secret(self) -> bytes:

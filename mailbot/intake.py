@@ -8,6 +8,7 @@ them.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -17,13 +18,16 @@ from sqlalchemy.orm import Session
 from mailbot.admission import Gate
 from mailbot.automatic import automatic_reason
 from mailbot.followups import Continues, Decided, Followups
+from mailbot.identity import collision, identity, same_message
 from mailbot.loops import MachineMail, Opening, automatic_hold
 from mailbot.parse import ParseLimits, UnparseableMessage, content_key, parse
 from mailbot.reading import Reading, Unreadable
+from mailbot.store import conversations
 from mailbot.store import tickets as ticket_store
 from mailbot.store.schema import InboundMessage
 from mailbot.workflow import Workflow
 
+log = logging.getLogger("mailbot.intake")
 
 @dataclass(frozen=True)
 class Outcome:
@@ -62,7 +66,8 @@ class Intake:
             return Unreadable(f"unparseable: {exc}")
         sender = parsed.from_.address if parsed.from_ else ""
         key = parsed.message_id or content_key(inbound.raw)
-        return Reading(parsed, key, self.gate.authenticate(inbound, parsed, sender))
+        verdict = self.gate.authenticate(inbound, parsed, sender)
+        return Reading(parsed, key, verdict, identity(key, parsed, authenticated=verdict.authenticated))
 
     def process(
         self,
@@ -77,22 +82,17 @@ class Intake:
 
         `reading`: what `read` made of it, when the caller read it beforehand (outside the transaction).
         `isolated`: in a savepoint of its own, so a failure undoes this message's writes and nothing else,
-        and a Message-ID another instance stored a moment ago is a duplicate. Without it (a batch that the
-        caller keeps in one savepoint and writes in one flush, mailbot.processor), any failure raises, the
-        unique Message-ID index included.
+        and the same message another instance stored a moment ago is a duplicate. Without it (a batch that
+        the caller keeps in one savepoint and writes in one flush, mailbot.processor), any failure raises,
+        the unique index on message identities included.
         """
         reading = reading or self.read(inbound)
         if isinstance(reading, Unreadable):
             outcome = Outcome("failed", detail=reading.detail)
         elif not isolated:
-            outcome = self._decide(session, inbound, reading, now, isolated=False)
+            outcome = self._decide(session, inbound, reading, now)
         else:
-            try:
-                with session.begin_nested():
-                    outcome = self._decide(session, inbound, reading, now, isolated=True)
-            except IntegrityError:
-                # Another instance stored the same Message-ID a moment ago (the unique index is the guard).
-                outcome = Outcome("duplicate")
+            outcome = self._isolated(session, inbound, reading, now)
         if isinstance(reading, Reading):
             # Set after the decision, so the row is written once with its outcome below (no flush of its own
             # before the savepoint); nothing in the decision reads the row's stored message_id.
@@ -105,17 +105,29 @@ class Intake:
         inbound.claimed_until = None
         return outcome
 
-    def _decide(
-        self, session: Session, inbound: InboundMessage, reading: Reading, now: datetime, *, isolated: bool
-    ) -> Outcome:
+    def _isolated(self, session: Session, inbound: InboundMessage, reading: Reading, now: datetime) -> Outcome:
+        """`_decide` in a savepoint. A unique index that refuses the write means another instance stored a
+        row a moment ago (this very message, or the same attachment): decided again, seeing it."""
+        for _ in range(2):
+            try:
+                with session.begin_nested():
+                    return self._decide(session, inbound, reading, now)
+            except IntegrityError:
+                continue
+        return Outcome("duplicate")
+
+    def _decide(self, session: Session, inbound: InboundMessage, reading: Reading, now: datetime) -> Outcome:
         parsed, key = reading.parsed, reading.key
         # Before the duplicate check: our own message coming back has a Message-ID we already keep.
         if (ignored := self.machines.screen(session, parsed, now)) is not None:
             return Outcome("ignored", ignored.ticket_id, ignored.detail)
-        # In a batch (not isolated) the unique Message-ID index alone finds a duplicate, at the batch's flush,
-        # and the batch then runs isolated: a look-up per message would cost more than the rare rerun.
-        if isolated and ticket_store.message_id_known(session, key):
+        # A Message-ID proves nothing (mailbot.identity): only the same message again is a duplicate.
+        uses = conversations.uses(session, key)
+        if same_message(reading.identity, key, uses) is not None:
             return Outcome("duplicate")
+        if uses:
+            inbound.collision = collision(key, uses)
+            log.warning("inbound %s: %s", inbound.id, inbound.collision)
         followup = self.followups.follow(session, inbound, reading, now)
         if isinstance(followup, Decided):
             return Outcome(followup.action, followup.ticket_id, followup.detail)
@@ -157,6 +169,7 @@ class Intake:
             direction="in",
             kind="customer",
             message_id=key,
+            identity=reading.identity,
             inbound_id=inbound.id,
             from_address=requester,
             from_name=sender.name if sender else "",

@@ -16,6 +16,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 from mailbot import config as config_module
+from mailbot.cli.terminal import safe_output
 from mailbot.config import Config
 from mailbot.errors import ConfigError, MailbotError, RefusedError, TransientError
 
@@ -23,6 +24,10 @@ if TYPE_CHECKING:
     from mailbot.app import App
 
 EX_TEMPFAIL = 75
+# Whatever mailbot creates (the SQLite database and its journal, the sent maildir, kept mail) is its own:
+# the database holds raw mail and the site's secret. (Stricter than the unit's UMask=0027: nothing mailbot
+# writes is for its group either.)
+PRIVATE_UMASK = 0o077
 Handler = Callable[[argparse.Namespace, "Context"], int]
 
 
@@ -74,6 +79,16 @@ def fail(message: str, code: int = 1) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command with a private umask and terminal-safe output (mailbot.cli.terminal)."""
+    previous = os.umask(PRIVATE_UMASK)
+    try:
+        with safe_output():
+            return _run(argv)
+    finally:
+        os.umask(previous)
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
