@@ -137,6 +137,8 @@ def cmd_assign(args: argparse.Namespace, context: Any) -> int:
     item = app.db.call(lambda s: s.get_one(OutboxItem, claim.introduction_id))
     if item.status == "sent":
         print(f"ticket {claim.ticket_id} assigned to {who}; introduction sent")
+    elif item.status == "withheld":
+        print(f"ticket {claim.ticket_id} assigned to {who}; introduction withheld by the loop governor ({item.last_error})")
     else:
         print(
             f"ticket {claim.ticket_id} assigned to {who}; introduction queued, not sent yet "
