@@ -50,14 +50,18 @@ def dns(key: tuple[bytes, bytes]) -> FixedResolver:  # noqa: F811
     return FixedResolver({f"sel._domainkey.{domain}": [key[1]] for domain in (*DOMAINS, TEAM_DOMAIN)})
 
 
-@pytest.fixture
-async def desk(boot: Start) -> World:  # noqa: F811
+async def open_desk(boot: Start, db: str | None = None) -> World:  # noqa: F811
     """A daemon requiring DKIM: Lincoln High with its named contact Ana, and specialist Sam Lee."""
-    service = await boot()
+    service = await boot(db=db)
     add_org(service.app, "Lincoln High")
     add_contact(service.app, CUSTOMER)
     service.app.db.call(registry.add_specialist, SAM, "Sam Lee", service.app.clock.now())
     return service
+
+
+@pytest.fixture
+async def desk(boot: Start) -> World:  # noqa: F811
+    return await open_desk(boot)
 
 
 def parsed(data: bytes) -> EmailMessage:
@@ -78,19 +82,16 @@ def tickets(service: World) -> list[Ticket]:
     return service.app.db.call(lambda s: list(s.scalars(select(Ticket).order_by(Ticket.id))))
 
 
-def sign(raw: bytes, key: tuple[bytes, bytes], domain: str) -> bytes:  # noqa: F811
-    return signed(raw, key, domain)
-
-
 class TestMessageIdProvesNothing:
     async def test_a_strangers_message_id_does_not_swallow_the_genuine_message(
-        self, desk: World, key: tuple[bytes, bytes], caplog: pytest.LogCaptureFixture  # noqa: F811
+        self, boot: Start, db_url: str, key: tuple[bytes, bytes], caplog: pytest.LogCaptureFixture  # noqa: F811
     ) -> None:
         """Zoe sends Message-ID <x@lincoln.example> first; Ana's genuine signed message with that id is still
         a ticket with its confirmation, and the collision is on its inbound row and in the log."""
+        desk = await open_desk(boot, db_url)
         caplog.set_level(logging.WARNING, logger="mailbot.intake")
         await desk.send(from_stranger(message_id="<x@lincoln.example>", subject="hello"), mail_from=STRANGER)
-        await desk.send(sign(message(message_id="<x@lincoln.example>"), key, "lincoln.example"))
+        await desk.send(signed(message(message_id="<x@lincoln.example>"), key, "lincoln.example"))
         await desk.settle()
         first, genuine = tickets(desk)
         assert (first.status, genuine.status, genuine.entitlement) == ("held", "new", "entitled")
@@ -107,7 +108,7 @@ class TestMessageIdProvesNothing:
     ) -> None:
         """The very words and Message-ID of Ana's message, unsigned, raced ahead of it: not the same message
         (its sender is not proven), so the genuine one is processed and confirmed."""
-        genuine = sign(message(message_id="<race@lincoln.example>"), key, "lincoln.example")
+        genuine = signed(message(message_id="<race@lincoln.example>"), key, "lincoln.example")
         forged = genuine[genuine.index(b"From: "):]  # the signature left off
         await desk.send(forged)
         await desk.send(genuine)
@@ -120,7 +121,7 @@ class TestMessageIdProvesNothing:
     ) -> None:
         """An MTA's redelivery (the same bytes through the same door) is the same message: one ticket, one
         confirmation, and no collision recorded."""
-        raw = sign(message(message_id="<again@lincoln.example>"), key, "lincoln.example")
+        raw = signed(message(message_id="<again@lincoln.example>"), key, "lincoln.example")
         await desk.send(raw)
         await desk.send(raw)
         await desk.settle()
@@ -134,11 +135,11 @@ class TestMessageIdProvesNothing:
         """Zoe used <x@lincoln.example> first; Ana's later reply that names only her own first message (a
         client that keeps References and nothing else) joins Ana's ticket, not Zoe's."""
         await desk.send(from_stranger(message_id="<x@lincoln.example>", subject="hello"), mail_from=STRANGER)
-        await desk.send(sign(message(message_id="<x@lincoln.example>"), key, "lincoln.example"))
+        await desk.send(signed(message(message_id="<x@lincoln.example>"), key, "lincoln.example"))
         follow_up = message(
             message_id="<x2@lincoln.example>", subject="Re: Login broken", headers={"References": "<x@lincoln.example>"}
         )
-        await desk.send(sign(follow_up, key, "lincoln.example"))
+        await desk.send(signed(follow_up, key, "lincoln.example"))
         await desk.settle()
         assert [r.action for r in desk.inbound()] == ["held", "created", "threaded"]
         assert desk.inbound()[2].ticket_id == 2 and len(tickets(desk)) == 2
@@ -147,7 +148,7 @@ class TestMessageIdProvesNothing:
 class TestSpeakingAsTheSupportTeam:
     async def _assigned(self, desk: World, key: tuple[bytes, bytes]) -> EmailMessage:  # noqa: F811
         """Ana's ticket, claimed by Sam, and Ana's follow-up: Sam's notification as his client got it."""
-        await desk.send(sign(message(message_id="<t1@lincoln.example>"), key, "lincoln.example"))
+        await desk.send(signed(message(message_id="<t1@lincoln.example>"), key, "lincoln.example"))
         await desk.settle()
         desk.app.sla.claim(1, SAM)
         await desk.settle()
@@ -159,7 +160,7 @@ class TestSpeakingAsTheSupportTeam:
             body="It also fails on the iPad.\n",
             headers={"In-Reply-To": str(introduction["Message-ID"])},
         )
-        await desk.send(sign(reply, key, "lincoln.example"))
+        await desk.send(signed(reply, key, "lincoln.example"))
         await desk.settle()
         [notification] = to_sam(desk)
         return notification
@@ -188,7 +189,7 @@ class TestSpeakingAsTheSupportTeam:
             body=f"Please clear the cache. (Reply to {reply_to} if not.)\n",
             message_id="<sam-1@mail.schoolmint.com>",
         )
-        await desk.send(sign(raw, key, TEAM_DOMAIN), mail_from=SAM, rcpt=(reply_to,))
+        await desk.send(signed(raw, key, TEAM_DOMAIN), mail_from=SAM, rcpt=(reply_to,))
         await desk.settle()
         relayed = to_ana(desk)[-1]
         text = str(relayed.get_body(("plain",)).get_content())  # type: ignore[union-attr]
@@ -211,7 +212,7 @@ class TestSpeakingAsTheSupportTeam:
             body="Your account is locked: pay at https://evil.example/unlock\n",
             message_id="<phish@mail.schoolmint.com>",
         )
-        await desk.send(sign(raw, key, TEAM_DOMAIN), mail_from=SAM, rcpt=(customer_token,))
+        await desk.send(signed(raw, key, TEAM_DOMAIN), mail_from=SAM, rcpt=(customer_token,))
         await desk.settle()
         held = tickets(desk)[-1]
         assert (held.id, held.status, held.held_reason) == (2, "held", "no-specialist-token")
@@ -228,7 +229,7 @@ class TestSpeakingAsTheSupportTeam:
         before = len(desk.wire)
         raw = self._from_sam(forged, in_reply_to="<none@x>", body="pay here\n", message_id="<f@mail.schoolmint.com>")
         raw = raw.replace(b" [Ticket #1]", b"")  # nothing but the forged address names the ticket
-        await desk.send(sign(raw, key, TEAM_DOMAIN), mail_from=SAM, rcpt=(forged,))
+        await desk.send(signed(raw, key, TEAM_DOMAIN), mail_from=SAM, rcpt=(forged,))
         await desk.settle()
         assert tickets(desk)[-1].held_reason == "forged-reply-token" and len(desk.wire) == before
 
@@ -240,7 +241,7 @@ class TestLoopGovernor:
         """The cap that stops a stranger's machine at 10 is not a person's: Ana's 11th issue is confirmed."""
         for number in range(11):
             raw = message(message_id=f"<issue-{number}@lincoln.example>", subject=f"Issue {number}")
-            await desk.send(sign(raw, key, "lincoln.example"))
+            await desk.send(signed(raw, key, "lincoln.example"))
         await desk.settle()
         assert len(to_ana(desk)) == 11 and all(t.auto_reply_refused is None for t in tickets(desk))
 
@@ -255,7 +256,7 @@ class TestLoopGovernor:
         caplog.set_level(logging.WARNING)
         for number in range(3):
             raw = message(message_id=f"<cap-{number}@lincoln.example>", subject=f"Issue {number}")
-            await service.send(sign(raw, key, "lincoln.example"))
+            await service.send(signed(raw, key, "lincoln.example"))
         await service.settle()
         assert len(to_ana(service)) == 2
         third = tickets(service)[2]
@@ -274,7 +275,7 @@ class TestLoopGovernor:
     ) -> None:
         """Signed by the support domain, From a plus form of the support address: kept, never answered."""
         raw = message(sender=f"Hero Support <herosupport+loop@{TEAM_DOMAIN}>", message_id="<own@schoolmint.com>")
-        await desk.send(sign(raw, key, TEAM_DOMAIN), mail_from=f"herosupport+loop@{TEAM_DOMAIN}")
+        await desk.send(signed(raw, key, TEAM_DOMAIN), mail_from=f"herosupport+loop@{TEAM_DOMAIN}")
         await desk.settle()
         [ticket] = tickets(desk)
         assert desk.wire == [] and "one of our own support addresses" in (ticket.auto_reply_refused or "")
