@@ -62,7 +62,8 @@ class App:
 
     @cached_property
     def workflow(self) -> Workflow:
-        return Workflow(self.composer, self.hours, self.config.sla, tokens=self.reply_tokens, governor=self.governor)
+        sla = self.config.sla
+        return Workflow(self.composer, self.hours, sla, tokens=self.reply_tokens, governor=self.governor)
 
     @cached_property
     def machines(self) -> MachineMail:

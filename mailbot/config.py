@@ -266,7 +266,7 @@ class Config(_Section):
     def refusal(self) -> str | None:
         """What is wrong across sections, as "key: what", or None. Checked at load like any bad value."""
         if self.security.trust_local_submission and not is_loopback(self.smtp.host):
-            # Beyond loopback, "submitted from 127.0.0.1" is whatever a local proxy or MTA relays from anywhere.
+            # Beyond loopback, "submitted from 127.0.0.1" is whatever a local proxy or MTA relays from afar.
             return (
                 f"security.trust_local_submission: allowed only when the listener is on loopback "
                 f"([smtp] host is {self.smtp.host!r})"

@@ -93,7 +93,9 @@ class Governor:
         found = self._rules(session, ticket, kind, recipients, now, opening)
         if found is not None:
             fate = "withheld (its deadline stands)" if found.withholds else "not sent"
-            log.warning("ticket %s: %s to %s %s: %s", ticket.id, kind, ", ".join(recipients), fate, found.reason)
+            log.warning(
+                "ticket %s: %s to %s %s: %s", ticket.id, kind, ", ".join(recipients), fate, found.reason
+            )
         return found
 
     def _rules(
@@ -122,10 +124,14 @@ class Governor:
         if kind in REACTIVE:
             count = deliveries.count_on_ticket(session, ticket.id, REACTIVE, now - TICKET_WINDOW)
             if count >= (cap := self.security.ticket_mail_per_hour):
-                return Limit(f"mail loop suspected: {count} notifications and relays in the last hour (the limit is {cap})")
+                return Limit(
+                    f"mail loop suspected: {count} notifications and relays in the last hour (the limit is {cap})"
+                )
         return None
 
-    def _per_address(self, session: Session, ticket: Ticket, kind: str, address: str, now: datetime) -> Limit | None:
+    def _per_address(
+        self, session: Session, ticket: Ticket, kind: str, address: str, now: datetime
+    ) -> Limit | None:
         """Rule 4; a promised message of a running clock is withheld, not dropped."""
         contact = ticket.entitlement == ENTITLED
         cap = self.security.contact_mail_limit if contact else self.security.auto_reply_limit
@@ -147,7 +153,9 @@ class Governor:
             return None
         with session.no_autoflush:  # registry.add_contact flushes what it adds
             contact = registry.find_contact(session, ticket.requester)
-        return Opening.read(_headers(stored.raw), stored.envelope_from, bouncing=contact is not None and contact.bouncing)
+        return Opening.read(
+            _headers(stored.raw), stored.envelope_from, bouncing=contact is not None and contact.bouncing
+        )
 
 
 def _span(window: timedelta) -> str:

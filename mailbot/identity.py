@@ -64,9 +64,7 @@ def same_message(mine: str, key: str, uses: list[Use]) -> Use | None:
     A received row stored before identities existed has its Message-ID as identity (migration 0002): it
     counts as the same message, as it did when it was stored.
     """
-    return next(
-        (u for u in uses if u.identity == mine or (u.direction == "in" and u.identity == key)), None
-    )
+    return next((u for u in uses if u.identity == mine or (u.direction == "in" and u.identity == key)), None)
 
 
 def collision(key: str, uses: list[Use]) -> str:

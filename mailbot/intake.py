@@ -29,6 +29,7 @@ from mailbot.workflow import Workflow
 
 log = logging.getLogger("mailbot.intake")
 
+
 @dataclass(frozen=True)
 class Outcome:
     action: str  # created | threaded | held | duplicate | ignored | failed | deferred

@@ -100,11 +100,12 @@ class Workflow:
         `withheld` instead (never sent; its deadline stands, so the SLA check sees it). `opening`: the
         message being answered, when the caller has it parsed."""
         limit = self.governor.limit(session, ticket, outgoing.kind, outgoing.recipients, now, opening)
-        if limit is not None:
-            ticket.auto_reply_refused = limit.reason
-            if not limit.withholds:
-                return None
-        return self.queue(session, ticket, outgoing, now=now, deadline=deadline, withheld=limit.reason if limit else None)
+        if limit is None:
+            return self.queue(session, ticket, outgoing, now=now, deadline=deadline)
+        ticket.auto_reply_refused = limit.reason
+        if not limit.withholds:
+            return None
+        return self.queue(session, ticket, outgoing, now=now, deadline=deadline, withheld=limit.reason)
 
     def queue(
         self,

@@ -36,7 +36,10 @@ class TestIdentity:
 class TestSameMessage:
     def test_found_by_identity(self) -> None:
         mine = ident(message(message_id=KEY))
-        uses = [Use("sha256:other", 1, "zoe@elsewhere.example", "in"), Use(mine, 2, "ana@lincoln.example", "in")]
+        uses = [
+            Use("sha256:other", 1, "zoe@elsewhere.example", "in"),
+            Use(mine, 2, "ana@lincoln.example", "in"),
+        ]
         assert same_message(mine, KEY, uses) == uses[1]
         assert same_message(mine, KEY, uses[:1]) is None
 

@@ -138,7 +138,8 @@ def cmd_assign(args: argparse.Namespace, context: Any) -> int:
     if item.status == "sent":
         print(f"ticket {claim.ticket_id} assigned to {who}; introduction sent")
     elif item.status == "withheld":
-        print(f"ticket {claim.ticket_id} assigned to {who}; introduction withheld by the loop governor ({item.last_error})")
+        why = item.last_error
+        print(f"ticket {claim.ticket_id} assigned to {who}; introduction withheld by the loop governor ({why})")
     else:
         print(
             f"ticket {claim.ticket_id} assigned to {who}; introduction queued, not sent yet "

@@ -39,12 +39,18 @@ def upgrade() -> None:
     with op.batch_alter_table("outbox", schema=None) as batch_op:
         batch_op.add_column(sa.Column("recipient", sa.String(length=320), nullable=True))
         batch_op.create_index("ix_outbox_recipient_created", ["recipient", "created_at"], unique=False)
-    outbox = sa.table("outbox", sa.column("id", sa.Integer), sa.column("recipients", sa.JSON),
-                      sa.column("recipient", sa.String))
+    outbox = sa.table(
+        "outbox",
+        sa.column("id", sa.Integer),
+        sa.column("recipients", sa.JSON),
+        sa.column("recipient", sa.String),
+    )
     connection = op.get_bind()
     for row_id, recipients in connection.execute(sa.select(outbox.c.id, outbox.c.recipients)).all():
         if recipients:
-            connection.execute(outbox.update().where(outbox.c.id == row_id).values(recipient=key_of(recipients[0])))
+            connection.execute(
+                outbox.update().where(outbox.c.id == row_id).values(recipient=key_of(recipients[0]))
+            )
 
 
 def downgrade() -> None:
