@@ -159,8 +159,10 @@ class Governor:
 
 
 def _span(window: timedelta) -> str:
-    hours = window.total_seconds() / 3600
-    return f"{hours:g} hours" if hours >= 1 else f"{window.total_seconds():g} seconds"
+    """'24 hours', '1 hour', '90 seconds': a window as the log and the ticket say it."""
+    seconds = window.total_seconds()
+    amount, unit = (seconds / 3600, "hour") if seconds >= 3600 else (seconds, "second")
+    return f"{amount:g} {unit}{'' if amount == 1 else 's'}"
 
 
 def _headers(raw: bytes) -> EmailMessage:
