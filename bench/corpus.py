@@ -25,12 +25,13 @@ SUPPORT = "herosupport@schoolmint.com"
 SENDERS = 100  # distinct customers writing in
 CONTACTS_PER_ORG = 4  # Gold's named contacts
 # The shipped trial setting: mail submitted over SMTP from 127.0.0.1 is believed to come from its From (no
-# DNS in a benchmark). The automatic-reply limit is lifted so that every ticket gets its confirmation even
-# when a few customers send thousands of messages.
+# DNS in a benchmark). The loop governor's per-address limits are lifted so that every ticket gets its
+# confirmation even when a few customers send thousands of messages.
 SECURITY: dict[str, Any] = {
     "require_sender_auth": True,
     "trust_local_submission": True,
     "auto_reply_limit": 10**9,
+    "contact_mail_limit": 10**9,
 }
 _PROSE = (
     "Hello, since this morning none of the teachers at our school can log in to the enrollment portal. "

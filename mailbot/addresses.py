@@ -67,6 +67,14 @@ def normalize(address: str) -> str:
     return f"{local}@{_normalize_domain(domain)}"
 
 
+def key_of(address: str) -> str:
+    """`normalize(address)`, or the text lowercased when it is no address: a key for whatever was written."""
+    try:
+        return normalize(address)
+    except ValueError:
+        return address.strip().lower()
+
+
 def same_person(a: str, b: str) -> bool:
     """Whether two addresses belong to the same person; False when either is not an address."""
     try:

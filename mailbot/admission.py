@@ -16,17 +16,16 @@ pending and is tried again later, until `auth_retry_for` after it was received; 
 `auth-temporarily-unavailable`, where people see it and can release it.
 
 `Gate.record` stores the decision on the ticket and answers a held ticket's sender with the explanation
-(templates/explanation.*), only when that sender is authenticated (a forged From must get no backscatter),
-fewer than `explanations_per_day` explanations went to that address in the last 24 hours, and the guard on
-all automatic replies (`Workflow.answer`, mailbot.loops: written by a person, `may_auto_reply_to` agrees,
-not bouncing, within the site's limit on automatic mail) lets it go.
+(templates/explanation.*), only when senders are authenticated at all (`require_sender_auth`) and this one
+is (a forged From must get no backscatter), and the loop governor lets it go (`Workflow.answer`,
+mailbot.governor: written by a person, not to ourselves, `explanations_per_day`, the per-address limit).
 """
 
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from sqlalchemy.orm import Session
@@ -36,16 +35,15 @@ from mailbot.authn import AuthVerdict, authenticate, trusted_path
 from mailbot.automatic import header_addresses
 from mailbot.config import SecurityConfig
 from mailbot.dns import Resolver
-from mailbot.entitlement import Entitled, Held, decide
+from mailbot.entitlement import ENTITLED, Entitled, Held, decide
 from mailbot.errors import TransientDNSError
 from mailbot.loops import Opening
 from mailbot.parse import ParsedMessage
-from mailbot.store import deliveries, registry
+from mailbot.store import registry
 from mailbot.store.registry import ContactRecord
 from mailbot.store.schema import InboundMessage, Ticket
 from mailbot.workflow import Workflow
 
-ENTITLED = "entitled"
 EXPLANATION = "explanation"  # the kind of mail (templates/explanation.*) that tells a held sender why
 
 
@@ -168,12 +166,9 @@ class Gate:
         ticket.sender_auth = (
             f"{auth.method}: {auth.reason}" if auth.authenticated else f"failed: {auth.reason}"
         )
-        if admission.held is None or not auth.authenticated:
-            return  # entitled, or the From may be forged: no backscatter
-        limit = self.security.explanations_per_day
-        since = now - timedelta(days=1)
-        if deliveries.count_to_requester(session, ticket.requester, {EXPLANATION}, since) >= limit:
-            ticket.auto_reply_refused = f"{limit} explanations already went to {ticket.requester} in 24 hours"
+        if admission.held is None or not auth.authenticated or not self.security.require_sender_auth:
+            # Entitled; or the From may be forged (no backscatter), which is every From when the site
+            # believes them all without a check (`require_sender_auth = false`).
             return
-        # The guard on every automatic reply (mailbot.loops) has the last word.
+        # The loop governor has the last word (mailbot.governor: explanations_per_day, loops, limits).
         self.workflow.answer(session, ticket, EXPLANATION, now=now, opening=opening, reason=admission.held[0])

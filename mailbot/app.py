@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from mailbot.compose import Composer, Identity
     from mailbot.dns import Resolver
     from mailbot.followups import Followups
+    from mailbot.governor import Governor
     from mailbot.hours import BusinessHours
     from mailbot.intake import Intake
     from mailbot.loops import MachineMail
@@ -86,21 +87,22 @@ class App:
     def workflow(self) -> Workflow:
         from mailbot.workflow import Workflow
 
-        return Workflow(self.composer, self.hours, self.config.sla, tokens=self.reply_tokens, guard=self.machines)
+        sla = self.config.sla
+        return Workflow(self.composer, self.hours, sla, tokens=self.reply_tokens, governor=self.governor)
 
     @cached_property
     def machines(self) -> MachineMail:
-        """Our own mail, bounces and the automatic-reply guard (mailbot.loops)."""
+        """Our own mail coming back, and bounces (mailbot.loops)."""
         from mailbot.loops import MachineMail
 
-        security = self.config.security
-        return MachineMail(
-            self.secret,
-            auto_reply_limit=security.auto_reply_limit,
-            auto_reply_window=security.auto_reply_window,
-            bouncing_after=security.bouncing_after,
-            ticket_mail_per_hour=security.ticket_mail_per_hour,
-        )
+        return MachineMail(self.secret, bouncing_after=self.config.security.bouncing_after)
+
+    @cached_property
+    def governor(self) -> Governor:
+        """The limits on every automatic mail (mailbot.governor); our own addresses never get any."""
+        from mailbot.governor import Governor
+
+        return Governor(self.config.security, [*self.config.support.addresses, self.identity.address])
 
     @cached_property
     def secret(self) -> bytes:

@@ -235,8 +235,12 @@ class SecurityConfig(_Section):
     # The key of the reply tokens (mailbot.tokens); neither given: one is generated and kept in the database.
     secret: str | None = Field(None, min_length=16)
     secret_file: Path | None = None
-    # mailbot.loops: confirmations + explanations to one address per window; hard bounces that mark a contact.
+    # mailbot.governor: confirmations, explanations and introductions to one address per window, for anyone
+    # but an entitled named contact (auto_reply_limit) and for a named contact's issues (contact_mail_limit:
+    # above what a person writing real issues reaches, far below a responder's loop); hard bounces that mark
+    # a contact (mailbot.loops).
     auto_reply_limit: int = Field(10, ge=0)
+    contact_mail_limit: int = Field(100, ge=0)
     auto_reply_window: Duration = timedelta(hours=24)
     bouncing_after: int = Field(3, ge=1)
     ticket_mail_per_hour: int = Field(20, ge=1)  # notifications + relays on one ticket: more is a mail loop
@@ -292,6 +296,16 @@ class Config(_Section):
     metrics: MetricsConfig = MetricsConfig()
     path: Path | None = Field(None, exclude=True)  # where it was read from, for messages
 
+    def refusal(self) -> str | None:
+        """What is wrong across sections, as "key: what", or None. Checked at load like any bad value."""
+        if self.security.trust_local_submission and not is_loopback(self.smtp.host):
+            # Beyond loopback, "submitted from 127.0.0.1" is whatever a local proxy or MTA relays from afar.
+            return (
+                f"security.trust_local_submission: allowed only when the listener is on loopback "
+                f"([smtp] host is {self.smtp.host!r})"
+            )
+        return None
+
 
 def _describe(error: ValidationError, source: str) -> str:
     first = error.errors()[0]
@@ -306,9 +320,12 @@ def _describe(error: ValidationError, source: str) -> str:
 
 def from_mapping(data: dict[str, Any], source: str = "config") -> Config:
     try:
-        return Config.model_validate(data)
+        config = Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, source)) from None
+    if (wrong := config.refusal()) is not None:
+        raise ConfigError(f"{source}: {wrong}")
+    return config
 
 
 def locate(explicit: str | Path | None) -> Path:

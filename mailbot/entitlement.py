@@ -25,7 +25,9 @@ from enum import StrEnum
 
 from mailbot.plans import OrgFacts, Plan, contact_limit, school_contact_limit
 
-__all__ = ["ContactFacts", "Entitled", "Held", "HeldReason", "OrgFacts", "decide"]
+__all__ = ["ENTITLED", "ContactFacts", "Entitled", "Held", "HeldReason", "OrgFacts", "decide"]
+
+ENTITLED = "entitled"  # stored on a ticket whose sender was entitled (`Ticket.entitlement`; else the held reason)
 
 
 class HeldReason(StrEnum):

@@ -74,55 +74,77 @@ class Followups:
         self, session: Session, inbound: InboundMessage, reading: Reading, now: datetime
     ) -> Decided | Continues | None:
         """What the message does to the ticket it names; None when it names none (a new ticket)."""
-        parsed, key = reading.parsed, reading.key
-        found = self.find(session, inbound, parsed)
+        parsed = reading.parsed
+        clues = self.clues(inbound, parsed)
+        found = self._match(session, clues, parsed)
         if found is None:
             return None
         ticket = ticket_store.get(session, found.ticket_id)
         assert ticket is not None  # threads.match names only tickets the store has
         sender = parsed.from_.address if parsed.from_ else ""
-        people = threads.participants(
-            requester=ticket.requester,
-            specialist=ticket_store.specialist_address(session, ticket.specialist_id),
-            messages=[(m.from_address, [*m.to, *m.cc]) for m in ticket.messages if m.direction == "in"],
-            colleagues=conversations.colleagues(session, ticket),
-        )
         authenticated = self._authenticated(inbound, reading.verdict, now)
-        admitted = threads.admit(sender, found, people, authenticated=authenticated)
+        admitted = threads.admit(
+            sender,
+            found,
+            self._people(session, ticket),
+            authenticated=authenticated,
+            speaks_for=clues.speaks_for(ticket.id),
+        )
         if isinstance(admitted, Refusal):
-            return self._hold(session, inbound, parsed, key, now, admitted, found)
+            return self._hold(session, inbound, reading, now, admitted, found)
         if automatic_reason(parsed.message, inbound.envelope_from) is not None:
             # mailbot.loops rule 3: kept on its ticket, automatic mail relays, notifies and reopens nothing,
             # so a customer's and a specialist's out-of-office replies cannot answer each other through us.
             kind = "specialist" if admitted is Role.SPECIALIST else "customer"
-            self._store(session, ticket, inbound, parsed, key, now, kind=kind)
+            self._store(session, ticket, inbound, reading, now, kind=kind)
             return Decided("threaded", ticket.id, f"joined {found.describe()}; automatic mail, nothing sent")
         if admitted is Role.SPECIALIST:
-            return self._from_specialist(session, ticket, inbound, parsed, key, now, found)
+            return self._from_specialist(session, ticket, inbound, reading, now, found)
         step = threads.continuation(ticket.status, ticket.resolved_at, now, self.reopen_within)
         if step is Continuation.NEW:
             return Continues(ticket.id)
         if step is Continuation.REOPEN:
             self.workflow.reopen(ticket, now)
-        message = self._store(session, ticket, inbound, parsed, key, now, kind="customer")
+        message = self._store(session, ticket, inbound, reading, now, kind="customer")
         self._notify(session, ticket, message, now, reopened=step is Continuation.REOPEN)
         return Decided("threaded", ticket.id, f"joined {found.describe()}")
 
-    def find(self, session: Session, inbound: InboundMessage, parsed: ParsedMessage) -> Match | None:
-        """The ticket the message names, by the most trusted of its clues (mailbot.threads)."""
-        clues = threads.read_clues(
+    def clues(self, inbound: InboundMessage, parsed: ParsedMessage) -> threads.Clues:
+        """What the message says about the conversation it continues (mailbot.threads)."""
+        return threads.read_clues(
             in_reply_to=parsed.in_reply_to,
             references=parsed.references,
             recipients=[*inbound.envelope_to, *(a.address for a in (*parsed.to, *parsed.cc))],
             subject=parsed.subject,
             tokens=self.tokens,
         )
+
+    def find(self, session: Session, inbound: InboundMessage, parsed: ParsedMessage) -> Match | None:
+        """The ticket the message names, by the most trusted of its clues (mailbot.threads)."""
+        return self._match(session, self.clues(inbound, parsed), parsed)
+
+    def _match(self, session: Session, clues: threads.Clues, parsed: ParsedMessage) -> Match | None:
         if clues.message_ids or clues.ticket_ids():
             session.flush()  # the ticket it names may have been opened earlier in this batch, not written yet
+        sender = parsed.from_.address if parsed.from_ else ""
+
+        def joins(ticket_id: int) -> bool:  # asked only of a Message-ID that several tickets use
+            ticket = ticket_store.get(session, ticket_id)
+            return ticket is not None and self._people(session, ticket).role_of(sender) is not None
+
         return threads.match(
             clues,
             owners=conversations.owners(session, clues.message_ids),
             existing=conversations.existing(session, clues.ticket_ids()),
+            joins=joins,
+        )
+
+    def _people(self, session: Session, ticket: Ticket) -> threads.Participants:
+        return threads.participants(
+            requester=ticket.requester,
+            specialist=ticket_store.specialist_address(session, ticket.specialist_id),
+            messages=[(m.from_address, [*m.to, *m.cc]) for m in ticket.messages if m.direction == "in"],
+            colleagues=conversations.colleagues(session, ticket),
         )
 
     def _authenticated(self, inbound: InboundMessage, verdict: AuthVerdict, now: datetime) -> bool:
@@ -139,13 +161,13 @@ class Followups:
         session: Session,
         ticket: Ticket,
         inbound: InboundMessage,
-        parsed: ParsedMessage,
-        key: str,
+        reading: Reading,
         now: datetime,
         *,
         kind: str,
     ) -> TicketMessage:
         """The message on the ticket: the new text shown, the quoted history and signature kept apart."""
+        parsed = reading.parsed
         text, quoted = split_reply(parsed.text)
         sender = parsed.from_
         return ticket_store.add_message(
@@ -153,7 +175,8 @@ class Followups:
             ticket,
             direction="in",
             kind=kind,
-            message_id=key,
+            message_id=reading.key,
+            identity=reading.identity,
             inbound_id=inbound.id,
             from_address=sender.address.lower() if sender else (inbound.envelope_from or "").lower(),
             from_name=sender.name if sender else "",
@@ -170,13 +193,13 @@ class Followups:
         self,
         session: Session,
         inbound: InboundMessage,
-        parsed: ParsedMessage,
-        key: str,
+        reading: Reading,
         now: datetime,
         refusal: Refusal,
         found: Match,
     ) -> Decided:
         """A new held ticket for a message that named a ticket it may not join; the detail names the attempt."""
+        parsed = reading.parsed
         sender = parsed.from_
         requester = sender.address.lower() if sender else (inbound.envelope_from or "").lower()
         detail = threads.refusal_detail(requester, found, refusal)
@@ -188,7 +211,7 @@ class Followups:
             now=now,
             held=(refusal.value, detail),
         )
-        self._store(session, ticket, inbound, parsed, key, now, kind="customer")
+        self._store(session, ticket, inbound, reading, now, kind="customer")
         return Decided("held", ticket.id, detail)
 
     def _notify(
@@ -212,26 +235,27 @@ class Followups:
                 "text": message.text,
                 "reopened": reopened,
             },
-            reply_to=self.workflow.reply_to(ticket),
+            reply_to=self.workflow.specialist_reply_to(ticket),  # the specialist's reply speaks as the team
             auto_submitted="auto-generated",
         )
-        self.workflow.react(session, ticket, notification, now=now)
+        self.workflow.send(session, ticket, notification, now=now)
 
     def _from_specialist(
         self,
         session: Session,
         ticket: Ticket,
         inbound: InboundMessage,
-        parsed: ParsedMessage,
-        key: str,
+        reading: Reading,
         now: datetime,
         found: Match,
     ) -> Decided:
         """Store the specialist's message and relay its new text to the customer on their thread."""
-        message = self._store(session, ticket, inbound, parsed, key, now, kind="specialist")
+        message = self._store(session, ticket, inbound, reading, now, kind="specialist")
         specialist = session.get_one(Specialist, ticket.specialist_id)
-        team = session.scalars(select(Specialist.address)).all()
-        text = hide_addresses(message.text, team, self.workflow.composer.identity.address)
+        # The team's addresses, and the support addresses' plus forms: the specialist's reply address (its
+        # token) is theirs alone, even when they quote it.
+        internal = [*session.scalars(select(Specialist.address)).all(), *self.tokens.support_addresses]
+        text = hide_addresses(message.text, internal, self.workflow.composer.identity.address)
         if not text.strip():
             return Decided("threaded", ticket.id, f"joined {found.describe()}; nothing new to relay")
         relay = self.workflow.composer.compose(
@@ -244,5 +268,5 @@ class Followups:
             reply_to=self.workflow.reply_to(ticket),
             auto_submitted="auto-generated",
         )
-        self.workflow.react(session, ticket, relay, now=now)
+        self.workflow.send(session, ticket, relay, now=now)
         return Decided("threaded", ticket.id, f"joined {found.describe()}; relayed to {ticket.requester}")

@@ -8,6 +8,7 @@ them.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -18,13 +19,17 @@ from mailbot.admission import ENTITLED, Admission, Gate
 from mailbot.authn import AuthVerdict
 from mailbot.automatic import automatic_reason
 from mailbot.followups import Continues, Decided, Followups
+from mailbot.identity import collision, identity, same_message
 from mailbot.loops import MachineMail, Opening, automatic_hold
 from mailbot.parse import ParseLimits, UnparseableMessage, content_key, parse
 from mailbot.reading import Reading, Unreadable
+from mailbot.store import conversations
 from mailbot.store import tickets as ticket_store
 from mailbot.store.schema import InboundMessage
 from mailbot.trail import Trail
 from mailbot.workflow import Workflow
+
+log = logging.getLogger("mailbot.intake")
 
 
 @dataclass(frozen=True)
@@ -69,7 +74,8 @@ class Intake:
         trail.add("reading", "parsed", f"{key} from {sender or '(no sender)'}, subject {parsed.subject!r}")
         verdict = self.gate.authenticate(inbound, parsed, sender)
         trail.add("authentication", _auth_verdict(verdict), f"{verdict.method}: {verdict.reason}")
-        return Reading(parsed, key, verdict, tuple(trail.steps))
+        same = identity(key, parsed, authenticated=verdict.authenticated)
+        return Reading(parsed, key, verdict, same, tuple(trail.steps))
 
     def process(
         self,
@@ -84,9 +90,9 @@ class Intake:
 
         `reading`: what `read` made of it, when the caller read it beforehand (outside the transaction).
         `isolated`: in a savepoint of its own, so a failure undoes this message's writes and nothing else,
-        and a Message-ID another instance stored a moment ago is a duplicate. Without it (a batch that the
-        caller keeps in one savepoint and writes in one flush, mailbot.processor), any failure raises, the
-        unique Message-ID index included.
+        and the same message another instance stored a moment ago is a duplicate. Without it (a batch that
+        the caller keeps in one savepoint and writes in one flush, mailbot.processor), any failure raises,
+        the unique index on message identities included.
         """
         trail = Trail()
         try:
@@ -95,16 +101,9 @@ class Intake:
             if isinstance(reading, Unreadable):
                 outcome = Outcome("failed", detail=reading.detail)
             elif not isolated:
-                outcome = self._decide(session, inbound, reading, now, trail, isolated=False)
+                outcome = self._decide(session, inbound, reading, now, trail)
             else:
-                try:
-                    with session.begin_nested():
-                        outcome = self._decide(session, inbound, reading, now, trail, isolated=True)
-                except IntegrityError:
-                    # Another instance stored the same Message-ID a moment ago (the unique index is the guard).
-                    trail = Trail(reading.steps)
-                    trail.add("duplicate", "duplicate", f"{reading.key} was stored by another instance meanwhile")
-                    outcome = Outcome("duplicate")
+                outcome = self._isolated(session, inbound, reading, now, trail)
         except Exception:
             inbound.trail = trail.to_json()  # the steps up to the failure; the runner adds how it ended
             raise
@@ -122,16 +121,22 @@ class Intake:
         inbound.claimed_until = None
         return outcome
 
-    def _decide(
-        self,
-        session: Session,
-        inbound: InboundMessage,
-        reading: Reading,
-        now: datetime,
-        trail: Trail,
-        *,
-        isolated: bool,
+    def _isolated(
+        self, session: Session, inbound: InboundMessage, reading: Reading, now: datetime, trail: Trail
     ) -> Outcome:
+        """`_decide` in a savepoint. A unique index that refuses the write means another instance stored a
+        row a moment ago (this very message, or the same attachment): decided again, seeing it."""
+        for _ in range(2):
+            del trail.steps[len(reading.steps):]  # a second attempt's steps replace the first's
+            try:
+                with session.begin_nested():
+                    return self._decide(session, inbound, reading, now, trail)
+            except IntegrityError:
+                continue
+        trail.add("duplicate", "duplicate", f"{reading.key} was stored by another instance meanwhile")
+        return Outcome("duplicate")
+
+    def _decide(self, session: Session, inbound: InboundMessage, reading: Reading, now: datetime, trail: Trail) -> Outcome:
         parsed, key = reading.parsed, reading.key
         # Before the duplicate check: our own message coming back has a Message-ID we already keep.
         if (ignored := self.machines.screen(session, parsed, now)) is not None:
@@ -139,13 +144,17 @@ class Intake:
             return Outcome("ignored", ignored.ticket_id, ignored.detail)
         automatic = automatic_reason(parsed.message, inbound.envelope_from)
         trail.add("automatic mail", "automatic" if automatic else "written by a person", automatic or "")
-        # In a batch (not isolated) the unique Message-ID index alone finds a duplicate, at the batch's flush,
-        # and the batch then runs isolated: a look-up per message would cost more than the rare rerun.
-        if isolated:
-            known = ticket_store.message_id_known(session, key)
-            trail.add("duplicate", "duplicate" if known else "new", f"{key} is already stored" if known else "")
-            if known:
-                return Outcome("duplicate")
+        # A Message-ID proves nothing (mailbot.identity): only the same message again is a duplicate.
+        uses = conversations.uses(session, key)
+        if same_message(reading.identity, key, uses) is not None:
+            trail.add("duplicate", "duplicate", f"{key} is already stored, the same message")
+            return Outcome("duplicate")
+        if uses:
+            inbound.collision = collision(key, uses)
+            trail.add("duplicate", "collision", inbound.collision)
+            log.warning("inbound %s: %s", inbound.id, inbound.collision)
+        else:
+            trail.add("duplicate", "new", "")
         followup = self.followups.follow(session, inbound, reading, now)
         if isinstance(followup, Decided):
             trail.add("threading", followup.action, followup.detail)
@@ -197,6 +206,7 @@ class Intake:
             direction="in",
             kind="customer",
             message_id=key,
+            identity=reading.identity,
             inbound_id=inbound.id,
             from_address=requester,
             from_name=sender.name if sender else "",

@@ -17,29 +17,17 @@ The rules (RFC 3834; README, "A hostile world: the limits"):
    is sent back.
 4. **The guard.** Mail mailbot sends on its own in answer to a message (a confirmation, an explanation)
    goes out only when the message that opened the ticket was written by a person, From names the
-   requester and `automatic.may_auto_reply_to` agrees that an automatic reply may go there, the requester
-   is not a contact marked bouncing, and fewer than `security.auto_reply_limit` such messages went to that
-   address in the last `security.auto_reply_window`. The limit stops a loop with an auto-responder that
-   marks nothing and threads nothing: each of its replies would open a new ticket and get a confirmation.
-   Mail a person causes (introduction, resolution) is not automatic in this sense.
-5. **A loop through a ticket.** Notifications and relays answer mail too (a customer's message, a
-   specialist's). An auto-responder on each side that marks nothing and replies on the thread would keep
-   them going forever; once `security.ticket_mail_per_hour` of them went out on one ticket within an hour,
-   that is such a loop, and no more go out until the hour has passed. No conversation between people is
-   that fast.
+   requester and `automatic.may_auto_reply_to` agrees that an automatic reply may go there, and the
+   requester is not a contact marked bouncing (`refusal`). The loop governor (mailbot.governor) applies it,
+   with the limits on how much automatic mail goes to one address and passes through one ticket.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from email import policy
-from email.headerregistry import HeaderRegistry
+from datetime import datetime
 from email.message import EmailMessage
-from email.parser import BytesParser
-from typing import cast
 
 from sqlalchemy.orm import Session
 
@@ -48,13 +36,10 @@ from mailbot.automatic import aligned_author, automatic_reason, is_own_mail, loo
 from mailbot.bounces import Bounce, read_bounce
 from mailbot.parse import ParsedMessage
 from mailbot.store import deliveries, registry
-from mailbot.store.schema import OutboxItem, Ticket
+from mailbot.store.schema import OutboxItem
 
 log = logging.getLogger("mailbot.loops")
 
-AUTOMATIC_KINDS = frozenset({"confirmation", "explanation"})  # mail sent on receipt, with no person involved
-REACTIVE_KINDS = frozenset({"notification", "relay"})  # mail that passes a message on (rule 5)
-LOOP_WINDOW = timedelta(hours=1)
 HELD_AUTOMATIC = "automatic"  # the held reason of a ticket opened by automatic mail
 
 
@@ -80,7 +65,7 @@ def delivery_detail(bounce: Bounce) -> str:
     return " ".join(part for part in parts if part) or "the receiving system gave no reason"
 
 
-def refusal(opening: Opening, requester: str, *, sent_recently: int, limit: int) -> str | None:
+def refusal(opening: Opening, requester: str) -> str | None:
     """Why no automatic reply may go to `requester` about the message `opening`, or None when one may
     (rule 4).
 
@@ -96,8 +81,6 @@ def refusal(opening: Opening, requester: str, *, sent_recently: int, limit: int)
         return "the sender's address cannot be trusted with a reply (From and the return path disagree)"
     if opening.bouncing:
         return f"{requester} is marked bouncing"
-    if sent_recently >= limit:
-        return f"{sent_recently} automatic messages already went to {requester} recently (the limit is {limit})"
     return None
 
 
@@ -106,7 +89,7 @@ class Opening:
     """The message that opened a ticket as rule 4 reads it: its header fields, its envelope sender, whether
     the requester is a named contact marked bouncing, and why the message is automatic (None: a person
     wrote it). The intake has all of it in hand as it opens the ticket; otherwise (a release)
-    `MachineMail.opening` reads it from the store."""
+    `Governor.opening` reads it from the store."""
 
     headers: EmailMessage
     envelope_from: str | None
@@ -118,30 +101,12 @@ class Opening:
         return cls(headers, envelope_from, bouncing, automatic_reason(headers, envelope_from))
 
 
-def _headers(raw: bytes) -> EmailMessage:
-    # Only the header block: the message already passed parse()'s limits when it was taken in. Each field is
-    # parsed once: the rules read From and Content-Type several times, and policy.default parses every read.
-    fields = policy.default.clone(header_factory=functools.lru_cache(maxsize=None)(HeaderRegistry()))
-    return cast(EmailMessage, BytesParser(policy=fields).parsebytes(raw, headersonly=True))
-
-
 class MachineMail:
-    """Rules 1, 2, 4 and 5 against the store: the intake's first step, and the guards the workflow calls."""
+    """Rules 1 and 2 against the store: the intake's first step."""
 
-    def __init__(
-        self,
-        secret: bytes,
-        *,
-        auto_reply_limit: int,
-        auto_reply_window: timedelta,
-        bouncing_after: int,
-        ticket_mail_per_hour: int,
-    ) -> None:
+    def __init__(self, secret: bytes, *, bouncing_after: int) -> None:
         self.secret = secret
-        self.auto_reply_limit = auto_reply_limit
-        self.auto_reply_window = auto_reply_window
         self.bouncing_after = bouncing_after
-        self.ticket_mail_per_hour = ticket_mail_per_hour
 
     def screen(self, session: Session, parsed: ParsedMessage, now: datetime) -> Ignored | None:
         """Rules 1 and 2: our own mail and bounces are ignored (bounces recorded); None for anything else."""
@@ -179,33 +144,3 @@ class MachineMail:
             if contact.bounces >= self.bouncing_after and not contact.bouncing:
                 contact.bouncing = True
                 log.warning("contact %s marked bouncing after %d hard bounces", contact.address, contact.bounces)
-
-    def loop_refusal(self, session: Session, ticket: Ticket, now: datetime) -> str | None:
-        """Rule 5: why no notification or relay may go out on `ticket` now, or None."""
-        count = deliveries.count_on_ticket(session, ticket.id, REACTIVE_KINDS, now - LOOP_WINDOW)
-        if count < self.ticket_mail_per_hour:
-            return None
-        limit = self.ticket_mail_per_hour
-        return f"mail loop suspected: {count} notifications and relays in the last hour (the limit is {limit})"
-
-    def auto_reply_refusal(
-        self, session: Session, ticket: Ticket, now: datetime, opening: Opening | None = None
-    ) -> str | None:
-        """Rule 4 for `ticket`'s requester: why no confirmation or explanation may go out now, or None."""
-        opening = opening or self.opening(session, ticket)
-        if opening is None:
-            return "no stored message to answer"
-        # Counts the stored rows and those pending in the session: nothing needs flushing first (a batch of the
-        # intake is written in one flush, mailbot.processor).
-        since = now - self.auto_reply_window
-        sent_recently = deliveries.count_to_requester(session, ticket.requester, AUTOMATIC_KINDS, since)
-        return refusal(opening, ticket.requester, sent_recently=sent_recently, limit=self.auto_reply_limit)
-
-    def opening(self, session: Session, ticket: Ticket) -> Opening | None:
-        """The stored message that opened `ticket` and its requester's contact; None if it is not kept."""
-        stored = deliveries.opening_message(session, ticket)
-        if stored is None:
-            return None
-        with session.no_autoflush:  # registry.add_contact flushes what it adds
-            contact = registry.find_contact(session, ticket.requester)
-        return Opening.read(_headers(stored.raw), stored.envelope_from, bouncing=contact is not None and contact.bouncing)

@@ -109,8 +109,8 @@ class Processor:
             now = self.clock.now()
             try:
                 # Written in one flush when the savepoint is released: look-ups that could see this batch's
-                # own writes take pending rows into account (the auto-reply counts, stored blobs) or flush
-                # first (threading); a Message-ID twice in the batch meets the unique index at the flush.
+                # own writes take pending rows into account (Message-ID uses, the governor's counts, stored
+                # blobs) or flush first (threading); the unique index on message identities is the last guard.
                 with session.begin_nested(), session.no_autoflush:
                     outcomes = [
                         self.intake.process(session, row, now, isolated=False, reading=reading)

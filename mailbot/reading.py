@@ -13,8 +13,9 @@ from mailbot.trail import Step
 @dataclass(frozen=True)
 class Reading:
     parsed: ParsedMessage
-    key: str  # the message's identity: its Message-ID, or a hash of its bytes
+    key: str  # its Message-ID, or a hash of its bytes: what threads it and what others may reuse
     verdict: AuthVerdict  # whether its From address is authenticated (admission.Gate.authenticate)
+    identity: str  # what makes a message with the same key the same message (mailbot.identity)
     steps: tuple[Step, ...] = ()  # the decision trail so far: reading, authentication (mailbot.trail)
 
 

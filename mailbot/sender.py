@@ -80,8 +80,9 @@ class MaildirTransport:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)  # what we send is the customers' mail: ours alone
         for sub in ("tmp", "new", "cur"):
-            (path / sub).mkdir(parents=True, exist_ok=True)
+            (path / sub).mkdir(mode=0o700, exist_ok=True)
 
     async def deliver(self, envelope_from: str, recipients: list[str], message: bytes) -> None:
         await asyncio.to_thread(self._write, message)  # fsync blocks: keep it off the event loop
@@ -90,7 +91,7 @@ class MaildirTransport:
         name = f"{time.time_ns()}.{os.getpid()}_{os.urandom(4).hex()}.{socket.gethostname()}"
         tmp = self.path / "tmp" / name
         try:
-            with open(tmp, "wb") as handle:
+            with open(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600), "wb") as handle:
                 handle.write(message.replace(b"\r\n", b"\n"))
                 handle.flush()
                 os.fsync(handle.fileno())

@@ -7,7 +7,7 @@ named specialist within `sla.introduction_within` of business time; a ticket nob
 A deadline is BREACHED when its message was not sent by then (sent at the very instant counts as in time).
 It is AT RISK when it will be missed unless someone acts: nobody is active to take the ticket when it is due
 for assignment (or within the margin of its deadline), the relay keeps failing while the deadline is within
-the margin, or the relay refused the message for good. A breach follows from the stored times alone, so its
+the margin, the relay refused the message for good, or the loop governor withheld it (mailbot.governor). A breach follows from the stored times alone, so its
 text never changes once it is true; a risk goes away when it is over.
 """
 
@@ -26,8 +26,8 @@ BREACHED, AT_RISK = "BREACHED", "AT RISK"
 class Delivery:
     """How sending one promised message is going (its outbox row)."""
 
-    status: str  # pending | sent | failed | cancelled
-    last_error: str | None
+    status: str  # pending | sent | failed | cancelled | withheld
+    last_error: str | None  # for a withheld one: the loop governor's reason
 
     @property
     def failing(self) -> bool:
@@ -36,6 +36,10 @@ class Delivery:
     @property
     def refused(self) -> bool:
         return self.status == "failed"
+
+    @property
+    def withheld(self) -> bool:
+        return self.status == "withheld"
 
 
 @dataclass(frozen=True)
@@ -155,6 +159,8 @@ def _judge(
         return []
     if delivery.refused:
         return [Finding(deadline, False, f"due {shown(due, zone)}: the relay refused it for good")]
+    if delivery.withheld:
+        return [Finding(deadline, False, f"due {shown(due, zone)}: withheld by the loop governor ({delivery.last_error})")]
     if delivery.failing and due - now <= margin:
         return [Finding(deadline, False, f"due {shown(due, zone)}: the relay keeps failing")]
     return []

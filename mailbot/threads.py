@@ -8,10 +8,18 @@ Matching, in order of trust; the first rule that finds an existing ticket decide
 3. `subject`: the subject carries the readable reference "[Ticket #N]".
 4. `forged-token`: a recipient is shaped like a reply token of an existing ticket but does not verify.
 
+A Message-ID used by several messages (anyone can write any: mailbot.identity) names the ticket among
+them that the sender takes part in, else the first that used it: a later message cannot pull a thread
+away from its ticket, nor an earlier one capture the thread of a genuine message.
+
 Anything else is a new ticket. A match is only a claim on a ticket, never access to it: the sender joins
 only as one of the ticket's participants (the requester; a named contact of the requester's organization
 whom the requester addressed in one of their messages on the ticket; the assigned specialist), only with
-an authenticated From, and never through a forged token. Message-IDs travel in every copy of a thread and
+an authenticated From, and never through a forged token. The assigned specialist speaks as the support
+team (their message is relayed to the customer) only when it was sent to the ticket's specialist reply
+address (mailbot.tokens), which only mail sent to that specialist carries: a signature aligned with the
+support domain is not enough (any platform the domain delegates DKIM to has one), and nothing a stranger
+can obtain from our customer-side mail serves. Message-IDs travel in every copy of a thread and
 ticket numbers count up, so both are guessable: letting a match grant access is how the 2017 "Ticket
 Trick" and the 2024 support-desk spoofing reports read other people's tickets. Participants are derived
 from the ticket's own record each time, so a reassigned ticket or a removed contact loses access at once.
@@ -20,13 +28,13 @@ from the ticket's own record each time, so a reassigned ticket or a removed cont
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Container, Iterable, Mapping
+from collections.abc import Callable, Collection, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
 from mailbot.addresses import normalize
-from mailbot.tokens import Claim, ReplyTokens
+from mailbot.tokens import Claim, ReplyTokens, Side
 
 MAX_THREAD_IDS = 50  # Message-IDs looked up per message: In-Reply-To plus the newest References
 MAX_TICKET_ID = 2**31 - 1  # ticket ids are 32-bit integers in the store
@@ -52,6 +60,7 @@ class Refusal(StrEnum):
     NOT_A_PARTICIPANT = "not-a-participant"
     NOT_AUTHENTICATED = "not-authenticated"
     FORGED_TOKEN = "forged-reply-token"
+    NO_SPECIALIST_TOKEN = "no-specialist-token"
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,10 @@ class Clues:
     message_ids: tuple[str, ...]  # In-Reply-To first, then References from the newest
     claims: tuple[Claim, ...]  # reply-token recipients, valid ones first
     subject_ticket: int | None
+
+    def speaks_for(self, ticket_id: int) -> bool:
+        """Whether the message went to the specialist reply address of `ticket_id`, and it verifies."""
+        return any(c.valid and c.side is Side.SPECIALIST and c.ticket_id == ticket_id for c in self.claims)
 
     def ticket_ids(self) -> set[int]:
         """The ticket numbers named outright (tokens, subject): the caller says which of them exist."""
@@ -140,15 +153,23 @@ def read_clues(
     return Clues(unique, tuple(tokens.claims(recipients)), subject_ticket)
 
 
-def match(clues: Clues, *, owners: Mapping[str, int], existing: Container[int]) -> Match | None:
+def match(
+    clues: Clues,
+    *,
+    owners: Mapping[str, Sequence[int]],
+    existing: Container[int],
+    joins: Callable[[int], bool] = lambda _ticket_id: False,
+) -> Match | None:
     """The ticket the message names, by the most trusted rule that finds one (see the module docstring).
 
-    `owners` maps the Message-IDs of `clues` that belong to a ticket to that ticket; `existing` holds the
-    tickets of `clues.ticket_ids()` that exist.
+    `owners` maps the Message-IDs of `clues` that belong to tickets to those tickets, in the order of their
+    first use; `existing` holds the tickets of `clues.ticket_ids()` that exist; `joins(ticket_id)` says
+    whether the sender is a participant of that ticket (asked only of a Message-ID several tickets use).
     """
     for message_id in clues.message_ids:
-        if message_id in owners:
-            return Match(owners[message_id], How.MESSAGE_ID, message_id)
+        if tickets := owners.get(message_id):
+            chosen = next((t for t in tickets if joins(t)), tickets[0]) if len(tickets) > 1 else tickets[0]
+            return Match(chosen, How.MESSAGE_ID, message_id)
     for claim in clues.claims:
         if claim.valid and claim.ticket_id in existing:
             return Match(claim.ticket_id, How.TOKEN, claim.address)
@@ -189,18 +210,26 @@ def participants(
     )
 
 
-def admit(sender: str, found: Match, people: Participants, *, authenticated: bool) -> Role | Refusal:
+def admit(
+    sender: str, found: Match, people: Participants, *, authenticated: bool, speaks_for: bool = False
+) -> Role | Refusal:
     """Whether `sender` may write on the ticket `found` names: their role, or why not.
 
     `authenticated` is the sender-authentication verdict on the From address (always True where the
     configuration trusts the receiving path); without it anyone could write as a participant.
+    `speaks_for`: the message went to the ticket's specialist reply address (`Clues.speaks_for`), which
+    the specialist's role needs on top of an authenticated From.
     """
     if found.how is How.FORGED_TOKEN:
         return Refusal.FORGED_TOKEN
     role = people.role_of(sender)
     if role is None:
         return Refusal.NOT_A_PARTICIPANT
-    return role if authenticated else Refusal.NOT_AUTHENTICATED
+    if not authenticated:
+        return Refusal.NOT_AUTHENTICATED
+    if role is Role.SPECIALIST and not speaks_for:
+        return Refusal.NO_SPECIALIST_TOKEN
+    return role
 
 
 def refusal_detail(sender: str, found: Match, refusal: Refusal) -> str:
@@ -209,6 +238,10 @@ def refusal_detail(sender: str, found: Match, refusal: Refusal) -> str:
         Refusal.NOT_A_PARTICIPANT: "the sender is not a participant of that ticket",
         Refusal.NOT_AUTHENTICATED: "the From address passed no trusted DKIM or DMARC check",
         Refusal.FORGED_TOKEN: "the reply token was not signed by us",
+        Refusal.NO_SPECIALIST_TOKEN: (
+            "it was not sent to the ticket's specialist reply address (the Reply-To of the mail sent to the "
+            "specialist), so it is not relayed to the customer"
+        ),
     }[refusal]
     return f"{sender or '(no sender)'} tried to join {found.describe()}; {why}"
 

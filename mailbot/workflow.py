@@ -14,13 +14,14 @@ from sqlalchemy.orm import Session
 from mailbot.compose import Composer, Outgoing, Thread, one_line, ticket_reference, ticket_subject
 from mailbot.config import SlaConfig
 from mailbot.errors import RefusedError
+from mailbot.governor import Governor
 from mailbot.hours import BusinessHours
-from mailbot.loops import MachineMail, Opening
+from mailbot.loops import Opening
 from mailbot.store import outbox
 from mailbot.store import sla as sla_store
 from mailbot.store import tickets as ticket_store
 from mailbot.store.schema import OutboxItem, Specialist, Ticket
-from mailbot.tokens import ReplyTokens
+from mailbot.tokens import ReplyTokens, Side
 
 # Messages between mailbot and the support team: never part of the customer's thread (their Message-IDs may
 # name internal hosts), and threaded among themselves for the specialist.
@@ -34,13 +35,13 @@ def address_of(addr_spec: str, name: str = "") -> Address:
 
 class Workflow:
     def __init__(
-        self, composer: Composer, hours: BusinessHours, sla: SlaConfig, *, tokens: ReplyTokens, guard: MachineMail
+        self, composer: Composer, hours: BusinessHours, sla: SlaConfig, *, tokens: ReplyTokens, governor: Governor
     ) -> None:
         self.composer = composer
         self.hours = hours
         self.sla = sla
         self.tokens = tokens
-        self.guard = guard
+        self.governor = governor
 
     def local_time(self, instant: datetime) -> str:
         """An instant as customers read it: 'Monday, November 30 at 11:00 AM EST'."""
@@ -62,6 +63,12 @@ class Workflow:
     def reply_to(self, ticket: Ticket) -> Address:
         """The ticket's signed reply address (mailbot.tokens): replies find the ticket without any header."""
         return address_of(self.tokens.address(ticket.id), self.composer.identity.name)
+
+    def specialist_reply_to(self, ticket: Ticket) -> Address:
+        """The Reply-To of mail sent only to the ticket's specialist (a notification, the assignment): the
+        specialist token, which a reply must be addressed to before it reaches the customer as the support
+        team (mailbot.threads.admit). Never put it on mail that anyone else receives."""
+        return address_of(self.tokens.address(ticket.id, Side.SPECIALIST), self.composer.identity.name)
 
     def signed_by(self, specialist: Specialist) -> str:
         """The From name of mail a specialist writes: 'Sam Lee (Hero Support)'; the address stays ours."""
@@ -85,9 +92,33 @@ class Workflow:
         *,
         now: datetime,
         deadline: datetime | None = None,
-        due_at: datetime | None = None,
+        opening: Opening | None = None,
+    ) -> OutboxItem | None:
+        """Queue mail the loop governor (mailbot.governor) lets go, in the ticket's conversation too.
+
+        Refused: nothing is queued, the ticket keeps the reason, None. A promised message refused is queued
+        `withheld` instead (never sent; its deadline stands, so the SLA check sees it). `opening`: the
+        message being answered, when the caller has it parsed."""
+        limit = self.governor.limit(session, ticket, outgoing.kind, outgoing.recipients, now, opening)
+        if limit is None:
+            return self.queue(session, ticket, outgoing, now=now, deadline=deadline)
+        ticket.auto_reply_refused = limit.reason
+        if not limit.withholds:
+            return None
+        return self.queue(session, ticket, outgoing, now=now, deadline=deadline, withheld=limit.reason)
+
+    def queue(
+        self,
+        session: Session,
+        ticket: Ticket,
+        outgoing: Outgoing,
+        *,
+        now: datetime,
+        deadline: datetime | None = None,
+        withheld: str | None = None,
     ) -> OutboxItem:
-        """Queue an outgoing message and record it in the ticket's conversation, in one transaction."""
+        """Queue an outgoing message as it is, and record it in the ticket's conversation, in one transaction:
+        a person's mail (a resolution), or what `send` let go."""
         ticket_store.add_message(
             session,
             ticket,
@@ -101,7 +132,9 @@ class Workflow:
             at=now,
             text=outgoing.text,
         )
-        return outbox.plan(session, outgoing, ticket_id=ticket.id, now=now, due_at=due_at, deadline_at=deadline)
+        return outbox.plan(
+            session, outgoing, ticket_id=ticket.id, now=now, deadline_at=deadline, withheld=withheld
+        )
 
     def answer(
         self,
@@ -114,24 +147,10 @@ class Workflow:
         opening: Opening | None = None,
         **extra: object,
     ) -> OutboxItem | None:
-        """Queue automatic mail to the requester (a confirmation, an explanation: templates/<kind>.*) only when
-        mailbot.loops allows an automatic reply now; otherwise compose nothing, keep the reason on the ticket
-        and return None. `opening`: the message being answered, when the caller has it parsed."""
-        refused = self.guard.auto_reply_refusal(session, ticket, now, opening)
-        if refused is not None:
-            ticket.auto_reply_refused = refused
-            return None
+        """Queue automatic mail to the requester (a confirmation, an explanation: templates/<kind>.*) as the
+        loop governor allows (`send`). `opening`: the message being answered, when the caller has it parsed."""
         outgoing = self.to_requester(session, ticket, kind, now=now, **extra)
-        return self.send(session, ticket, outgoing, now=now, deadline=deadline)
-
-    def react(self, session: Session, ticket: Ticket, outgoing: Outgoing, *, now: datetime) -> OutboxItem | None:
-        """Queue mail that passes a message on (a notification, a relay) unless mailbot.loops sees a mail loop
-        on the ticket; then queue nothing, keep the reason on the ticket, return None."""
-        refused = self.guard.loop_refusal(session, ticket, now)
-        if refused is not None:
-            ticket.auto_reply_refused = refused
-            return None
-        return self.send(session, ticket, outgoing, now=now)
+        return self.send(session, ticket, outgoing, now=now, deadline=deadline, opening=opening)
 
     def to_requester(self, session: Session, ticket: Ticket, kind: str, *, now: datetime, **extra: object) -> Outgoing:
         return self.composer.compose(
@@ -151,7 +170,8 @@ class Workflow:
         ticket.introduction_due_at = self.hours.add(now, self.sla.introduction_within)
         due = ticket.confirmation_due_at
         if self.answer(session, ticket, "confirmation", now=now, deadline=due, opening=opening) is None:
-            ticket.confirmation_due_at = None  # nothing is promised to a machine or an unverifiable sender
+            # Nothing is promised to a machine or an unverifiable sender (a withheld one is still owed).
+            ticket.confirmation_due_at = None
 
     def open_ticket(
         self,
@@ -235,7 +255,7 @@ class Workflow:
             reply_to=self.reply_to(ticket),
             auto_submitted="auto-generated",
         )
-        return self.send(session, ticket, resolution, now=now)
+        return self.queue(session, ticket, resolution, now=now)
 
     def reopen(self, ticket: Ticket, now: datetime) -> None:
         """A resolved ticket is worked on again: open with its specialist, else new (to be assigned)."""

@@ -362,8 +362,9 @@ class TestSpecialists:
 
 class TestRelease:
     def test_held_ticket_released_into_the_normal_flow(self, cli: Cli, tmp_path: Path) -> None:
-        """An unknown sender's ticket is held with an explanation and no confirmation; release starts the
-        clock and queues the confirmation. (require_sender_auth = false: the sender counts as authenticated.)"""
+        """An unknown sender's ticket is held with no confirmation (and no explanation: with
+        require_sender_auth = false any From may be forged, so nobody is told why); release starts the clock
+        and queues the confirmation."""
         path = tmp_path / "m.eml"
         path.write_bytes(message(sender="Zoe <zoe@elsewhere.example>", message_id="<r@elsewhere.example>"))
         assert json.loads(cli("ingest", str(path)).out) == {
@@ -373,9 +374,7 @@ class TestRelease:
         assert (held["held_reason"], held["entitlement"], held["introduction_due_at"]) == (
             "unknown-sender", "unknown-sender", None,
         )  # fmt: skip
-        assert [m["kind"] for m in as_json(cli("ticket", "show", "1", "--json"))["messages"]] == [
-            "customer", "explanation",
-        ]  # fmt: skip
+        assert [m["kind"] for m in as_json(cli("ticket", "show", "1", "--json"))["messages"]] == ["customer"]
         result = cli("ticket", "release", "1")
         assert result.code == 0 and "released ticket 1" in result.out
         shown = as_json(cli("ticket", "show", "1", "--json"))
@@ -385,6 +384,6 @@ class TestRelease:
             "unknown-sender",
         )
         assert shown["released_at"] and shown["introduction_due_at"] and shown["confirmation_due_at"]
-        assert [m["kind"] for m in shown["messages"]] == ["customer", "explanation", "confirmation"]
+        assert [m["kind"] for m in shown["messages"]] == ["customer", "confirmation"]
         assert cli("ticket", "release", "1").refused("ticket 1 is not held (its status is new)")
         assert as_json(cli("ticket", "list", "--status", "held", "--json")) == []

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy import func, select
 
 from mailbot.app import App
+from mailbot.dns import FixedResolver
 from mailbot.errors import TransientStoreError
 from mailbot.store import inbound as inbound_store
 from mailbot.store.inbound import RawMessage
@@ -146,16 +147,19 @@ class TestBatches:
         assert actions == ["created", "created", "created", "duplicate", "duplicate"]
         assert app.db.call(lambda s: s.scalar(select(func.count()).select_from(Ticket))) == 3
 
-    def test_the_auto_reply_limit_holds_within_a_batch(self, app: App) -> None:
-        """Confirmations planned earlier in the same batch count against the limit on automatic mail."""
+    def test_the_auto_reply_limit_holds_within_a_batch(self, make_app) -> None:  # type: ignore[no-untyped-def]
+        """Confirmations planned earlier in the same batch count against the governor's per-address limit; a
+        named contact's past it are withheld, their deadlines standing."""
+        app = make_app({"security": {"contact_mail_limit": 10}})
         raws = [plain(f"<l{n}@x.example>") for n in range(12)]
         app.db.call(inbound_store.insert_many, [RawMessage(raw, "test", "ana@lincoln.example") for raw in raws],
                     app.clock.now())
         assert len(app.processor.run_once()) == 12
-        limit = app.config.security.auto_reply_limit
-        queued = app.db.call(lambda s: s.scalar(select(func.count()).select_from(OutboxItem)))
-        refused = app.db.call(lambda s: list(s.scalars(select(Ticket.auto_reply_refused).order_by(Ticket.id))))
-        assert queued == limit == 10 and refused[:limit] == [None] * limit and all(refused[limit:])
+        statuses = app.db.call(lambda s: list(s.scalars(select(OutboxItem.status).order_by(OutboxItem.id))))
+        tickets = app.db.call(lambda s: list(s.scalars(select(Ticket).order_by(Ticket.id))))
+        assert statuses == ["pending"] * 10 + ["withheld"] * 2
+        assert [t.auto_reply_refused is None for t in tickets] == [True] * 10 + [False] * 2
+        assert all(t.confirmation_due_at is not None for t in tickets)
 
     def test_a_reply_to_a_message_earlier_in_the_batch_threads(self, app: App) -> None:
         """The ticket a reply names may not be written yet when the reply is decided: it still threads."""
@@ -171,10 +175,13 @@ class TestBatches:
         assert app.db.call(lambda s: s.scalar(select(func.count()).select_from(Blob))) == 1
         assert app.db.call(lambda s: s.scalar(select(func.count()).select_from(Attachment))) == 2
 
-    def test_the_explanation_limit_holds_within_a_batch(self, app: App) -> None:
+    def test_the_explanation_limit_holds_within_a_batch(self, make_app) -> None:  # type: ignore[no-untyped-def]
         """A stranger writing five times in one batch is told why at most explanations_per_day times."""
+        security = {"require_sender_auth": True, "trusted_authserv_ids": ["mx.schoolmint.com"]}
+        app = make_app({"security": security}, resolver=FixedResolver({}))
         stranger = "zoe@elsewhere.example"
-        raws = [plain(f"<z{n}@elsewhere.example>", sender=stranger) for n in range(5)]
+        proven = "Authentication-Results: mx.schoolmint.com; dmarc=pass header.from=elsewhere.example\r\n"
+        raws = [plain(f"<z{n}@elsewhere.example>", sender=stranger, extra=proven) for n in range(5)]
         assert run_batch(app, raws, sender=stranger) == ["held"] * 5
         explained = app.db.call(lambda s: s.scalar(select(func.count()).select_from(OutboxItem)))
         assert explained == app.config.security.explanations_per_day == 3

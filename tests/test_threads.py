@@ -21,7 +21,7 @@ from mailbot.threads import (
     read_clues,
     refusal_detail,
 )
-from mailbot.tokens import ReplyTokens
+from mailbot.tokens import ReplyTokens, Side
 
 TOKENS = ReplyTokens(b"test secret", ("herosupport@schoolmint.com",))
 
@@ -74,14 +74,14 @@ class TestMatch:
         found = clues(
             in_reply_to="<ours@schoolmint.com>", recipients=(TOKENS.address(2),), subject="[Ticket #3]"
         )
-        assert match(found, owners={"<ours@schoolmint.com>": 1}, existing={2, 3}) == Match(
+        assert match(found, owners={"<ours@schoolmint.com>": [1]}, existing={2, 3}) == Match(
             1, How.MESSAGE_ID, "<ours@schoolmint.com>"
         )
 
     def test_outlook_style_references_only(self) -> None:
         """Outlook sends References without In-Reply-To; the newest known id decides."""
         found = clues(references=("<root@schoolmint.com>", "<unknown@outlook.com>"))
-        assert match(found, owners={"<root@schoolmint.com>": 4}, existing=set()) == Match(
+        assert match(found, owners={"<root@schoolmint.com>": [4]}, existing=set()) == Match(
             4, How.MESSAGE_ID, "<root@schoolmint.com>"
         )
 
@@ -111,6 +111,29 @@ class TestMatch:
 
     def test_nothing(self) -> None:
         assert match(clues(), owners={}, existing={1}) is None
+
+    def test_a_message_id_several_tickets_use_names_the_senders_own(self) -> None:
+        """A Message-ID proves nothing: a stranger who used Ana's first cannot capture her thread, and one who
+        copies hers later cannot pull it away; among the tickets using it, the sender's decides."""
+        found = clues(references=("<x@lincoln.example>",))
+        owners = {"<x@lincoln.example>": [1, 2]}
+        assert match(found, owners=owners, existing=set(), joins=lambda t: t == 2) == Match(
+            2, How.MESSAGE_ID, "<x@lincoln.example>"
+        )
+        assert match(found, owners=owners, existing=set(), joins=lambda t: False).ticket_id == 1  # type: ignore[union-attr]
+
+    def test_specialist_token_claims_its_side(self) -> None:
+        found = clues(recipients=(TOKENS.address(4, Side.SPECIALIST), TOKENS.address(5)))
+        assert found.speaks_for(4) and not found.speaks_for(5)
+        assert match(found, owners={}, existing={4, 5}) == Match(4, How.TOKEN, TOKENS.address(4, Side.SPECIALIST))
+
+    def test_customer_token_never_speaks_for_the_specialist(self) -> None:
+        """The customer token is on mail anyone may obtain; a mac of one side does not verify on the other."""
+        customer = TOKENS.address(4)
+        as_specialist = customer.replace("+t4-", "+s4-")
+        found = clues(recipients=(customer, as_specialist))
+        assert not found.speaks_for(4)
+        assert [(c.side, c.valid) for c in found.claims] == [(Side.CUSTOMER, True), (Side.SPECIALIST, False)]
 
 
 class TestParticipants:
@@ -152,7 +175,19 @@ class TestAdmit:
 
     def test_participant_joins(self) -> None:
         assert admit("ana@lincoln.example", self.BY_ID, self.PEOPLE, authenticated=True) is Role.REQUESTER
-        assert admit("sam@schoolmint.com", self.BY_ID, self.PEOPLE, authenticated=True) is Role.SPECIALIST
+        sam = admit("sam@schoolmint.com", self.BY_ID, self.PEOPLE, authenticated=True, speaks_for=True)
+        assert sam is Role.SPECIALIST
+
+    def test_specialist_needs_the_specialist_token(self) -> None:
+        """An authenticated From of the assigned specialist is not enough to speak as the support team."""
+        assert (
+            admit("sam@schoolmint.com", self.BY_ID, self.PEOPLE, authenticated=True)
+            is Refusal.NO_SPECIALIST_TOKEN
+        )
+        assert (
+            admit("sam@schoolmint.com", self.BY_ID, self.PEOPLE, authenticated=False, speaks_for=True)
+            is Refusal.NOT_AUTHENTICATED
+        )
 
     def test_copied_message_id_grants_nothing(self) -> None:
         assert (

@@ -7,7 +7,7 @@ import hmac
 
 import pytest
 
-from mailbot.tokens import MAC_HEX_DIGITS, Claim, ReplyTokens
+from mailbot.tokens import MAC_HEX_DIGITS, Claim, ReplyTokens, Side
 
 SUPPORT = ("herosupport@schoolmint.com", "help@herok12.com")
 
@@ -54,6 +54,13 @@ class TestRead:
     def test_own_token_verifies(self, tokens: ReplyTokens) -> None:
         address = tokens.address(123)
         assert tokens.read(address) == Claim(123, address, True)
+
+    def test_specialist_token_verifies_on_its_side_only(self, tokens: ReplyTokens) -> None:
+        """The specialist's reply address is keyed for that side: the customer's mac does not serve for it."""
+        address = tokens.address(123, Side.SPECIALIST)
+        assert "+s123-" in address and tokens.read(address) == Claim(123, address, True, Side.SPECIALIST)
+        borrowed = f"herosupport+s123-{tokens.mac(123)}@schoolmint.com"
+        assert tokens.read(borrowed) == Claim(123, borrowed, False, Side.SPECIALIST)
 
     def test_case_folded_by_a_mail_system_still_verifies(self, tokens: ReplyTokens) -> None:
         address = tokens.address(5).upper()

@@ -93,10 +93,11 @@ class TestRecorded:
         one, two = store(app, first, reply)
         assert [o.action for o in app.processor.run_once()] == ["created", "threaded"]
         steps = trail_of(app, two)
-        # A batch finds duplicates by the unique index at its flush: no look-up step of its own.
-        assert [s["step"] for s in steps] == ["reading", "authentication", "automatic mail", "threading", "decision"]
-        assert steps[3]["verdict"] == "threaded"
-        assert "ticket #1 by its Message-ID <q1@lincoln.example>" in steps[3]["detail"]
+        assert [s["step"] for s in steps] == [
+            "reading", "authentication", "automatic mail", "duplicate", "threading", "decision"
+        ]
+        assert steps[3]["verdict"] == "new" and steps[4]["verdict"] == "threaded"
+        assert "ticket #1 by its Message-ID <q1@lincoln.example>" in steps[4]["detail"]
         assert [s["step"] for s in trail_of(app, one)][-2:] == ["entitlement", "decision"]
 
     def test_automatic_mail_is_held_unjudged(self, app: App) -> None:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from mailbot.cli.terminal import safe_output
 from mailbot.errors import ConfigError, MailbotError, RefusedError, TransientError
 
 if TYPE_CHECKING:
@@ -28,6 +29,10 @@ if TYPE_CHECKING:
 
 EX_TEMPFAIL = 75
 EX_SIGPIPE = 128 + 13  # what a shell reports for a Unix tool stopped by a closed pipe (SIGPIPE)
+# Whatever mailbot creates (the SQLite database and its journal, the sent maildir, kept mail) is its own:
+# the database holds raw mail and the site's secret. (Stricter than the unit's UMask=0027: nothing mailbot
+# writes is for its group either.)
+PRIVATE_UMASK = 0o077
 Handler = Callable[[argparse.Namespace, "Context"], int]
 
 
@@ -114,6 +119,16 @@ def quiet_stdout() -> None:
 
 
 def main(argv: Sequence[str] | None = None, *, clock: Clock | None = None) -> int:
+    """Run one command with a private umask and terminal-safe output (mailbot.cli.terminal)."""
+    previous = os.umask(PRIVATE_UMASK)
+    try:
+        with safe_output():
+            return _run(argv, clock)
+    finally:
+        os.umask(previous)
+
+
+def _run(argv: Sequence[str] | None, clock: Clock | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.verbose)

@@ -150,6 +150,8 @@ def cmd_assign(args: argparse.Namespace, context: Any) -> int:
     status, error = _send_now(app, claim.introduction_id)
     if status == "sent":
         prose = f"ticket {claim.ticket_id} assigned to {who}; introduction sent"
+    elif status == "withheld":
+        prose = f"ticket {claim.ticket_id} assigned to {who}; introduction withheld by the loop governor ({error})"
     else:
         prose = (f"ticket {claim.ticket_id} assigned to {who}; introduction queued, not sent yet "
                  f"({error or 'not attempted'}): the daemon keeps trying")
@@ -158,14 +160,16 @@ def cmd_assign(args: argparse.Namespace, context: Any) -> int:
 
 
 def _send_now(app: Any, item_id: int) -> tuple[str, str | None]:
-    """Run the sender once; "sent", or "queued" with the relay's last error."""
+    """Run the sender once; "sent", "withheld" by the loop governor, or "queued", with the last error."""
     import asyncio
 
     from mailbot.store.schema import OutboxItem
 
     asyncio.run(app.sender.drain())
     item = app.db.call(lambda s: s.get_one(OutboxItem, item_id))
-    return ("sent", None) if item.status == "sent" else ("queued", item.last_error)
+    if item.status == "sent":
+        return "sent", None
+    return ("withheld" if item.status == "withheld" else "queued"), item.last_error
 
 
 def cmd_resolve(args: argparse.Namespace, context: Any) -> int:

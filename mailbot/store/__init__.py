@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -51,6 +52,9 @@ def make_engine(url: str, lock_timeout: float = 10.0) -> Engine:
         path = url.split(":///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+            # Raw mail and the site's secret live here: the owner's alone, whatever the umask. SQLite gives its
+            # -wal and -shm files the database file's permissions.
+            os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": lock_timeout})
         event.listen(engine, "connect", _sqlite_pragmas(lock_timeout))
         # pysqlite's own transaction handling defers BEGIN; take the write lock at BEGIN instead so two writers

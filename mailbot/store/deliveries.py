@@ -1,4 +1,4 @@
-"""Mail mailbot sent, as bounces and the automatic-mail guard need it (mailbot.loops)."""
+"""Mail mailbot sent, as bounces (mailbot.loops) and the loop governor (mailbot.governor) need it."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from datetime import datetime
 from sqlalchemy import Select, bindparam, func, select
 from sqlalchemy.orm import Session
 
+from mailbot.addresses import key_of
 from mailbot.store.schema import InboundMessage, OutboxItem, Ticket
 
 # Built once with bound parameters (the intake runs them for every message; see mailbot.store.registry).
@@ -16,15 +17,16 @@ _BY_MESSAGE_ID = select(OutboxItem).where(OutboxItem.message_id == bindparam("me
 
 
 @functools.cache  # one statement for each of the few fixed sets of kinds the callers ask for
-def _to_requester(kinds: frozenset[str]) -> Select[int]:
+def _to_address(kinds: frozenset[str]) -> Select[int]:
+    # ix_outbox_recipient_created: a range of the address's recent rows, whatever its history.
     return (
         select(func.count())
         .select_from(OutboxItem)
-        .join(Ticket, OutboxItem.ticket_id == Ticket.id)
         .where(
-            OutboxItem.kind.in_(sorted(kinds)),
+            OutboxItem.recipient == bindparam("recipient"),
             OutboxItem.created_at >= bindparam("since"),
-            Ticket.requester == bindparam("requester"),
+            OutboxItem.kind.in_(sorted(kinds)),
+            OutboxItem.status != "withheld",
         )
     )
 
@@ -47,27 +49,25 @@ def by_message_id(session: Session, message_id: str) -> OutboxItem | None:
     return session.scalar(_BY_MESSAGE_ID, {"message_id": message_id})
 
 
-def count_to_requester(session: Session, requester: str, kinds: Collection[str], since: datetime) -> int:
-    """Messages of `kinds` planned (sent or not) since `since` on tickets whose requester is `requester`."""
-    values = {"since": since, "requester": requester}
-    new_tickets = {obj.id: obj for obj in session.new if isinstance(obj, Ticket)}
-
-    def to_requester(ticket_id: int) -> bool:
-        ticket = new_tickets.get(ticket_id) or session.get(Ticket, ticket_id)
-        return ticket is not None and ticket.requester == requester
-
-    stored = int(session.connection().scalar(_to_requester(frozenset(kinds)), values) or 0)
-    return stored + _pending(session, kinds, since, to_requester)
+def count_to(session: Session, address: str, kinds: Collection[str], since: datetime) -> int:
+    """Messages of `kinds` planned (sent or not, withheld ones aside) to `address` (any case or plus form)
+    since `since`."""
+    recipient = key_of(address)
+    values = {"since": since, "recipient": recipient}
+    stored = int(session.connection().scalar(_to_address(frozenset(kinds)), values) or 0)
+    return stored + _pending(session, kinds, since, lambda item: item.recipient == recipient)
 
 
 def count_on_ticket(session: Session, ticket_id: int, kinds: Collection[str], since: datetime) -> int:
     """Messages of `kinds` planned on one ticket since `since`."""
     values = {"ticket_id": ticket_id, "since": since}
     stored = int(session.connection().scalar(_on_ticket(frozenset(kinds)), values) or 0)
-    return stored + _pending(session, kinds, since, lambda pending_ticket: pending_ticket == ticket_id)
+    return stored + _pending(session, kinds, since, lambda item: item.ticket_id == ticket_id)
 
 
-def _pending(session: Session, kinds: Collection[str], since: datetime, belongs: Callable[[int], bool]) -> int:
+def _pending(
+    session: Session, kinds: Collection[str], since: datetime, belongs: Callable[[OutboxItem], bool]
+) -> int:
     """Of the counts above, the items planned in this session and not written yet: the intake writes a batch
     in one flush (mailbot.processor), and these counts read the stored rows on the connection, which does
     not flush."""
@@ -76,10 +76,10 @@ def _pending(session: Session, kinds: Collection[str], since: datetime, belongs:
             1
             for item in list(session.new)
             if isinstance(item, OutboxItem)
-            and item.ticket_id is not None
+            and item.status != "withheld"
             and item.kind in kinds
             and item.created_at >= since
-            and belongs(item.ticket_id)
+            and belongs(item)
         )
 
 

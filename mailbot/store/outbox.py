@@ -8,6 +8,7 @@ from typing import Any, cast
 from sqlalchemy import ColumnElement, CursorResult, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from mailbot.addresses import key_of
 from mailbot.compose import Outgoing
 from mailbot.store.schema import OutboxItem
 
@@ -20,18 +21,22 @@ def plan(
     now: datetime,
     due_at: datetime | None = None,
     deadline_at: datetime | None = None,
+    withheld: str | None = None,
 ) -> OutboxItem:
+    """Queue `outgoing`; `withheld`: kept back for that reason (the loop governor), never sent as it stands."""
     item = OutboxItem(
         ticket_id=ticket_id,
         kind=outgoing.kind,
         message_id=outgoing.message_id,
         envelope_from=outgoing.envelope_from,
         recipients=outgoing.recipients,
+        recipient=key_of(outgoing.recipients[0]) if outgoing.recipients else None,
         body=outgoing.body,
         created_at=now,
         due_at=due_at or now,
         deadline_at=deadline_at,
-        status="pending",
+        status="withheld" if withheld else "pending",
+        last_error=withheld,
         attempts=0,
         next_attempt_at=due_at or now,
     )

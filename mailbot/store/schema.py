@@ -122,6 +122,8 @@ class InboundMessage(Base):
     processed_at: Mapped[datetime | None]
     message_id: Mapped[str | None] = mapped_column(String(998), index=True)
     peer: Mapped[str | None] = mapped_column(String(100))  # the SMTP/LMTP client's IP address
+    # Its Message-ID was already used by a different message (mailbot.identity): who used it, for operators.
+    collision: Mapped[str | None] = mapped_column(Text)
     ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id", ondelete="SET NULL"))
     # The decision trail (mailbot.trail): each rule the intake ran, its verdict, why, how long; written with
     # the outcome. Deferred: loaded only by `inbound show`, never by the runner's claim.
@@ -169,14 +171,19 @@ class Ticket(Base):
 
 
 class TicketMessage(Base):
-    """One message of a ticket's conversation, in or out. Its Message-ID is unique: the dedupe guard."""
+    """One message of a ticket's conversation, in or out.
+
+    A Message-ID proves nothing (anyone can write any), so it is not unique here: `identity` is, the dedupe
+    guard (mailbot.identity: the Message-ID with what the message says and who provably said it).
+    """
 
     __tablename__ = "ticket_messages"
     id: Mapped[int] = mapped_column(primary_key=True)
     ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id", ondelete="CASCADE"), index=True)
     direction: Mapped[str] = mapped_column(String(3))  # in | out
     kind: Mapped[str] = mapped_column(String(20))  # customer | specialist | confirmation | introduction | ...
-    message_id: Mapped[str] = mapped_column(String(998), unique=True)
+    message_id: Mapped[str] = mapped_column(String(998), index=True)
+    identity: Mapped[str] = mapped_column(String(1100), unique=True)
     inbound_id: Mapped[int | None] = mapped_column(ForeignKey("inbound_messages.id", ondelete="SET NULL"))
     from_address: Mapped[str] = mapped_column(String(320))
     from_name: Mapped[str] = mapped_column(String(200), default="")
@@ -217,18 +224,23 @@ class OutboxItem(Base):
     """A message to send: fully rendered when planned, so a retry is the very same message (same Message-ID)."""
 
     __tablename__ = "outbox"
-    __table_args__ = (Index("ix_outbox_status_next", "status", "next_attempt_at"),)
+    __table_args__ = (
+        Index("ix_outbox_status_next", "status", "next_attempt_at"),
+        Index("ix_outbox_recipient_created", "recipient", "created_at"),  # the loop governor's count
+    )
     id: Mapped[int] = mapped_column(primary_key=True)
     ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id", ondelete="CASCADE"), index=True)
     kind: Mapped[str] = mapped_column(String(20))
     message_id: Mapped[str] = mapped_column(String(998), unique=True)
     envelope_from: Mapped[str] = mapped_column(String(320))
     recipients: Mapped[list[str]] = mapped_column()
+    recipient: Mapped[str | None] = mapped_column(String(320))  # the first, as mailbot.addresses keys it
     body: Mapped[bytes] = mapped_column(LargeBinary)  # without Date and DKIM-Signature, added at send time
     created_at: Mapped[datetime]
     due_at: Mapped[datetime]  # do not send before
     deadline_at: Mapped[datetime | None]  # the promise: it must be out by then
-    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending | sent | failed | cancelled
+    # pending | sent | failed | cancelled | withheld (the loop governor kept a promised message back)
+    status: Mapped[str] = mapped_column(String(20), default="pending")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime]
     last_error: Mapped[str | None] = mapped_column(Text)

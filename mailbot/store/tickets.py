@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import bindparam, exists, func, select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, selectinload
 
 from mailbot.store.schema import Attachment, Blob, Specialist, Ticket, TicketMessage
@@ -16,13 +16,6 @@ if TYPE_CHECKING:  # a type only: `ticket list` need not load the mail parser
 
 _LAST_ID = select(func.max(Ticket.id))
 _NEXT_ID_POSTGRESQL = text("SELECT nextval(pg_get_serial_sequence('tickets', 'id'))")
-_KNOWN = select(exists().where(TicketMessage.message_id == bindparam("message_id")))  # built once: see registry
-
-
-def message_id_known(session: Session, message_id: str) -> bool:
-    return bool(session.connection().scalar(_KNOWN, {"message_id": message_id}))
-
-
 def allocate_id(session: Session) -> int:
     """The id for a new ticket, known before it is written (compose needs it), so a batch of new tickets
     can be written in one flush. PostgreSQL: the column's sequence. SQLite: one past the highest id stored or
@@ -52,11 +45,14 @@ def add_message(
     quoted: str = "",
     inbound_id: int | None = None,
     attachments: Sequence[ParsedAttachment] = (),
+    identity: str | None = None,
 ) -> TicketMessage:
+    """`identity`: what makes a received message the same one (mailbot.identity); ours are their Message-ID."""
     message = TicketMessage(
         direction=direction,
         kind=kind,
         message_id=message_id,
+        identity=identity or message_id,
         inbound_id=inbound_id,
         from_address=from_address,
         from_name=from_name,
