@@ -7,6 +7,7 @@ import sys
 from functools import cached_property
 from pathlib import Path
 
+from mailbot import promises
 from mailbot.admission import Gate
 from mailbot.clock import Clock, SystemClock
 from mailbot.compose import Composer, Identity
@@ -61,7 +62,19 @@ class App:
 
     @cached_property
     def workflow(self) -> Workflow:
-        return Workflow(self.composer, self.hours, self.config.sla, tokens=self.reply_tokens, guard=self.machines)
+        support, dkim = self.config.support, self.config.outbound.dkim
+        return Workflow(
+            self.composer,
+            self.hours,
+            self.config.sla,
+            tokens=self.reply_tokens,
+            guard=self.machines,
+            sender_domains=promises.sender_domains(
+                [self.identity.address, *support.addresses, *([f"@{dkim.domain}"] if dkim else [])],
+                support.sender_domains,
+            ),
+            attachments_limit=support.max_attachments_size,
+        )
 
     @cached_property
     def machines(self) -> MachineMail:

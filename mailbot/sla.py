@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
 
+from mailbot.hours import shown
+
 RUNNING = ("new", "open")  # the statuses whose tickets still owe the customer something
 
 
@@ -66,11 +68,6 @@ class Finding:
 
     def __str__(self) -> str:
         return f"{'BREACHED' if self.breached else 'AT RISK'}: {self.deadline} {self.reason}"
-
-
-def shown(instant: datetime, zone: tzinfo) -> str:
-    """An instant as operators read it: local time with its UTC offset, to the minute."""
-    return instant.astimezone(zone).isoformat(timespec="minutes")
 
 
 def needs_assignment(promise: Promise, now: datetime) -> bool:

@@ -28,6 +28,7 @@ EVIL = "x@evil.example"
 CONFIRMATION_FIELDS = {
     "date", "from", "to", "reply-to", "subject", "message-id", "in-reply-to", "references", "auto-submitted",
     LOOP_HEADER.lower(), "mime-version", "content-type", "content-transfer-encoding", "dkim-signature",
+    "thread-topic", "thread-index",
 }
 
 
@@ -131,7 +132,7 @@ class TestComposeProperty:
             "confirmation",
             to=[address_of(ticket.requester, ticket.requester_name)],
             subject=f"Re: {subject}",
-            thread=Thread(in_reply_to=reference, references=(reference,)),
+            thread=Thread(in_reply_to=reference, references=(reference,), topic=subject, index="AQHdgaSi"),
             context=app.workflow.context(ticket),
         )
         assert outgoing.recipients == [CUSTOMER]
@@ -253,6 +254,7 @@ class TestMarks:
         assert marks == {
             "confirmation": "auto-replied",
             "introduction": "auto-replied",
+            "assignment": "auto-generated",
             "notification": "auto-generated",
             "relay": "auto-generated",
             "resolution": "auto-generated",

@@ -107,3 +107,11 @@ def specialist_address(session: Session, specialist_id: int | None) -> str | Non
     if specialist_id is None:
         return None
     return session.scalar(select(Specialist.address).where(Specialist.id == specialist_id))
+
+
+def blobs(session: Session, sha256s: Sequence[str]) -> dict[str, bytes]:
+    """Attachment bytes by content hash."""
+    if not sha256s:
+        return {}
+    rows = session.execute(select(Blob.sha256, Blob.data).where(Blob.sha256.in_(set(sha256s))))
+    return {sha256: data for sha256, data in rows}
