@@ -269,6 +269,8 @@ class Followups:
         text = hide(rest)
         command = next((c for c in said if c.verb != "take"), None)  # `#take` of the one who has it: nothing
         if command is not None:
+            if command.verb == "resolve":  # "#resolve Fixed." on one line: the note starts on it
+                text = hide(f"{command.argument}\n{rest}".strip())
             return self._command(session, ticket, specialist, command, text, now, found)
         passed = self.workflow.files_read(parsed.attachments)
         if not text.strip() and not passed.files:

@@ -371,7 +371,9 @@ class Workflow:
         )
         # Only the first introduction is the promise (its deadline); one that says who takes over is a courtesy.
         item = self.send(session, ticket, introduction, now=now, deadline=None if introduced else ticket.introduction_due_at)
-        self._tell_assigned(session, ticket, specialist, now, how=how, previous=previous, note=note)
+        self._tell_assigned(
+            session, ticket, specialist, now, how=how, previous=previous, note=note, introduced_before=introduced
+        )
         if previous is not None:
             handover = self.to_specialist(session, ticket, "handover", previous, new_name=specialist.name, how=how)
             self.send(session, ticket, handover, now=now)
@@ -387,6 +389,7 @@ class Workflow:
         how: str,
         previous: Specialist | None,
         note: str,
+        introduced_before: bool,
     ) -> None:
         """The `assignment` mail: the conversation so far, each message with its attachments, attached within
         the size limit (the rest named, with the command that saves them)."""
@@ -404,7 +407,7 @@ class Workflow:
             messages=[self.message_view(m) for m in said],
             left_out=[(name, promises.size_words(size)) for name, size in passed.left_out],
             introduction_due=self.local_time(ticket.introduction_due_at) if ticket.introduction_due_at else None,
-            introduced=any(m.kind == "introduction" for m in ticket.messages),
+            introduced=introduced_before,
         )
         self.send(session, ticket, assignment, now=now)
 

@@ -162,7 +162,7 @@ class TestByEmailAlone:
         assert to(introduction) == CUSTOMER and to(assignment) == SAM
 
         # Sam reads the customer's message and her attachment in his mail, threaded with the ticket.
-        assert "is yours now: by turn" in plain(assignment)
+        assert "is yours now: by turn" in plain(assignment) and "is introduced to you by email now" in plain(assignment)
         assert "I cannot log in since this morning." in plain(assignment) and "error.png" in plain(assignment)
         assert files(assignment) == {"error.png": PNG}
         assert "I cannot log in since this morning." in html(assignment) and "<table" not in html(assignment)
@@ -229,10 +229,10 @@ class TestByEmailAlone:
 
         # Kim resolves by email: the rest of her mail is the note to Ana.
         [resolution] = await desk.deliver(
-            answer(kims, f"Kim Park <{KIM}>", "#resolve\nWe fixed the iPad app: please update it."), KIM
+            answer(kims, f"Kim Park <{KIM}>", "#resolve We fixed the iPad app:\nplease update it."), KIM
         )
         assert to(resolution) == CUSTOMER and "is resolved" in plain(resolution)
-        assert "We fixed the iPad app: please update it." in plain(resolution)
+        assert "We fixed the iPad app:\r\nplease update it." in plain(resolution)
         assert resolution["From"].addresses[0].display_name == "Kim Park (Hero Support)"
         assert desk.ticket().status == "resolved"
 
