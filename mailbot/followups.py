@@ -11,7 +11,9 @@ name and whether the sender may join it, and acts:
   address under the specialist's name, on the customer's thread, with its formatting (the HTML part,
   sanitized: mailbot.richtext) and attachments, and the specialist's quoted history, signature and team
   addresses left out; commands at its top (mailbot.commands) resolve the ticket or hand it over instead;
-- another specialist's `#take` takes the ticket (any other message of theirs is held like a stranger's);
+- another specialist's `#take` takes the ticket, whatever names it; the rest of that mail reaches the
+  customer only when it was written to the ticket's reply address (any other message of theirs is held like a
+  stranger's);
 - anyone else's message that names a ticket is a new held ticket whose detail names the attempt: nothing
   of the ticket reaches them and nothing of theirs reaches its customer;
 - a participant's automatic mail (an out-of-office) is kept on the ticket and does nothing else.
@@ -96,9 +98,12 @@ class Followups:
         automatic = automatic_reason(parsed.message, inbound.envelope_from) is not None
         if admitted is Refusal.NOT_A_PARTICIPANT and authenticated and not automatic:
             taker = self._taker(session, sender, found, parsed)
-            if taker is not None:  # a colleague's `#take`: theirs now, and the rest of their mail is relayed
+            if taker is not None:  # a colleague's `#take`: the ticket is theirs now
                 self.workflow.assign(session, ticket, taker, now, how="taken by email")
-                return self._from_specialist(session, ticket, inbound, parsed, key, now, found)
+                if found.how is How.TOKEN:  # speaking to the customer needs the ticket's reply address
+                    return self._from_specialist(session, ticket, inbound, parsed, key, now, found)
+                self._store(session, ticket, inbound, parsed, key, now, kind="specialist")
+                return Decided("threaded", ticket.id, f"joined {found.describe()}; taken by {taker.address}")
         if isinstance(admitted, Refusal):
             return self._hold(session, inbound, parsed, key, now, admitted, found)
         if automatic:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
@@ -204,6 +205,9 @@ class TestSlaColumns:
         header, *lines = out.splitlines()
         assert code == 0 and header.split()[-2:] == ["SUBJECT", "SLA"]
         assert lines[0].endswith(" ok") and " due 20" in lines[1] and lines[2].endswith(" -")
+        # Times as people read them: business time zone with its offset, to the minute (CREATED and SLA alike).
+        local = r"20\d\d-\d\d-\d\d \d\d:\d\d [+-]\d\d:\d\d"
+        assert re.match(rf"\s+1  open\s+{local} ", lines[0]) and re.search(rf" due {local}$", lines[1]), lines
 
         # Two days later nobody ran the daemon: the confirmation of ticket 2 never went out.
         later = App(config_module.load(maildir_config), FrozenClock(datetime.now(UTC) + timedelta(days=2)))

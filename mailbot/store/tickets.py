@@ -110,8 +110,12 @@ def specialist_address(session: Session, specialist_id: int | None) -> str | Non
 
 
 def blobs(session: Session, sha256s: Sequence[str]) -> dict[str, bytes]:
-    """Attachment bytes by content hash."""
-    if not sha256s:
-        return {}
-    rows = session.execute(select(Blob.sha256, Blob.data).where(Blob.sha256.in_(set(sha256s))))
-    return {sha256: data for sha256, data in rows}
+    """Attachment bytes by content hash: stored, or waiting in this session to be (a batch not flushed yet)."""
+    wanted = set(sha256s)
+    found = {o.sha256: o.data for o in session.new if isinstance(o, Blob) and o.sha256 in wanted}
+    missing = wanted - found.keys()
+    if missing:
+        with session.no_autoflush:  # a batch is written in one flush (mailbot.processor)
+            rows = session.execute(select(Blob.sha256, Blob.data).where(Blob.sha256.in_(missing)))
+            found.update({sha256: data for sha256, data in rows})
+    return found
