@@ -38,6 +38,7 @@ from mailbot.parse import ParsedMessage
 from mailbot.quotes import split_reply
 from mailbot.reading import Reading
 from mailbot.redact import hide_addresses
+from mailbot.sla import RUNNING
 from mailbot.store import conversations, registry
 from mailbot.store import tickets as ticket_store
 from mailbot.store.schema import InboundMessage, Specialist, Ticket, TicketMessage
@@ -97,7 +98,7 @@ class Followups:
         admitted = threads.admit(sender, found, people, authenticated=authenticated)
         automatic = automatic_reason(parsed.message, inbound.envelope_from) is not None
         if admitted is Refusal.NOT_A_PARTICIPANT and authenticated and not automatic:
-            taker = self._taker(session, sender, found, parsed)
+            taker = self._taker(session, sender, ticket, found, parsed)
             if taker is not None:  # a colleague's `#take`: the ticket is theirs now
                 self.workflow.assign(session, ticket, taker, now, how="taken by email")
                 if found.how is How.TOKEN:  # speaking to the customer needs the ticket's reply address
@@ -142,19 +143,18 @@ class Followups:
             existing=conversations.existing(session, clues.ticket_ids()),
         )
 
-    def _taker(self, session: Session, sender: str, found: Match, parsed: ParsedMessage) -> Specialist | None:
+    def _taker(
+        self, session: Session, sender: str, ticket: Ticket, found: Match, parsed: ParsedMessage
+    ) -> Specialist | None:
         """The specialist who takes the ticket with `#take` at the top of their mail, when the sender is an
         active one and the ticket can be taken (new or open). Anything else: None (the usual rules hold it)."""
-        if found.how is How.FORGED_TOKEN:
+        if found.how is How.FORGED_TOKEN or ticket.status not in RUNNING:
             return None
         said, _ = commands.read(split_reply(parsed.text)[0])
         if not said or said[0].verb != "take":
             return None
         specialist = registry.find_specialist(session, sender)
-        ticket = ticket_store.get(session, found.ticket_id)
-        if specialist is None or not specialist.active or ticket is None or ticket.status not in ("new", "open"):
-            return None
-        return specialist
+        return specialist if specialist is not None and specialist.active else None
 
     def _authenticated(self, inbound: InboundMessage, verdict: AuthVerdict, now: datetime) -> bool:
         if (
