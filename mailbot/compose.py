@@ -278,17 +278,36 @@ def _filetime(instant: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 10_000_000 + delta.microseconds * 10
 
 
-def thread_index(conversation: str, started: datetime, at: datetime) -> str:
+_INDEX_HEADER = 22  # bytes: reserved 0x01, 40 bits of FILETIME, a 16-byte GUID
+_INDEX_LEVEL = 5
+
+
+def thread_index_header(value: str) -> bytes | None:
+    """The conversation header block of a Thread-Index someone else wrote (an Outlook customer's first
+    message), or None when `value` is not one."""
+    try:
+        raw = base64.b64decode(value.strip(), validate=True)
+    except ValueError:
+        return None
+    well_formed = len(raw) >= _INDEX_HEADER and (len(raw) - _INDEX_HEADER) % _INDEX_LEVEL == 0 and raw[0] == 1
+    return raw[:_INDEX_HEADER] if well_formed else None
+
+
+def thread_index(conversation: str, started: datetime, at: datetime, *, header: bytes | None = None) -> str:
     """Outlook's Thread-Index for a message of `conversation` written at `at` ([MS-OXOMSG] 2.2.1.3).
 
-    Outlook groups a conversation by this value's header block (a time and a GUID) when other clients'
-    References do not reach it; each reply appends a 5-byte response level. The GUID is derived from
-    `conversation` (any stable name of the thread), so every message of one ticket's thread carries the
-    same header block without anything stored, and one response level orders it by time.
+    Outlook groups a conversation by this value's header block (a time and a GUID); each reply appends a
+    5-byte response level. `header`: the block of the thread's first message when its client wrote one (the
+    customer's Outlook), so our replies join that conversation. Otherwise the GUID is derived from
+    `conversation` (any stable name of the thread), so every message of one thread carries the same header
+    block without anything stored, and one response level orders it by time.
     """
-    start = _filetime(started) >> 24 << 24  # the header keeps the 40 high bits of the FILETIME
-    guid = hashlib.sha256(conversation.encode()).digest()[:16]
-    header = b"\x01" + (start >> 24).to_bytes(5, "big") + guid
+    if header is not None:
+        start = int.from_bytes(header[1:6], "big") << 24
+    else:
+        start = _filetime(started) >> 24 << 24  # the header keeps the 40 high bits of the FILETIME
+        guid = hashlib.sha256(conversation.encode()).digest()[:16]
+        header = b"\x01" + (start >> 24).to_bytes(5, "big") + guid
     delta = max(0, _filetime(at) - start)
     code, bits = (0, delta >> 18) if delta >> 49 == 0 else (1, delta >> 23)  # ~1.7 years fit the fine form
     level = (code << 39) | ((bits & 0x7FFF_FFFF) << 8)  # random and sequence nibbles left 0: deterministic

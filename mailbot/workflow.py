@@ -10,9 +10,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email.headerregistry import Address
+from email.parser import BytesHeaderParser
+from email.policy import compat32
 from typing import Protocol, TypeVar
 
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
 from mailbot import promises
 from mailbot.compose import (
@@ -23,6 +25,7 @@ from mailbot.compose import (
     base_subject,
     one_line,
     thread_index,
+    thread_index_header,
     ticket_reference,
     ticket_subject,
 )
@@ -129,24 +132,34 @@ class Workflow:
         ids = [m.message_id for m in customer_side if m.message_id.startswith("<")]
         inbound = [m.message_id for m in customer_side if m.direction == "in" and m.message_id.startswith("<")]
         root = ids[0] if ids else f"ticket {ticket.id}"
-        return Thread.continuing(
-            ids, inbound[-1] if inbound else (ids[-1] if ids else None), **self._outlook(ticket, root)
-        )
+        outlook = self._outlook(ticket, root, header=self._customer_index(ticket))
+        return Thread.continuing(ids, inbound[-1] if inbound else (ids[-1] if ids else None), **outlook)
 
     def specialist_thread(self, ticket: Ticket) -> Thread:
         """Our next mail to the team continues the ticket's thread with the support team."""
         ids = [m.message_id for m in ticket.messages if m.kind in INTERNAL_KINDS and m.message_id.startswith("<")]
         return Thread.continuing(ids, ids[-1] if ids else None, **self._outlook(ticket, f"team {ticket.id}"))
 
-    def _outlook(self, ticket: Ticket, conversation: str) -> dict[str, str]:
+    def _outlook(self, ticket: Ticket, conversation: str, *, header: bytes | None = None) -> dict[str, str]:
         """Thread-Topic and Thread-Index, so that Outlook groups the thread even where References do not
-        reach (it threads by these); the conversation is named by the site and the thread's root."""
+        reach (it threads by these); the conversation is the customer's own when their client named one,
+        else named by the site and the thread's root."""
         topic = base_subject(ticket_subject(ticket.id, ticket.subject))
         started = ticket.created_at or ticket.updated_at
         if started is None:  # a ticket not stored yet (the CLI's previews, tests): the topic alone
             return {"topic": topic}
         name = f"{self.composer.identity.domain} {conversation}"
-        return {"topic": topic, "index": thread_index(name, started, ticket.updated_at or started)}
+        return {"topic": topic, "index": thread_index(name, started, ticket.updated_at or started, header=header)}
+
+    def _customer_index(self, ticket: Ticket) -> bytes | None:
+        """The Thread-Index header block of the customer's first message, when their client (Outlook) wrote
+        one: our replies continue their conversation instead of starting one beside it."""
+        session = object_session(ticket)
+        head = ticket_store.opening_head(session, ticket) if session is not None else None
+        if not head:
+            return None
+        value = BytesHeaderParser(policy=compat32).parsebytes(head).get("Thread-Index")
+        return thread_index_header(str(value)) if value else None
 
     def requester_address(self, session: Session, ticket: Ticket) -> Address:
         """The requester as we write to them: by the name registered with `contact add --name`, else the

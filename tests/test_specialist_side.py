@@ -325,3 +325,19 @@ class TestLimits:
             ticket_commands.cmd_attachment(args, context)
         with pytest.raises(RefusedError, match="no attachment 'nope.txt' \\(big.log, small.png\\)"):
             ticket_commands.cmd_attachment(argparse.Namespace(id=1, name="nope.txt", output=None), context)
+
+
+class TestOutlookThreads:
+    async def test_our_replies_join_the_outlook_customers_conversation(self, desk: Desk) -> None:
+        """Ana writes from Outlook (Thread-Index on her first message): every mail of ours to her carries her
+        conversation's header block, with a response level of its own; the team's thread is another one."""
+        hers = base64.b64decode("AQHbN0x2Zm9vYmFyYmF6cXV4MTIzNA==")  # 22 bytes: 0x01, time, GUID
+        opening = written(sender=CUSTOMER, recipient=SUPPORT, subject="Grades", text="The grades page is empty.")
+        opening = opening.replace(b"Subject: Grades", b"Thread-Index: " + base64.b64encode(hers) + b"\r\nSubject: Grades")
+        [confirmation] = await desk.deliver(opening, CUSTOMER)
+        desk.app.sla.claim(1, SAM)
+        introduction, assignment = sorted(await desk.sent(), key=to)
+        for ours in (confirmation, introduction):
+            index = base64.b64decode(str(ours["Thread-Index"]))
+            assert index[:22] == hers and len(index) == 27
+        assert thread_key(assignment) != hers

@@ -9,7 +9,7 @@ from sqlalchemy import bindparam, exists, func, select, text
 from sqlalchemy.orm import Session, selectinload
 
 from mailbot.parse import Attachment as ParsedAttachment
-from mailbot.store.schema import Attachment, Blob, Specialist, Ticket, TicketMessage
+from mailbot.store.schema import Attachment, Blob, InboundMessage, Specialist, Ticket, TicketMessage
 
 _LAST_ID = select(func.max(Ticket.id))
 _NEXT_ID_POSTGRESQL = text("SELECT nextval(pg_get_serial_sequence('tickets', 'id'))")
@@ -119,3 +119,18 @@ def blobs(session: Session, sha256s: Sequence[str]) -> dict[str, bytes]:
             rows = session.execute(select(Blob.sha256, Blob.data).where(Blob.sha256.in_(missing)))
             found.update({sha256: data for sha256, data in rows})
     return found
+
+
+OPENING_HEAD = 16_384  # bytes of the opening message read for one header field: its header block, or most of it
+
+
+def opening_head(session: Session, ticket: Ticket) -> bytes | None:
+    """The first bytes of the stored message that opened `ticket` (not all of it: it may be megabytes)."""
+    first = next((m for m in ticket.messages if m.direction == "in" and m.inbound_id is not None), None)
+    if first is None:
+        return None
+    with session.no_autoflush:  # the stored message is written already; a batch is written in one flush
+        head = session.scalar(
+            select(func.substr(InboundMessage.raw, 1, OPENING_HEAD)).where(InboundMessage.id == first.inbound_id)
+        )
+    return bytes(head) if head is not None else None
