@@ -35,7 +35,7 @@ from mailbot.compose import ticket_subject
 from mailbot.errors import RefusedError, TransientDNSError
 from mailbot.parse import Attachment as ReadAttachment
 from mailbot.parse import ParsedMessage
-from mailbot.quotes import split_reply
+from mailbot.quotes import split_reply, unflow
 from mailbot.reading import Reading
 from mailbot.redact import hide_addresses
 from mailbot.sla import RUNNING
@@ -150,7 +150,7 @@ class Followups:
         active one and the ticket can be taken (new or open). Anything else: None (the usual rules hold it)."""
         if found.how is How.FORGED_TOKEN or ticket.status not in RUNNING:
             return None
-        said, _ = commands.read(split_reply(parsed.text)[0])
+        said, _ = commands.read(split_reply(_as_typed(parsed))[0])
         if not said or said[0].verb != "take":
             return None
         specialist = registry.find_specialist(session, sender)
@@ -177,7 +177,7 @@ class Followups:
         kind: str,
     ) -> TicketMessage:
         """The message on the ticket: the new text shown, the quoted history and signature kept apart."""
-        text, quoted = split_reply(parsed.text)
+        text, quoted = split_reply(_as_typed(parsed))
         sender = parsed.from_
         return ticket_store.add_message(
             session,
@@ -334,3 +334,14 @@ class Followups:
             self.workflow.react(session, ticket, notice, now=now)
             return Decided("threaded", ticket.id, f"joined {found.describe()}; #{command.verb} refused: {refused}")
         return Decided("threaded", ticket.id, f"joined {found.describe()}; {done}")
+
+
+def _as_typed(parsed: ParsedMessage) -> str:
+    """The message's text with format=flowed soft line breaks undone (Thunderbird, Apple Mail, many phones
+    send it), so it is relayed and shown as paragraphs, not as lines broken mid-sentence."""
+    part = next(
+        (p for p in parsed.message.walk() if p.get_content_type() == "text/plain" and not p.is_attachment()), None
+    )
+    if part is None or str(part.get_param("format", "")).lower() != "flowed":
+        return parsed.text
+    return unflow(parsed.text, delsp=str(part.get_param("delsp", "")).lower() == "yes")

@@ -297,6 +297,29 @@ class TestByEmailAlone:
         assert desk.ticket().specialist_id is not None and desk.ticket().status == "open"
 
 
+class TestPlainText:
+    async def test_a_flowed_reply_reaches_the_customer_as_paragraphs(self, desk: Desk) -> None:
+        """Thunderbird's plain text (format=flowed, lines soft-broken at 72): Ana reads whole sentences, in the
+        plain part and the HTML part alike."""
+        await desk.deliver(
+            written(sender=CUSTOMER, recipient=SUPPORT, subject="Grades", text="The grades page is empty."),
+            CUSTOMER,
+        )
+        desk.app.sla.claim(1, SAM)
+        assignment = next(m for m in await desk.sent() if to(m) == SAM)
+        raw = answer(assignment, f"Sam Lee <{SAM}>", "x").replace(b"\r\n\r\nx\r\n", b"\r\n\r\n")
+        raw = raw.replace(b'charset="utf-8"', b'charset="utf-8"; format=flowed')
+        assert b"format=flowed" in raw
+        body = (
+            b"Please open the grades page again and press the Refresh button at the \r\n"
+            b"top right; the page should fill within a minute.\r\n\r\n-- \r\nSam\r\n"
+        )
+        [relay] = await desk.deliver(raw + body, SAM)
+        sentence = "Please open the grades page again and press the Refresh button at the top right; the page"
+        assert sentence in plain(relay) and sentence in html(relay)
+        assert "Sam\r\n\r\nSam Lee" not in plain(relay)  # the signature stays out
+
+
 class TestLimits:
     async def test_attachments_over_the_limit_are_named_not_attached(self, world: Any, tmp_path: Path) -> None:
         """`support.max_attachments_size`: what fits goes along; the rest is named with how to save it."""
