@@ -351,9 +351,12 @@ class TestLimits:
 
 
 class TestOutlookThreads:
-    async def test_our_replies_join_the_outlook_customers_conversation(self, desk: Desk) -> None:
+    async def test_our_replies_join_the_outlook_customers_conversation(self, world: Any, db_url: str) -> None:
         """Ana writes from Outlook (Thread-Index on her first message): every mail of ours to her carries her
         conversation's header block, with a response level of its own; the team's thread is another one."""
+        service: World = await world(db=db_url)
+        service.app.db.call(registry.add_specialist, SAM, "Sam Lee", service.app.clock.now())
+        desk = Desk(service)
         hers = base64.b64decode("AQHbN0x2Zm9vYmFyYmF6cXV4MTIzNA==")  # 22 bytes: 0x01, time, GUID
         opening = written(sender=CUSTOMER, recipient=SUPPORT, subject="Grades", text="The grades page is empty.")
         opening = opening.replace(b"Subject: Grades", b"Thread-Index: " + base64.b64encode(hers) + b"\r\nSubject: Grades")
