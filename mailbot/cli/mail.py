@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from mailbot.errors import RefusedError
+from mailbot.hours import shown
 from mailbot.parse import UnparseableMessage, parse
 from mailbot.store import inbound as inbound_store
 
@@ -73,7 +75,8 @@ def cmd_failed(args: argparse.Namespace, context: Any) -> int:
         print(json.dumps(rows, indent=2))
     else:
         for row in rows:
-            print(f"{row['id']:>6}  {row['received_at'][:19]}  {row['source']:<6} {row['error']}")
+            received = shown(datetime.fromisoformat(row["received_at"]), context.app.hours.zone)
+            print(f"{row['id']:>6}  {received}  {row['source']:<6} {row['error']}")
     return 0
 
 
