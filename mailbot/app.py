@@ -85,10 +85,22 @@ class App:
 
     @cached_property
     def workflow(self) -> Workflow:
+        from mailbot import promises
         from mailbot.workflow import Workflow
 
-        sla = self.config.sla
-        return Workflow(self.composer, self.hours, sla, tokens=self.reply_tokens, governor=self.governor)
+        support, dkim = self.config.support, self.config.outbound.dkim
+        return Workflow(
+            self.composer,
+            self.hours,
+            self.config.sla,
+            tokens=self.reply_tokens,
+            governor=self.governor,
+            sender_domains=promises.sender_domains(
+                [self.identity.address, *support.addresses, *([f"@{dkim.domain}"] if dkim else [])],
+                support.sender_domains,
+            ),
+            attachments_limit=support.max_attachments_size,
+        )
 
     @cached_property
     def machines(self) -> MachineMail:

@@ -17,20 +17,26 @@ character (UnsafeHeader otherwise: the composition is refused, nothing is sent).
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from email import quoprimime
 from email.header import Header
 from email.headerregistry import Address
 from email.utils import formataddr, getaddresses
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import idna
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateNotFound, select_autoescape
+from markupsafe import Markup
 
+from mailbot import richtext
 from mailbot.automatic import LOOP_HEADER, loop_mark
 
 # C0 and C1 controls and the Unicode line separators: str.splitlines() breaks a header value at any of them.
@@ -122,16 +128,61 @@ def _entity(fields: Fields, body: str) -> str:
     return "".join(f"{name}: {value}{_CRLF}" for name, value in fields) + _CRLF + body
 
 
-def _body(text: str, html: str | None) -> tuple[Fields, str]:
-    """The MIME fields of the message and its body: the text alone, or text and HTML as alternatives."""
-    if html is None:
-        fields, body = _text_part(text, "plain")
-        return [("MIME-Version", "1.0"), *fields], body
-    # 144 random bits: no template or customer text can contain it (RFC 2046 section 5.1.1).
+def _multipart(subtype: str, parts: Sequence[str]) -> tuple[Fields, str]:
+    # 144 random bits: no template, customer text or attachment can contain it (RFC 2046 section 5.1.1).
     boundary = f"=_{secrets.token_urlsafe(18)}"
-    parts = (_entity(*_text_part(text, "plain")), _entity(*_text_part(html, "html")))
     body = "".join(f"--{boundary}{_CRLF}{part}{_CRLF}" for part in parts) + f"--{boundary}--{_CRLF}"
-    return [("MIME-Version", "1.0"), ("Content-Type", f'multipart/alternative;{_CRLF} boundary="{boundary}"')], body
+    return [("Content-Type", f'multipart/{subtype};{_CRLF} boundary="{boundary}"')], body
+
+
+def _body(text: str, html: str | None, files: Sequence[File] = ()) -> tuple[Fields, str]:
+    """The MIME fields of the message and its body: the text alone, or text and HTML as alternatives; with
+    files, that and one part per file in a multipart/mixed (RFC 2046 section 5.1.3)."""
+    content = _text_part(text, "plain") if html is None else _multipart(
+        "alternative", (_entity(*_text_part(text, "plain")), _entity(*_text_part(html, "html")))
+    )
+    if files:
+        content = _multipart("mixed", (_entity(*content), *(_entity(*_file_part(f)) for f in files)))
+    return [("MIME-Version", "1.0"), *content[0]], content[1]
+
+
+_MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}")
+_PARAMETER_CHUNK = 60  # characters of a percent-encoded value per RFC 2231 continuation line
+
+
+@dataclass(frozen=True)
+class File:
+    """An attachment of an outgoing message. The name and type come from someone's mail: made safe here."""
+
+    filename: str
+    content_type: str
+    data: bytes = field(repr=False)
+
+
+def _file_part(file: File) -> tuple[Fields, str]:
+    """A base64 part whose name survives every client: an ASCII name as is; any other as RFC 2231
+    `filename*` in continuations of bounded length, with an ASCII stand-in as the type's `name` (what clients
+    without RFC 2231 show)."""
+    media = file.content_type.lower()
+    media = media if _MEDIA_TYPE.fullmatch(media) else "application/octet-stream"
+    name = _CONTROL.sub(" ", file.filename).strip()[:255] or "attachment"
+    fallback = "".join(c if c.isascii() and c not in '"\\' else "_" for c in name)
+    disposition = f'attachment; filename="{fallback}"'
+    if fallback != name:  # RFC 2231 alone: a client that sees a plain filename too may prefer it (Python does)
+        chunks = ["utf-8''"]
+        for character in name:  # a chunk ends between characters, never inside one's %XX escapes
+            piece = quote(character, safe="")
+            if len(chunks[-1]) + len(piece) > _PARAMETER_CHUNK:
+                chunks.append("")
+            chunks[-1] += piece
+        disposition = "attachment" + "".join(f";{_CRLF} filename*{n}*={chunk}" for n, chunk in enumerate(chunks))
+    fields = [
+        ("Content-Type", f'{media}; name="{fallback}"'),
+        ("Content-Disposition", disposition),
+        ("Content-Transfer-Encoding", "base64"),
+    ]
+    encoded_data = base64.encodebytes(file.data).decode("ascii").replace("\n", _CRLF)  # 76-character lines
+    return fields, encoded_data
 
 
 def _serialize(fields: Fields, body: str) -> bytes:
@@ -206,12 +257,61 @@ class Thread:
 
     in_reply_to: str | None = None
     references: Sequence[str] = field(default_factory=tuple)
+    topic: str | None = None  # Outlook's Thread-Topic: the subject without its reply prefixes
+    index: str | None = None  # Outlook's Thread-Index (thread_index)
 
     @classmethod
-    def continuing(cls, ids: Sequence[str], in_reply_to: str | None) -> Thread:
+    def continuing(
+        cls, ids: Sequence[str], in_reply_to: str | None, *, topic: str | None = None, index: str | None = None
+    ) -> Thread:
         """A reply's position: References keep the root and the latest 19 ids (RFC 5322 3.6.4 allows
         trimming; some servers refuse very long headers)."""
-        return cls(in_reply_to=in_reply_to, references=(*ids[:1], *ids[1:][-19:]))
+        return cls(in_reply_to=in_reply_to, references=(*ids[:1], *ids[1:][-19:]), topic=topic, index=index)
+
+
+_FILETIME_EPOCH = datetime(1601, 1, 1, tzinfo=UTC)
+
+
+def _filetime(instant: datetime) -> int:
+    """100-nanosecond intervals since 1601 (Windows FILETIME)."""
+    delta = instant - _FILETIME_EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 10_000_000 + delta.microseconds * 10
+
+
+_INDEX_HEADER = 22  # bytes: reserved 0x01, 40 bits of FILETIME, a 16-byte GUID
+_INDEX_LEVEL = 5
+
+
+def thread_index_header(value: str) -> bytes | None:
+    """The conversation header block of a Thread-Index someone else wrote (an Outlook customer's first
+    message), or None when `value` is not one."""
+    try:
+        raw = base64.b64decode(value.strip(), validate=True)
+    except ValueError:
+        return None
+    well_formed = len(raw) >= _INDEX_HEADER and (len(raw) - _INDEX_HEADER) % _INDEX_LEVEL == 0 and raw[0] == 1
+    return raw[:_INDEX_HEADER] if well_formed else None
+
+
+def thread_index(conversation: str, started: datetime, at: datetime, *, header: bytes | None = None) -> str:
+    """Outlook's Thread-Index for a message of `conversation` written at `at` ([MS-OXOMSG] 2.2.1.3).
+
+    Outlook groups a conversation by this value's header block (a time and a GUID); each reply appends a
+    5-byte response level. `header`: the block of the thread's first message when its client wrote one (the
+    customer's Outlook), so our replies join that conversation. Otherwise the GUID is derived from
+    `conversation` (any stable name of the thread), so every message of one thread carries the same header
+    block without anything stored, and one response level orders it by time.
+    """
+    if header is not None:
+        start = int.from_bytes(header[1:6], "big") << 24
+    else:
+        start = _filetime(started) >> 24 << 24  # the header keeps the 40 high bits of the FILETIME
+        guid = hashlib.sha256(conversation.encode()).digest()[:16]
+        header = b"\x01" + (start >> 24).to_bytes(5, "big") + guid
+    delta = max(0, _filetime(at) - start)
+    code, bits = (0, delta >> 18) if delta >> 49 == 0 else (1, delta >> 23)  # ~1.7 years fit the fine form
+    level = (code << 39) | ((bits & 0x7FFF_FFFF) << 8)  # random and sequence nibbles left 0: deterministic
+    return base64.b64encode(header + level.to_bytes(5, "big")).decode("ascii")
 
 
 def ticket_reference(ticket_id: int) -> str:
@@ -236,6 +336,7 @@ class Composer:
             keep_trailing_newline=True,
             auto_reload=False,  # read each template once (a changed one applies from the next start), no stat per use
         )
+        self._env.filters["paragraphs"] = lambda text: Markup(richtext.from_text(text))  # plain text in HTML
         self._from = _mailboxes([identity.header()])  # the same on every message
 
     def compose(
@@ -250,8 +351,10 @@ class Composer:
         from_name: str | None = None,
         auto_submitted: str = "auto-replied",
         cc: Sequence[Address] = (),
+        files: Sequence[File] = (),
     ) -> Outgoing:
-        """Render templates/<kind>.txt (and <kind>.html when present) into a threaded, loop-marked message."""
+        """Render templates/<kind>.txt (and <kind>.html when present) into a threaded, loop-marked message,
+        with `files` attached."""
         values = {"support_name": self.identity.name, "support_address": self.identity.address, **context}
         text = self._env.get_template(f"{kind}.txt").render(values)
         try:  # cheaper than listing the folder: a template's source is looked up (and cached) by name
@@ -272,9 +375,13 @@ class Composer:
         references = [r for r in thread.references if _threadable(r)]
         if references:
             fields.append(("References", _fold(references, "")))
+        if thread.topic:
+            fields.append(("Thread-Topic", _encoded("Thread-Topic", one_line(thread.topic, 300))))
+        if thread.index:
+            fields.append(("Thread-Index", thread.index))
         # RFC 3834 5: mark what we send as automatic; our own mark lets us recognise it if it comes back.
         fields += [("Auto-Submitted", auto_submitted), (LOOP_HEADER, loop_mark(self.loop_secret, message_id))]
-        mime, body = _body(text, html)
+        mime, body = _body(text, html, files)
         return Outgoing(
             kind=kind,
             message_id=message_id,

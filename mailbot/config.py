@@ -95,6 +95,10 @@ class SupportConfig(_Section):
     addresses: list[str] = Field(default_factory=lambda: ["herosupport@schoolmint.com"], min_length=1)
     from_: str = Field("Hero Support <herosupport@schoolmint.com>", alias="from")
     templates: Path | None = None  # a folder of templates to use instead of the shipped ones
+    # Domains customers are told to allow, besides those of `from`, `addresses` and outbound.dkim.domain.
+    sender_domains: list[str] = Field(default_factory=list)
+    # Attachments passed on in one message (to a specialist, to a customer); the rest are named, not attached.
+    max_attachments_size: Size = 10 * 10**6
 
     @field_validator("addresses")
     @classmethod

@@ -8,8 +8,12 @@ name and whether the sender may join it, and acts:
   resolved within `sla.reopen_within`, and notifies the assigned specialist by email; a reply to a ticket
   resolved longer ago becomes a new ticket linked to the old one (the intake opens it, entitlement first);
 - the assigned specialist's message is stored on the ticket and relayed to the customer from the support
-  address under the specialist's name, on the customer's thread, with the specialist's quoted history,
-  signature and team addresses left out;
+  address under the specialist's name, on the customer's thread, with its formatting (the HTML part,
+  sanitized: mailbot.richtext) and attachments, and the specialist's quoted history, signature and team
+  addresses left out; commands at its top (mailbot.commands) resolve the ticket or hand it over instead;
+- another specialist's `#take` takes the ticket, whatever names it; the rest of that mail reaches the
+  customer only when it was written to the ticket's reply address (any other message of theirs is held like a
+  stranger's);
 - anyone else's message that names a ticket is a new held ticket whose detail names the attempt: nothing
   of the ticket reaches them and nothing of theirs reaches its customer;
 - a participant's automatic mail (an out-of-office) is kept on the ticket and does nothing else.
@@ -17,27 +21,30 @@ name and whether the sender may join it, and acts:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mailbot import threads
+from mailbot import commands, promises, richtext, threads
 from mailbot.authn import AuthVerdict
 from mailbot.automatic import automatic_reason
 from mailbot.compose import ticket_subject
-from mailbot.errors import TransientDNSError
+from mailbot.errors import RefusedError, TransientDNSError
+from mailbot.parse import Attachment as ReadAttachment
 from mailbot.parse import ParsedMessage
-from mailbot.quotes import split_reply
+from mailbot.quotes import split_reply, unflow
 from mailbot.reading import Reading
 from mailbot.redact import hide_addresses
-from mailbot.store import conversations
+from mailbot.sla import RUNNING
+from mailbot.store import conversations, registry
 from mailbot.store import tickets as ticket_store
 from mailbot.store.schema import InboundMessage, Specialist, Ticket, TicketMessage
-from mailbot.threads import Continuation, Match, Refusal, Role
+from mailbot.threads import Continuation, How, Match, Refusal, Role
 from mailbot.tokens import ReplyTokens
-from mailbot.workflow import Workflow, address_of
+from mailbot.workflow import Workflow
 
 
 @dataclass(frozen=True)
@@ -90,9 +97,18 @@ class Followups:
             authenticated=authenticated,
             speaks_for=clues.speaks_for(ticket.id),
         )
+        automatic = automatic_reason(parsed.message, inbound.envelope_from) is not None
+        if admitted is Refusal.NOT_A_PARTICIPANT and authenticated and not automatic:
+            taker = self._taker(session, sender, ticket, found, parsed)
+            if taker is not None:  # a colleague's `#take`: the ticket is theirs now
+                self.workflow.assign(session, ticket, taker, now, how="taken by email")
+                # Nothing of it reaches the customer: speaking as the team needs the specialist token, which
+                # the assignment mail just queued for the taker carries (mailbot.threads.admit).
+                self._store(session, ticket, inbound, reading, now, kind="specialist")
+                return Decided("threaded", ticket.id, f"joined {found.describe()}; taken by {taker.address}")
         if isinstance(admitted, Refusal):
             return self._hold(session, inbound, reading, now, admitted, found)
-        if automatic_reason(parsed.message, inbound.envelope_from) is not None:
+        if automatic:
             # mailbot.loops rule 3: kept on its ticket, automatic mail relays, notifies and reopens nothing,
             # so a customer's and a specialist's out-of-office replies cannot answer each other through us.
             kind = "specialist" if admitted is Role.SPECIALIST else "customer"
@@ -106,7 +122,9 @@ class Followups:
         if step is Continuation.REOPEN:
             self.workflow.reopen(ticket, now)
         message = self._store(session, ticket, inbound, reading, now, kind="customer")
-        self._notify(session, ticket, message, now, reopened=step is Continuation.REOPEN)
+        self._notify(
+            session, ticket, message, now, reopened=step is Continuation.REOPEN, attachments=parsed.attachments
+        )
         return Decided("threaded", ticket.id, f"joined {found.describe()}")
 
     def clues(self, inbound: InboundMessage, parsed: ParsedMessage) -> threads.Clues:
@@ -147,6 +165,19 @@ class Followups:
             colleagues=conversations.colleagues(session, ticket),
         )
 
+    def _taker(
+        self, session: Session, sender: str, ticket: Ticket, found: Match, parsed: ParsedMessage
+    ) -> Specialist | None:
+        """The specialist who takes the ticket with `#take` at the top of their mail, when the sender is an
+        active one and the ticket can be taken (new or open). Anything else: None (the usual rules hold it)."""
+        if found.how is How.FORGED_TOKEN or ticket.status not in RUNNING:
+            return None
+        said, _ = commands.read(split_reply(_as_typed(parsed))[0])
+        if not said or said[0].verb != "take":
+            return None
+        specialist = registry.find_specialist(session, sender)
+        return specialist if specialist is not None and specialist.active else None
+
     def _authenticated(self, inbound: InboundMessage, verdict: AuthVerdict, now: datetime) -> bool:
         if (
             verdict.temporary
@@ -168,7 +199,7 @@ class Followups:
     ) -> TicketMessage:
         """The message on the ticket: the new text shown, the quoted history and signature kept apart."""
         parsed = reading.parsed
-        text, quoted = split_reply(parsed.text)
+        text, quoted = split_reply(_as_typed(parsed))
         sender = parsed.from_
         return ticket_store.add_message(
             session,
@@ -215,28 +246,30 @@ class Followups:
         return Decided("held", ticket.id, detail)
 
     def _notify(
-        self, session: Session, ticket: Ticket, message: TicketMessage, now: datetime, *, reopened: bool
+        self,
+        session: Session,
+        ticket: Ticket,
+        message: TicketMessage,
+        now: datetime,
+        *,
+        reopened: bool,
+        attachments: Sequence[ReadAttachment] = (),
     ) -> None:
-        """The assigned specialist hears of the customer's message; their reply comes back to this ticket."""
+        """The assigned specialist hears of the customer's message, with its attachments (within the size
+        limit); their reply comes back to this ticket."""
         specialist = session.get(Specialist, ticket.specialist_id) if ticket.specialist_id else None
         if specialist is None:
             return  # nobody has the ticket yet: whoever is assigned reads the conversation then
-        notification = self.workflow.composer.compose(
+        passed = self.workflow.files_read(attachments)
+        notification = self.workflow.to_specialist(
+            session,
+            ticket,
             "notification",
-            to=[address_of(specialist.address, specialist.name)],
-            subject=ticket_subject(ticket.id, ticket.subject),
-            thread=self.workflow.specialist_thread(ticket),
-            context={
-                **self.workflow.context(ticket),
-                "specialist_name": specialist.name,
-                "sender_name": message.from_name,
-                "sender_address": message.from_address,
-                "requester": ticket.requester,
-                "text": message.text,
-                "reopened": reopened,
-            },
-            reply_to=self.workflow.specialist_reply_to(ticket),  # the specialist's reply speaks as the team
-            auto_submitted="auto-generated",
+            specialist,
+            files=passed.files,
+            message=self.workflow.message_view(message),
+            left_out=[(name, promises.size_words(size)) for name, size in passed.left_out],
+            reopened=reopened,
         )
         self.workflow.send(session, ticket, notification, now=now)
 
@@ -249,24 +282,91 @@ class Followups:
         now: datetime,
         found: Match,
     ) -> Decided:
-        """Store the specialist's message and relay its new text to the customer on their thread."""
+        """Store the specialist's message; carry out its commands, else relay its new text, formatting and
+        attachments to the customer on their thread."""
+        parsed = reading.parsed
         message = self._store(session, ticket, inbound, reading, now, kind="specialist")
         specialist = session.get_one(Specialist, ticket.specialist_id)
         # The team's addresses, and the support addresses' plus forms: the specialist's reply address (its
         # token) is theirs alone, even when they quote it.
-        internal = [*session.scalars(select(Specialist.address)).all(), *self.tokens.support_addresses]
-        text = hide_addresses(message.text, internal, self.workflow.composer.identity.address)
-        if not text.strip():
+        team = [*session.scalars(select(Specialist.address)).all(), *self.tokens.support_addresses]
+        support = self.workflow.composer.identity.address
+
+        def hide(text: str) -> str:
+            return hide_addresses(text, team, support)
+
+        said, rest = commands.read(message.text)
+        text = hide(rest)
+        command = next((c for c in said if c.verb != "take"), None)  # `#take` of the one who has it: nothing
+        if command is not None:
+            if command.verb == "resolve":  # "#resolve Fixed." on one line: the note starts on it
+                text = hide(f"{command.argument}\n{rest}".strip())
+            return self._command(session, ticket, specialist, command, text, now, found)
+        passed = self.workflow.files_read(parsed.attachments)
+        if not text.strip() and not passed.files:
             return Decided("threaded", ticket.id, f"joined {found.describe()}; nothing new to relay")
+        html = richtext.relayed(
+            None if said else parsed.html, text, text_had_history=bool(message.quoted), hide=hide
+        )
         relay = self.workflow.composer.compose(
             "relay",
-            to=[address_of(ticket.requester, ticket.requester_name)],
+            to=[self.workflow.requester_address(session, ticket)],
             subject=ticket_subject(ticket.id, ticket.subject),
             thread=self.workflow.thread_of(ticket),
-            context={**self.workflow.context(ticket), "specialist_name": specialist.name, "text": text},
+            context={
+                **self.workflow.context(ticket, session),
+                "specialist_name": specialist.name,
+                "text": text,
+                "html": html,
+                "left_out": [(name, promises.size_words(size)) for name, size in passed.left_out],
+            },
             from_name=self.workflow.signed_by(specialist),
             reply_to=self.workflow.reply_to(ticket),
             auto_submitted="auto-generated",
+            files=passed.files,
         )
         self.workflow.send(session, ticket, relay, now=now)
         return Decided("threaded", ticket.id, f"joined {found.describe()}; relayed to {ticket.requester}")
+
+    def _command(
+        self,
+        session: Session,
+        ticket: Ticket,
+        specialist: Specialist,
+        command: commands.Command,
+        text: str,
+        now: datetime,
+        found: Match,
+    ) -> Decided:
+        """`#resolve` (the text is the note) or `#assign EMAIL` (the text goes to the colleague); a command
+        that cannot be carried out is explained to the specialist, and nothing reaches the customer."""
+        try:
+            if command.verb == "resolve":
+                self.workflow.resolve(session, ticket, now, text)
+                done = "resolved by email"
+            else:
+                colleague = registry.find_specialist(session, command.argument)
+                if colleague is None:
+                    raise RefusedError(f"{command.argument or '(nobody)'} is not a specialist of the team")
+                how = f"handed over by {specialist.name}"
+                self.workflow.assign(session, ticket, colleague, now, how=how, note=text)
+                done = f"handed over to {colleague.address} by email"
+        except RefusedError as refused:
+            notice = self.workflow.to_specialist(
+                session, ticket, "notice", specialist, command=f"#{command.verb} {command.argument}".strip(),
+                problem=str(refused),
+            )
+            self.workflow.send(session, ticket, notice, now=now)
+            return Decided("threaded", ticket.id, f"joined {found.describe()}; #{command.verb} refused: {refused}")
+        return Decided("threaded", ticket.id, f"joined {found.describe()}; {done}")
+
+
+def _as_typed(parsed: ParsedMessage) -> str:
+    """The message's text with format=flowed soft line breaks undone (Thunderbird, Apple Mail, many phones
+    send it), so it is relayed and shown as paragraphs, not as lines broken mid-sentence."""
+    part = next(
+        (p for p in parsed.message.walk() if p.get_content_type() == "text/plain" and not p.is_attachment()), None
+    )
+    if part is None or str(part.get_param("format", "")).lower() != "flowed":
+        return parsed.text
+    return unflow(parsed.text, delsp=str(part.get_param("delsp", "")).lower() == "yes")

@@ -1,7 +1,8 @@
 """The loop governor: one gate for all the mail mailbot sends on its own. It stops machines, not people.
 
-Every confirmation, introduction, explanation, notification and relay passes `Governor.limit` as the workflow
-queues it (`Workflow.send`). The rules, in order; the first that refuses decides:
+Every confirmation, introduction, explanation, notification, relay, notice (to a specialist whose emailed
+command could not be carried out), assignment and hand-over passes `Governor.limit` as the workflow queues it
+(`Workflow.send`). The rules, in order; the first that refuses decides:
 
 1. **Never to ourselves.** Nothing goes to one of the support addresses (or `support.from`), plus forms
    included: mail whose From is our own address would otherwise start a loop with ourselves.
@@ -15,8 +16,8 @@ queues it (`Workflow.send`). The rules, in order; the first that refuses decides
    answers each of our mails with a new thread and marks nothing opens a ticket per answer, each owing a
    confirmation and an introduction; machine speed meets either cap within minutes and the loop ends with
    the mail we stop sending. A person writing real issues does not send fifty in a day.
-5. **Per ticket**: notifications and relays (they pass a message on, so responders on both sides could keep
-   them going): at most `security.ticket_mail_per_hour` on one ticket in an hour.
+5. **Per ticket**: notifications, relays and notices (sent on receipt of a message, so responders on both
+   sides could keep them going): at most `security.ticket_mail_per_hour` on one ticket in an hour.
 
 A limit that stops a promised message (a confirmation or an introduction of a ticket whose clock runs)
 **withholds** it: it is composed and kept in the outbox as `withheld`, never sent, and its deadline stands,
@@ -54,8 +55,9 @@ log = logging.getLogger("mailbot.governor")
 
 ANSWERS = frozenset({"confirmation", "explanation"})  # mail sent on receipt of a message, to its writer
 COUNTED = frozenset({"confirmation", "explanation", "introduction"})  # counted per address (rule 4)
-REACTIVE = frozenset({"notification", "relay"})  # mail that passes a message on (rule 5)
-GOVERNED = COUNTED | REACTIVE  # a resolution is a person's act, sent on their command
+REACTIVE = frozenset({"notification", "relay", "notice"})  # mail sent on receipt of a message (rule 5)
+TEAM = frozenset({"assignment", "handover"})  # to a specialist when a ticket changes hands: rule 1 only
+GOVERNED = COUNTED | REACTIVE | TEAM  # a resolution is a person's act, sent on their command
 PROMISED = frozenset({"confirmation", "introduction"})  # the promise's messages (mailbot.sla)
 EXPLANATION = "explanation"
 EXPLANATION_WINDOW = timedelta(days=1)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from functools import cache
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -192,6 +192,14 @@ def _country_calendar(country: str) -> HolidayBase:
         return country_holidays(country)
     except NotImplementedError:
         raise ValueError(f"holiday_country {country!r} is not a country the holidays library knows") from None
+
+
+def shown(instant: datetime, zone: tzinfo) -> str:
+    """An instant as people read it, everywhere (CLI tables, `ticket show`, mail): local time in `zone` with
+    its UTC offset, to the minute: '2026-12-04 10:02 -05:00'. Machine output (--json) stays ISO 8601."""
+    local = instant.astimezone(zone)
+    offset = local.isoformat()[-6:]  # "+HH:MM"; zones with second offsets do not exist since 1972
+    return f"{local:%Y-%m-%d %H:%M} {offset}"
 
 
 def _utc(instant: datetime) -> datetime:

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
 
+from mailbot.hours import shown
+
 RUNNING = ("new", "open")  # the statuses whose tickets still owe the customer something
 # How a finding starts in the text recorded on its ticket; `mailbot status` and /metrics count by them.
 BREACHED, AT_RISK = "BREACHED", "AT RISK"
@@ -72,11 +74,6 @@ class Finding:
 
     def __str__(self) -> str:
         return f"{BREACHED if self.breached else AT_RISK}: {self.deadline} {self.reason}"
-
-
-def shown(instant: datetime, zone: tzinfo) -> str:
-    """An instant as operators read it: local time with its UTC offset, to the minute."""
-    return instant.astimezone(zone).isoformat(timespec="minutes")
 
 
 def needs_assignment(promise: Promise, now: datetime) -> bool:

@@ -53,7 +53,7 @@ class Claim:
     address: str
     name: str
     previous: str | None  # who had it before (their own address: they had it already, nothing changed)
-    introduction_id: int | None
+    introduction_id: int | None  # None when nothing changed, or the loop governor refused the introduction
 
 
 class SlaRunner:
@@ -76,9 +76,11 @@ class SlaRunner:
         return result
 
     def claim(self, ticket_id: int, address: str) -> Claim:
-        """The specialist at `address` takes the ticket; the introduction is queued at once, if still owed.
+        """The specialist at `address` takes the ticket: the introduction (or, for a ticket that changes hands,
+        the customer's word of who takes over), their assignment mail and the previous holder's are queued.
 
-        Refused (RefusedError) for an address that is not a specialist, a held or a resolved ticket.
+        Refused (RefusedError) for an address that is not a specialist, one marked away, a held or a resolved
+        ticket.
         """
         return self.db.call(self._claim, ticket_id, address, self.clock.now())
 
@@ -103,7 +105,7 @@ class SlaRunner:
             if ticket is None or not sla.needs_assignment(sla_store.promise(ticket, {}), now):
                 continue
             specialist = next(s for s in team if s.id == chosen.id)
-            self.workflow.assign(session, ticket, specialist, now)  # moves them to the back of the rotation
+            self.workflow.assign(session, ticket, specialist, now, how="by turn")  # to the back of the rotation
             assigned.append((ticket_id, specialist.address))
         return assigned
 

@@ -6,26 +6,86 @@ stored together or not at all (the outbox is the promise, written down).
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from email.headerregistry import Address
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from typing import Protocol, TypeVar
 
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
-from mailbot.compose import Composer, Outgoing, Thread, one_line, ticket_reference, ticket_subject
+from mailbot import promises
+from mailbot.compose import (
+    Composer,
+    File,
+    Outgoing,
+    Thread,
+    base_subject,
+    one_line,
+    thread_index,
+    thread_index_header,
+    ticket_reference,
+    ticket_subject,
+)
 from mailbot.config import SlaConfig
 from mailbot.errors import RefusedError
 from mailbot.governor import Governor
-from mailbot.hours import BusinessHours
+from mailbot.hours import BusinessHours, shown
 from mailbot.loops import Opening
-from mailbot.store import outbox
+from mailbot.parse import Attachment as ReadAttachment
+from mailbot.store import outbox, registry
 from mailbot.store import sla as sla_store
 from mailbot.store import tickets as ticket_store
-from mailbot.store.schema import OutboxItem, Specialist, Ticket
+from mailbot.store.schema import Attachment, OutboxItem, Specialist, Ticket, TicketMessage
 from mailbot.tokens import ReplyTokens, Side
 
 # Messages between mailbot and the support team: never part of the customer's thread (their Message-IDs may
 # name internal hosts), and threaded among themselves for the specialist.
-INTERNAL_KINDS = frozenset({"notification", "specialist"})
+INTERNAL_KINDS = frozenset({"notification", "specialist", "assignment", "handover", "notice"})
+# What a specialist reads of the conversation when a ticket becomes theirs: what people wrote.
+CONVERSATION_KINDS = frozenset({"customer", "specialist"})
+
+
+@dataclass(frozen=True)
+class Passed:
+    """Attachments passed on in one message: the files that fit the size limit, and (name, size) of the rest."""
+
+    files: list[File]
+    left_out: list[tuple[str, int]]
+
+
+class Described(Protocol):
+    """An attachment as stored (schema.Attachment) or as just read (parse.Attachment)."""
+
+    @property
+    def filename(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def sha256(self) -> str: ...
+
+
+A = TypeVar("A", bound=Described)
+
+
+def within_limit(attachments: Sequence[A], limit: int) -> tuple[list[A], list[A]]:
+    """(attached, left out): each attachment in order if it still fits `limit` bytes in all, so one big file
+    does not keep the small ones after it out. The same bytes twice (a logo in every message) go once."""
+    attached: list[A] = []
+    left_out: list[A] = []
+    total, seen = 0, set()
+    for attachment in attachments:
+        if attachment.sha256 in seen:
+            continue
+        seen.add(attachment.sha256)
+        if total + attachment.size <= limit:
+            attached.append(attachment)
+            total += attachment.size
+        else:
+            left_out.append(attachment)
+    return attached, left_out
 
 
 def address_of(addr_spec: str, name: str = "") -> Address:
@@ -35,30 +95,97 @@ def address_of(addr_spec: str, name: str = "") -> Address:
 
 class Workflow:
     def __init__(
-        self, composer: Composer, hours: BusinessHours, sla: SlaConfig, *, tokens: ReplyTokens, governor: Governor
+        self,
+        composer: Composer,
+        hours: BusinessHours,
+        sla: SlaConfig,
+        *,
+        tokens: ReplyTokens,
+        governor: Governor,
+        sender_domains: Sequence[str] = (),
+        attachments_limit: int = 10 * 10**6,
     ) -> None:
         self.composer = composer
         self.hours = hours
         self.sla = sla
         self.tokens = tokens
         self.governor = governor
+        self.attachments_limit = attachments_limit
+        # What every template may say, from the configuration (mailbot.promises).
+        self.facts: dict[str, object] = {
+            "open_hours": promises.open_hours(hours),
+            "time_zone": promises.zone_words(hours),
+            "confirmation_within": promises.in_words(sla.confirmation_within),
+            "introduction_within": promises.in_words(sla.introduction_within, business=True),
+            "reopen_within": promises.in_words(sla.reopen_within),
+            "sender_domains": promises.listed([f"@{d}" for d in sender_domains or [composer.identity.domain]]),
+            "attachments_limit": promises.size_words(attachments_limit),
+            "support_address": composer.identity.address,
+        }
 
     def local_time(self, instant: datetime) -> str:
-        """An instant as customers read it: 'Monday, November 30 at 11:00 AM EST'."""
-        local = instant.astimezone(self.hours.zone)
-        return f"{local:%A, %B} {local.day} at {local:%I:%M %p %Z}".replace(" 0", " ")
+        """An instant as people read it, in mail as on the command line: '2026-11-30 11:00 -05:00'."""
+        return shown(instant, self.hours.zone)
 
     def thread_of(self, ticket: Ticket) -> Thread:
         """Our next message replies to the customer's latest and references the whole conversation."""
         customer_side = [m for m in ticket.messages if m.kind not in INTERNAL_KINDS]
         ids = [m.message_id for m in customer_side if m.message_id.startswith("<")]
         inbound = [m.message_id for m in customer_side if m.direction == "in" and m.message_id.startswith("<")]
-        return Thread.continuing(ids, inbound[-1] if inbound else (ids[-1] if ids else None))
+        root = ids[0] if ids else f"ticket {ticket.id}"
+        outlook = self._outlook(ticket, root, header=self._customer_index(ticket))
+        return Thread.continuing(ids, inbound[-1] if inbound else (ids[-1] if ids else None), **outlook)
 
     def specialist_thread(self, ticket: Ticket) -> Thread:
-        """Our next notification continues the ticket's thread with the support team."""
+        """Our next mail to the team continues the ticket's thread with the support team."""
         ids = [m.message_id for m in ticket.messages if m.kind in INTERNAL_KINDS and m.message_id.startswith("<")]
-        return Thread.continuing(ids, ids[-1] if ids else None)
+        return Thread.continuing(ids, ids[-1] if ids else None, **self._outlook(ticket, f"team {ticket.id}"))
+
+    def _outlook(self, ticket: Ticket, conversation: str, *, header: bytes | None = None) -> dict[str, str]:
+        """Thread-Topic and Thread-Index, so that Outlook groups the thread even where References do not
+        reach (it threads by these); the conversation is the customer's own when their client named one,
+        else named by the site and the thread's root."""
+        topic = base_subject(ticket_subject(ticket.id, ticket.subject))
+        started = ticket.created_at or ticket.updated_at
+        if started is None:  # a ticket not stored yet (the CLI's previews, tests): the topic alone
+            return {"topic": topic}
+        name = f"{self.composer.identity.domain} {conversation}"
+        return {"topic": topic, "index": thread_index(name, started, ticket.updated_at or started, header=header)}
+
+    def _customer_index(self, ticket: Ticket) -> bytes | None:
+        """The Thread-Index header block of the customer's first message, when their client (Outlook) wrote
+        one: our replies continue their conversation instead of starting one beside it."""
+        session = object_session(ticket)
+        head = ticket_store.opening_head(session, ticket) if session is not None else None
+        if not head:
+            return None
+        value = BytesHeaderParser(policy=compat32).parsebytes(head).get("Thread-Index")
+        return thread_index_header(str(value)) if value else None
+
+    def requester_address(self, session: Session, ticket: Ticket) -> Address:
+        """The requester as we write to them: by the name registered with `contact add --name`, else the
+        display name of their mail."""
+        return address_of(ticket.requester, self.greeting_name(session, ticket))
+
+    def greeting_name(self, session: Session, ticket: Ticket) -> str:
+        contact = registry.find_contact(session, ticket.requester)
+        return contact.name if contact is not None and contact.name else ticket.requester_name
+
+    def files(self, session: Session, attachments: Sequence[Attachment]) -> Passed:
+        """Stored attachments to pass on within `support.max_attachments_size`, with their bytes."""
+        attached, left_out = within_limit(attachments, self.attachments_limit)
+        data = ticket_store.blobs(session, [a.sha256 for a in attached])
+        return Passed(
+            [File(a.filename, a.content_type, data[a.sha256]) for a in attached],
+            [(a.filename, a.size) for a in left_out],
+        )
+
+    def files_read(self, attachments: Sequence[ReadAttachment]) -> Passed:
+        """The same for the attachments of a message being taken in (their bytes are at hand)."""
+        attached, left_out = within_limit(attachments, self.attachments_limit)
+        return Passed(
+            [File(a.filename, a.content_type, a.data) for a in attached], [(a.filename, a.size) for a in left_out]
+        )
 
     def reply_to(self, ticket: Ticket) -> Address:
         """The ticket's signed reply address (mailbot.tokens): replies find the ticket without any header."""
@@ -74,13 +201,16 @@ class Workflow:
         """The From name of mail a specialist writes: 'Sam Lee (Hero Support)'; the address stays ours."""
         return f"{specialist.name} ({self.composer.identity.name})"
 
-    def context(self, ticket: Ticket) -> dict[str, object]:
+    def context(self, ticket: Ticket, session: Session | None = None) -> dict[str, object]:
+        """What templates know of a ticket; with a session, the requester's registered name too."""
         due = ticket.introduction_due_at
         return {
+            **self.facts,
             "ticket_id": ticket.id,
             "reference": ticket_reference(ticket.id),
             "subject": ticket.subject or "(no subject)",
-            "requester_name": ticket.requester_name,
+            "requester": ticket.requester,
+            "requester_name": self.greeting_name(session, ticket) if session else ticket.requester_name,
             "introduction_due": self.local_time(due) if due else None,
         }
 
@@ -155,11 +285,34 @@ class Workflow:
     def to_requester(self, session: Session, ticket: Ticket, kind: str, *, now: datetime, **extra: object) -> Outgoing:
         return self.composer.compose(
             kind,
-            to=[address_of(ticket.requester, ticket.requester_name)],
+            to=[self.requester_address(session, ticket)],
             subject=ticket_subject(ticket.id, ticket.subject),
             thread=self.thread_of(ticket),
-            context={**self.context(ticket), **extra},
+            context={**self.context(ticket, session), **extra},
             reply_to=self.reply_to(ticket),
+        )
+
+    def to_specialist(
+        self,
+        session: Session,
+        ticket: Ticket,
+        kind: str,
+        specialist: Specialist,
+        *,
+        files: Sequence[File] = (),
+        **extra: object,
+    ) -> Outgoing:
+        """Mail to a specialist about a ticket (templates/<kind>.*), on the team's thread of it; its Reply-To
+        is the ticket's specialist reply address, so their answer goes to the customer as the team."""
+        return self.composer.compose(
+            kind,
+            to=[address_of(specialist.address, specialist.name)],
+            subject=ticket_subject(ticket.id, ticket.subject),
+            thread=self.specialist_thread(ticket),
+            context={**self.context(ticket, session), "specialist_name": specialist.name, **extra},
+            reply_to=self.specialist_reply_to(ticket),
+            auto_submitted="auto-generated",
+            files=files,
         )
 
     def start_clock(self, session: Session, ticket: Ticket, now: datetime, opening: Opening | None = None) -> None:
@@ -214,25 +367,93 @@ class Workflow:
         ticket.released_at = ticket.updated_at = now
         self.start_clock(session, ticket, now)
 
-    def assign(self, session: Session, ticket: Ticket, specialist: Specialist, now: datetime) -> OutboxItem | None:
-        """The specialist takes the ticket; the introduction goes out now (once)."""
+    def assign(
+        self,
+        session: Session,
+        ticket: Ticket,
+        specialist: Specialist,
+        now: datetime,
+        *,
+        how: str = "claimed",
+        note: str = "",
+    ) -> OutboxItem | None:
+        """The specialist takes the ticket (`how`: "claimed", "by turn", "handed over by NAME"): they get the
+        conversation so far with its attachments (kind `assignment`), whoever had it before is told (kind
+        `handover`), and the customer is introduced to them: the first introduction, or one that says who
+        takes over. `note`: what the previous holder wrote to them. Returns the customer's introduction (None
+        when the loop governor refused it, e.g. to one of our own addresses)."""
+        if not specialist.active:
+            raise RefusedError(f"{specialist.address} is away: mark them back first (`mailbot specialist back ...`)")
+        previous = session.get(Specialist, ticket.specialist_id) if ticket.specialist_id else None
+        if previous is not None and previous.id == specialist.id:
+            raise RefusedError(f"ticket {ticket.id} is already assigned to {specialist.address}")
         ticket.specialist_id = specialist.id
         specialist.last_assigned_at = now
         specialist.last_turn = sla_store.next_turn(session)  # round-robin counts claims too
         if ticket.status == "new":
             ticket.status = "open"
-        if any(m.kind == "introduction" for m in ticket.messages):
-            return None
+        introduced = any(m.kind == "introduction" for m in ticket.messages)
+        taking_over = previous.name if introduced and previous is not None else None
         introduction = self.composer.compose(
             "introduction",
-            to=[address_of(ticket.requester, ticket.requester_name)],
+            to=[self.requester_address(session, ticket)],
             subject=ticket_subject(ticket.id, ticket.subject),
             thread=self.thread_of(ticket),
-            context={**self.context(ticket), "specialist_name": specialist.name},
+            context={**self.context(ticket, session), "specialist_name": specialist.name, "previous_name": taking_over},
             from_name=self.signed_by(specialist),
             reply_to=self.reply_to(ticket),
         )
-        return self.send(session, ticket, introduction, now=now, deadline=ticket.introduction_due_at)
+        # Only the first introduction is the promise (its deadline); one that says who takes over is a courtesy.
+        item = self.send(session, ticket, introduction, now=now, deadline=None if introduced else ticket.introduction_due_at)
+        self._tell_assigned(
+            session, ticket, specialist, now, how=how, previous=previous, note=note, introduced_before=introduced
+        )
+        if previous is not None:
+            handover = self.to_specialist(session, ticket, "handover", previous, new_name=specialist.name, how=how)
+            self.send(session, ticket, handover, now=now)
+        return item
+
+    def _tell_assigned(
+        self,
+        session: Session,
+        ticket: Ticket,
+        specialist: Specialist,
+        now: datetime,
+        *,
+        how: str,
+        previous: Specialist | None,
+        note: str,
+        introduced_before: bool,
+    ) -> None:
+        """The `assignment` mail: the conversation so far, each message with its attachments, attached within
+        the size limit (the rest named, with the command that saves them)."""
+        said = [m for m in ticket.messages if m.direction == "in" and m.kind in CONVERSATION_KINDS]
+        passed = self.files(session, [a for m in said for a in m.attachments])
+        assignment = self.to_specialist(
+            session,
+            ticket,
+            "assignment",
+            specialist,
+            files=passed.files,
+            how=how,
+            note=note,
+            previous_name=previous.name if previous is not None else None,
+            messages=[self.message_view(m) for m in said],
+            left_out=[(name, promises.size_words(size)) for name, size in passed.left_out],
+            introduction_due=self.local_time(ticket.introduction_due_at) if ticket.introduction_due_at else None,
+            introduced=introduced_before,
+        )
+        self.send(session, ticket, assignment, now=now)
+
+    def message_view(self, message: TicketMessage) -> dict[str, object]:
+        """One message of the conversation as templates show it."""
+        return {
+            "from": message.from_address,
+            "from_name": message.from_name,
+            "at": self.local_time(message.at),
+            "text": message.text,
+            "attachments": [(a.filename, promises.size_words(a.size)) for a in message.attachments],
+        }
 
     def resolve(self, session: Session, ticket: Ticket, now: datetime, note: str = "") -> OutboxItem:
         """The ticket is resolved; the customer is told, with the note, on their thread."""
@@ -242,14 +463,13 @@ class Workflow:
         specialist = session.get(Specialist, ticket.specialist_id) if ticket.specialist_id else None
         resolution = self.composer.compose(
             "resolution",
-            to=[address_of(ticket.requester, ticket.requester_name)],
+            to=[self.requester_address(session, ticket)],
             subject=ticket_subject(ticket.id, ticket.subject),
             thread=self.thread_of(ticket),
             context={
-                **self.context(ticket),
+                **self.context(ticket, session),
                 "note": note.strip(),
                 "specialist_name": specialist.name if specialist else None,
-                "reopen_within": _in_words(self.sla.reopen_within),
             },
             from_name=self.signed_by(specialist) if specialist else None,
             reply_to=self.reply_to(ticket),
@@ -262,12 +482,3 @@ class Workflow:
         ticket.status = "open" if ticket.specialist_id else "new"
         ticket.resolved_at, ticket.updated_at = None, now
 
-
-def _in_words(window: timedelta) -> str:
-    """'14 days', '36 hours', '90 minutes': how long, as a customer reads it."""
-    minutes = int(window.total_seconds() // 60)
-    for size, unit in ((1440, "day"), (60, "hour"), (1, "minute")):
-        if minutes % size == 0 and minutes >= size:
-            count = minutes // size
-            return f"{count} {unit}{'s' if count != 1 else ''}"
-    return "a moment"

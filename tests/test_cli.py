@@ -138,6 +138,16 @@ class TestIngestAndTickets:
         assert json.loads(out) == []
         code, _, err = run(capsys, *cfg, "ticket", "show", "99")
         assert code == 1 and "no ticket 99" in err
+        # What people read shows times in the business time zone with the offset, to the minute.
+        local = r"\d{4}-\d\d-\d\d \d\d:\d\d [+-]\d\d:\d\d"
+        code, out, _ = run(capsys, *cfg, "ticket", "show", "1")
+        assert re.search(rf"^created at\s+{local}$", out, re.MULTILINE) and re.search(rf"--- in customer {local} ", out)
+        nested = b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n" * 40 + b"x\r\n"
+        path.write_bytes(b"From: ana@lincoln.example\r\nMessage-ID: <deep@lincoln.example>\r\n" + nested)
+        run(capsys, *cfg, "ingest", str(path))
+        code, out, _ = run(capsys, *cfg, "inbound", "failed")
+        header, row = out.splitlines()
+        assert code == 0 and header.split()[:2] == ["ID", "RECEIVED"] and re.match(rf"\d+\s+{local}\s+cli ", row), out
 
     def test_ingest_exits_75_when_it_cannot_store(self, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
         """An MTA piping into `mailbot ingest` must retry, so a store failure is EX_TEMPFAIL."""

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from mailbot.app import App
+from mailbot.cli.hours import cmd_deadline
+from mailbot.clock import FrozenClock
 from tests.conftest import run_cli
-
-pytestmark = pytest.mark.calendar  # run again under pinned wall clocks (Makefile: test-calendar)
 
 CONFIG = """
 [business_hours]
@@ -58,8 +63,8 @@ def test_minutes_are_business_minutes(capsys: pytest.CaptureFixture[str], config
 @pytest.mark.parametrize(
     ("start", "duration", "message"),
     [
-        ("yesterday", "4h", "is not an ISO 8601 instant"),
-        ("2026-12-04T17:00:00", "4h", "needs an offset"),
+        ("yesterday", "4h", "is not \"now\" or an ISO 8601 time"),
+        ("2026-13-04T17:00", "4h", "is not \"now\" or an ISO 8601 time"),
         ("2026-12-04T17:00:00-05:00", "4 hours", "DURATION"),
         ("2026-12-04T17:00:00-05:00", "-1h", "DURATION"),
     ],
@@ -70,3 +75,29 @@ def test_bad_input_refused_in_one_line(
     code, out, err = deadline(capsys, config_file, start, duration)
     assert code == 1 and out == ""
     assert message in err and err.count("\n") == 0 and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("start", "expected"),
+    [
+        ("2026-12-04T17:00", "2026-12-07T11:00:00-05:00"),  # no offset: Eastern time, as configured
+        ("2026-12-04 17:00", "2026-12-07T11:00:00-05:00"),  # the space form people type
+        ("2026-10-30T17:00:00", "2026-11-02T11:00:00-05:00"),  # local time in summer: -04:00 applies
+        ("2026-12-04", "2026-12-04T12:00:00-05:00"),  # a date alone: its midnight, local
+    ],
+)
+def test_local_times_are_business_time(
+    capsys: pytest.CaptureFixture[str], config_file: Path, start: str, expected: str
+) -> None:
+    code, out, err = deadline(capsys, config_file, start, "4h")
+    assert (code, out, err) == (0, expected, "")
+
+
+def test_now_is_the_clock(
+    make_app: Callable[..., App], clock: FrozenClock, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """"now" reads the injected clock: Friday 2026-12-04 17:00 Eastern -> Monday 11:00."""
+    clock.set(datetime(2026, 12, 4, 22, 0, 30, 123456, tzinfo=UTC))
+    args = argparse.Namespace(start="now", duration="4h")
+    assert cmd_deadline(args, SimpleNamespace(app=make_app())) == 0
+    assert capsys.readouterr().out.strip() == "2026-12-07T11:00:30-05:00"

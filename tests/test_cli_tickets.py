@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 from datetime import datetime, timedelta
+from email import message_from_bytes, policy
+from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
@@ -67,6 +70,11 @@ def sent(tmp_path: Path) -> list[bytes]:
     return [p.read_bytes() for p in sorted((tmp_path / "sent" / "new").glob("*"))]
 
 
+def readable(mail: EmailMessage) -> str:
+    """The decoded text parts of a message, as its reader sees them."""
+    return "\n".join(str(p.get_content()) for p in mail.walk() if p.get_content_maintype() == "text")
+
+
 class TestAssign:
     def test_claim_sends_the_introduction_now(
         self, capsys: pytest.CaptureFixture[str], maildir_config: Path, tmp_path: Path
@@ -74,24 +82,53 @@ class TestAssign:
         assert ingest(capsys, maildir_config, tmp_path, message()) == {"ticket": 1, "action": "created"}
         code, out, err = run(capsys, maildir_config, "ticket", "assign", "1", "Sam@SchoolMint.com")
         assert (code, err) == (0, "")
-        assert out.strip() == "ticket 1 assigned to Sam Lee <sam@schoolmint.com>; introduction sent"
-        introductions = [m for m in sent(tmp_path) if b"I am Sam Lee" in m.replace(b"=\n", b"")]
+        assert out.strip() == (
+            "ticket 1 assigned to Sam Lee <sam@schoolmint.com>; introduction sent; Sam Lee got the conversation by email"
+        )
+        mails = [message_from_bytes(m, policy=policy.default) for m in sent(tmp_path)]
+        introductions = [m for m in mails if "I am Sam Lee" in readable(m)]
         assert len(introductions) == 1
+        [assignment] = [m for m in mails if str(m["To"]) == "Sam Lee <sam@schoolmint.com>"]
+        assert "is yours now: claimed" in readable(assignment) and "I cannot log in" in readable(assignment)
         code, out, _ = run(capsys, maildir_config, "ticket", "show", "1", "--json")
         shown = json.loads(out)
         assert shown["specialist"] == "sam@schoolmint.com" and shown["status"] == "open"
         assert shown["introduction_sent_at"] is not None
+        assert [m["kind"] for m in shown["messages"]] == ["customer", "confirmation", "introduction", "assignment"]
 
-    def test_claiming_again_changes_nothing_and_a_second_specialist_introduces_nobody_again(
+    def test_claiming_again_changes_nothing_and_a_second_specialist_takes_over(
         self, capsys: pytest.CaptureFixture[str], maildir_config: Path, tmp_path: Path
     ) -> None:
+        """Ria takes Sam's ticket: she gets the conversation, Sam is told, and Ana hears who takes over."""
         ingest(capsys, maildir_config, tmp_path, message())
         assert run(capsys, maildir_config, "ticket", "assign", "1", "sam@schoolmint.com")[0] == 0
         code, out, _ = run(capsys, maildir_config, "ticket", "assign", "1", "sam@schoolmint.com")
         assert code == 0 and "already assigned to Sam Lee" in out
+        before = len(sent(tmp_path))
         code, out, _ = run(capsys, maildir_config, "ticket", "assign", "1", "ria@schoolmint.com")
-        assert code == 0 and "introduced before and is not again" in out
-        assert sum(b"I am " in m.replace(b"=\n", b"") for m in sent(tmp_path)) == 1
+        assert code == 0 and "sam@schoolmint.com was told" in out
+        ana, ria, sam = sorted(
+            (message_from_bytes(m, policy=policy.default) for m in sent(tmp_path)[before:]),
+            key=lambda m: m["To"].addresses[0].addr_spec,
+        )
+        assert "I am Ria Patel" in readable(ana) and "taking it over from Sam Lee" in readable(ana)
+        assert "is yours now: claimed, from Sam Lee" in readable(ria)
+        assert "is now with Ria Patel" in readable(sam)
+        # Her reply goes to the ticket's specialist token, and so to Ana as the team; Ana's is the customer's.
+        assert "+s1-" in ria["Reply-To"].addresses[0].addr_spec and "+t1-" in ana["Reply-To"].addresses[0].addr_spec
+        code, out, _ = run(capsys, maildir_config, "ticket", "show", "1", "--json")
+        assert json.loads(out)["introduction_sent_at"] is not None
+
+    def test_an_away_specialist_cannot_claim(
+        self, capsys: pytest.CaptureFixture[str], maildir_config: Path, tmp_path: Path
+    ) -> None:
+        ingest(capsys, maildir_config, tmp_path, message())
+        assert run(capsys, maildir_config, "specialist", "away", "sam@schoolmint.com")[0] == 0
+        code, out, err = run(capsys, maildir_config, "ticket", "assign", "1", "sam@schoolmint.com")
+        assert code == 1 and out == "" and "sam@schoolmint.com is away" in err and err.count("\n") == 1
+        code, out, _ = run(capsys, maildir_config, "ticket", "show", "1", "--json")
+        shown = json.loads(out)
+        assert shown["specialist"] is None and [m["kind"] for m in shown["messages"]] == ["customer", "confirmation"]
 
     @pytest.mark.parametrize(
         ("ticket", "email", "expected"),
@@ -166,6 +203,9 @@ class TestSlaColumns:
         header, *lines = out.splitlines()
         assert code == 0 and header.split()[-2:] == ["SUBJECT", "SLA"]
         assert lines[0].endswith(" ok") and " due 20" in lines[1] and lines[2].endswith(" -")
+        # Times as people read them: business time zone with its offset, to the minute (CREATED and SLA alike).
+        local = r"20\d\d-\d\d-\d\d \d\d:\d\d [+-]\d\d:\d\d"
+        assert re.match(rf"\s+1  open\s+{local} ", lines[0]) and re.search(rf" due {local}$", lines[1]), lines
 
         # Two days later nobody ran the daemon: the confirmation of ticket 2 never went out.
         later = App(config_module.load(maildir_config), FrozenClock(TUESDAY_10_ET + timedelta(days=2)))

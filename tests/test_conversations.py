@@ -196,13 +196,13 @@ class TestOutgoingIdentity:
         confirmation = await d.open_ticket()
         introduction = await d.assign_sam()
         await d.send(gmail_reply(introduction, "It also fails on the iPad."))
-        [notification] = d.mails(SAM)
+        [_assignment, notification] = d.mails(SAM)
         await d.send(
             gmail_reply(notification, "Try again now please.", sender=f"Sam Lee <{SAM}>"), mail_from=SAM
         )
         await d.resolve()
         mails = d.mails()
-        assert [m["To"].addresses[0].addr_spec for m in mails] == [ANA, ANA, SAM, ANA, ANA]
+        assert [m["To"].addresses[0].addr_spec for m in mails] == [ANA, ANA, SAM, SAM, ANA, ANA]
         ids = set()
         for mail in mails:
             claim = d.app.reply_tokens.read(reply_address(mail))
@@ -281,7 +281,7 @@ class TestRepliesThread:
         assert d.how(raw) == "message-id 1"
         assert len(d.tickets()) == 1
         assert d.ticket(1).messages[-2].text == "Thanks Sam, here is a screenshot description."
-        [notification] = d.mails(SAM)
+        [_assignment, notification] = d.mails(SAM)
         assert "Thanks Sam, here is a screenshot description." in body_text(notification)
         assert "From: Hero Support" not in body_text(notification)  # the quoted history stays out
         assert str(notification["Subject"]) == "Re: Login broken [Ticket #1]"
@@ -355,7 +355,8 @@ class TestHijack:
         tickets = d.tickets()
         assert len(tickets) == 2
         held = tickets[1]
-        assert len(d.ticket(1).messages) == 3  # Ana's, the confirmation, the introduction: nothing joined
+        # Ana's, the confirmation, the introduction, Sam's assignment: nothing joined
+        assert len(d.ticket(1).messages) == 4
         assert (held.status, held.held_reason, held.requester) == ("held", reason, "mallory@evil.example")
         assert (
             held.held_detail is not None and "ticket #1" in held.held_detail and evidence in held.held_detail
@@ -429,7 +430,7 @@ class TestSpecialistByEmail:
         await d.send(
             gmail_reply(introduction, "It also fails on the iPad.", message_id="<ana-2@lincoln.example>")
         )
-        [notification] = d.mails(SAM)
+        [_assignment, notification] = d.mails(SAM)
         d.app.db.call(lambda s: registry.add_specialist(s, "kim@schoolmint.com", "Kim Park", d.clock.now()))
         answer = (
             "Please clear the app cache and try again. If it persists, write to me at sam@schoolmint.com;\n"

@@ -3,8 +3,9 @@ DKIM-signed so that it verifies. Real SMTP in, a real SMTP sink as the relay, dk
 
 from __future__ import annotations
 
+import base64
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
@@ -15,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mailbot.automatic import LOOP_HEADER, loop_mark
-from mailbot.compose import Thread, UnsafeHeader, one_line
+from mailbot.compose import File, Thread, UnsafeHeader, one_line, thread_index
 from mailbot.dns import FixedResolver, dkim_dnsfunc
 from mailbot.store import registry
 from mailbot.store.schema import Ticket
@@ -28,6 +29,7 @@ EVIL = "x@evil.example"
 CONFIRMATION_FIELDS = {
     "date", "from", "to", "reply-to", "subject", "message-id", "in-reply-to", "references", "auto-submitted",
     LOOP_HEADER.lower(), "mime-version", "content-type", "content-transfer-encoding", "dkim-signature",
+    "thread-topic", "thread-index",
 }
 
 
@@ -131,7 +133,7 @@ class TestComposeProperty:
             "confirmation",
             to=[address_of(ticket.requester, ticket.requester_name)],
             subject=f"Re: {subject}",
-            thread=Thread(in_reply_to=reference, references=(reference,)),
+            thread=Thread(in_reply_to=reference, references=(reference,), topic=subject, index="AQHdgaSi"),
             context=app.workflow.context(ticket),
         )
         assert outgoing.recipients == [CUSTOMER]
@@ -255,7 +257,44 @@ class TestMarks:
         assert marks == {
             "confirmation": "auto-replied",
             "introduction": "auto-replied",
+            "assignment": "auto-generated",
             "notification": "auto-generated",
             "relay": "auto-generated",
             "resolution": "auto-generated",
         }
+
+
+class TestAttachmentsAndOutlookThreads:
+    """Attachments read back as sent, whatever their names; Outlook's Thread-Index per [MS-OXOMSG] 2.2.1.3."""
+
+    @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(
+        name=st.text(st.characters(codec="utf-8", blacklist_categories=("Cs",)), min_size=1, max_size=255),
+        data=st.binary(max_size=300),
+        content_type=st.sampled_from(["image/png", "application/pdf", "text/plain; charset=x", "bad\r\nX: y"]),
+    )
+    def test_a_mail_client_reads_the_file_back(self, app, name: str, data: bytes, content_type: str) -> None:
+        outgoing = app.workflow.composer.compose(
+            "confirmation", to=[address_of(CUSTOMER)], subject="hi", thread=Thread(),
+            context=app.workflow.context(TestComposeProperty().ticket("", "")),
+            files=[File(name, content_type, data)],
+        )
+        assert_only_the_customer(outgoing.body, outgoing.recipients)
+        head_lines = outgoing.body.split(b"\r\n")
+        assert all(len(line) <= 998 for line in head_lines)
+        parsed = message_from_bytes(outgoing.body, policy=policy.default)
+        [part] = list(parsed.iter_attachments())
+        expected = re.sub("[\x00-\x1f\x7f-\x9f\u2028\u2029]+", " ", name).strip()[:255] or "attachment"
+        assert part.get_content_type() in ("image/png", "application/pdf", "application/octet-stream")
+        assert part.get_payload(decode=True) == data
+        assert part.get_filename() == expected
+
+    def test_thread_index_shares_the_conversation_and_orders_by_time(self) -> None:
+        started = datetime(2026, 12, 1, 15, tzinfo=UTC)
+        first, later = (thread_index("site 1", started, started + timedelta(hours=h)) for h in (0, 3))
+        other = thread_index("site 2", started, started)
+        raw_first, raw_later = base64.b64decode(first), base64.b64decode(later)
+        assert len(raw_first) == len(raw_later) == 27 and raw_first[0] == 1  # a header block, one response level
+        assert raw_first[:22] == raw_later[:22] != base64.b64decode(other)[:22]
+        assert raw_later[22:] > raw_first[22:]  # sorted by the time since the conversation began
+        assert thread_index("site 1", started, started) == first  # nothing random: a retry is the same message

@@ -82,26 +82,26 @@ class TestOnTrack:
 class TestBreached:
     def test_confirmation_not_sent_by_its_deadline(self) -> None:
         [finding] = verdict(FRESH, at(11))
-        assert finding == Finding("confirmation", True, "late (due 2026-12-01T11:00-05:00)")
-        assert str(finding) == "BREACHED: confirmation late (due 2026-12-01T11:00-05:00)"
+        assert finding == Finding("confirmation", True, "late (due 2026-12-01 11:00 -05:00)")
+        assert str(finding) == "BREACHED: confirmation late (due 2026-12-01 11:00 -05:00)"
 
     def test_confirmation_sent_late_stays_breached_with_the_same_text(self) -> None:
         """The text does not change when the late message finally goes out: recorded and reported once."""
         before = describe(verdict(FRESH, at(11, 30)))
         after = describe(verdict(replace(FRESH, confirmation_sent_at=at(12)), at(12)))
-        assert before == after == "BREACHED: confirmation late (due 2026-12-01T11:00-05:00)"
+        assert before == after == "BREACHED: confirmation late (due 2026-12-01 11:00 -05:00)"
 
     def test_introduction_not_sent_by_its_deadline(self) -> None:
         promise = replace(CONFIRMED, assigned=True, introduction=FAILING)
         assert [str(f) for f in verdict(promise, at(14))] == [
-            "BREACHED: introduction late (due 2026-12-01T14:00-05:00)"
+            "BREACHED: introduction late (due 2026-12-01 14:00 -05:00)"
         ]
 
     def test_both_late_are_both_described(self) -> None:
         text = describe(verdict(FRESH, at(15), active=0))
         assert text == (
-            "BREACHED: confirmation late (due 2026-12-01T11:00-05:00); "
-            "BREACHED: introduction late (due 2026-12-01T14:00-05:00)"
+            "BREACHED: confirmation late (due 2026-12-01 11:00 -05:00); "
+            "BREACHED: introduction late (due 2026-12-01 14:00 -05:00)"
         )
 
 
@@ -111,7 +111,7 @@ class TestAtRisk:
         assert verdict(CONFIRMED, at(12, 59), active=0) == []
         [finding] = verdict(CONFIRMED, at(13), active=0)
         assert (
-            str(finding) == "AT RISK: introduction due 2026-12-01T14:00-05:00: no active specialist to assign"
+            str(finding) == "AT RISK: introduction due 2026-12-01 14:00 -05:00: no active specialist to assign"
         )
 
     def test_nobody_active_reported_within_the_margin_when_assignment_is_at_the_deadline(self) -> None:
@@ -130,7 +130,7 @@ class TestAtRisk:
         promise = replace(FRESH, confirmation=FAILING)
         assert verdict(promise, at(10, 44)) == []
         [finding] = verdict(promise, at(10, 45))
-        assert str(finding) == "AT RISK: confirmation due 2026-12-01T11:00-05:00: the relay keeps failing"
+        assert str(finding) == "AT RISK: confirmation due 2026-12-01 11:00 -05:00: the relay keeps failing"
 
     def test_a_risk_becomes_a_breach_at_the_deadline(self) -> None:
         promise = replace(FRESH, confirmation=FAILING)
@@ -141,7 +141,7 @@ class TestAtRisk:
         promise = replace(FRESH, confirmation=Delivery("failed", "relay answered 554 rejected"))
         [finding] = verdict(promise, at(10, 1))
         assert (
-            str(finding) == "AT RISK: confirmation due 2026-12-01T11:00-05:00: the relay refused it for good"
+            str(finding) == "AT RISK: confirmation due 2026-12-01 11:00 -05:00: the relay refused it for good"
         )
 
     def test_risk_is_over_once_sent(self) -> None:
@@ -170,13 +170,13 @@ class TestDue:
 
 class TestColumn:
     def test_due_shows_the_introduction_deadline_with_its_offset(self) -> None:
-        assert column(FRESH, None, ET) == "due 2026-12-01T14:00-05:00"
+        assert column(FRESH, None, ET) == "due 2026-12-01 14:00 -05:00"
 
     def test_kept_promise_is_ok(self) -> None:
         assert column(replace(CONFIRMED, introduction_sent_at=at(13)), None, ET) == "ok"
 
     def test_recorded_finding_is_shown(self) -> None:
-        text = "BREACHED: introduction late (due 2026-12-01T14:00-05:00)"
+        text = "BREACHED: introduction late (due 2026-12-01 14:00 -05:00)"
         assert column(FRESH, text, ET) == text
 
     def test_held_has_no_clock(self) -> None:

@@ -74,8 +74,11 @@ def to_ana(service: World) -> list[EmailMessage]:
     return [parsed(m.data) for m in service.wire if m.rcpt_tos == [CUSTOMER]]
 
 
-def to_sam(service: World) -> list[EmailMessage]:
-    return [parsed(m.data) for m in service.wire if m.rcpt_tos == [SAM]]
+def to_sam(service: World, kind: str = "notification") -> list[EmailMessage]:
+    """What reached Sam of one kind (his assignment mail comes before the notifications)."""
+    sent = {o.message_id: o.kind for o in service.outbox()}
+    mails = [parsed(m.data) for m in service.wire if m.rcpt_tos == [SAM]]
+    return [m for m in mails if sent.get(str(m["Message-ID"])) == kind]
 
 
 def tickets(service: World) -> list[Ticket]:

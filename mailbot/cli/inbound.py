@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from mailbot.cli import EX_TEMPFAIL, group
@@ -49,8 +50,10 @@ def register(commands: Any) -> None:
 
 
 def cmd_failed(args: argparse.Namespace, context: Any) -> int:
+    from mailbot.hours import shown
     from mailbot.store import inbound as inbound_store
 
+    zone = context.app.hours.zone
     status = "discarded" if args.discarded else "failed"
     rows = context.app.db.call(lambda s: [_summary(r) for r in inbound_store.failed(s, status)])
     if args.json:
@@ -59,7 +62,7 @@ def cmd_failed(args: argparse.Namespace, context: Any) -> int:
     table(
         ("ID", "RECEIVED", "SOURCE", "FROM", "SIZE", "ERROR"),
         (
-            (r["id"], r["received_at"][:19], r["source"], r["envelope_from"] or "-", r["size"],
+            (r["id"], shown(datetime.fromisoformat(r["received_at"]), zone), r["source"], r["envelope_from"] or "-", r["size"],
              " ".join((r["error"] or "").split()))  # one line per message; --json keeps the text as it is
             for r in rows
         ),

@@ -1,9 +1,15 @@
-"""ticket list, ticket show, ticket release, ticket assign, ticket resolve."""
+"""ticket list, ticket show, ticket attachment, ticket release, ticket assign, ticket resolve.
+
+People read times in the business time zone with its offset, to the minute (mailbot.hours.shown); --json
+keeps ISO 8601 with an offset for scripts."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
+from datetime import datetime, tzinfo
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mailbot.cli.output import add_json_flag, report
@@ -12,7 +18,7 @@ from mailbot.errors import RefusedError
 if TYPE_CHECKING:  # the store is imported by the handlers that use it (mailbot.cli: start-up time)
     from sqlalchemy.orm import Session
 
-    from mailbot.store.schema import Ticket
+    from mailbot.store.schema import Attachment, Ticket
 
 STATUSES = ("new", "open", "held", "resolved")
 
@@ -29,6 +35,13 @@ def register(commands: Any) -> None:
     show.add_argument("id", type=int)
     show.add_argument("--json", action="store_true")
     show.set_defaults(handler=cmd_show)
+    attachment = sub.add_parser("attachment", help="save an attachment of a ticket's conversation")
+    attachment.add_argument("id", type=int)
+    attachment.add_argument("name", help="the attachment's file name, as `ticket show` lists it")
+    attachment.add_argument(
+        "-o", "--output", metavar="PATH", help="where to write it (default: NAME in the current folder; - for stdout)"
+    )
+    attachment.set_defaults(handler=cmd_attachment)
     release = sub.add_parser("release", help="a held ticket enters the normal flow (confirmation, introduction)")
     release.add_argument("id", type=int)
     add_json_flag(release)
@@ -61,6 +74,13 @@ def _json(session: Session, ticket: Any, messages: bool) -> dict[str, Any]:
     )
 
 
+def when(value: str | None, zone: tzinfo) -> str:
+    """An ISO 8601 time of the JSON as people read it (mailbot.hours.shown); '-' for none."""
+    from mailbot.hours import shown
+
+    return shown(datetime.fromisoformat(value), zone) if value else "-"
+
+
 def cmd_list(args: argparse.Namespace, context: Any) -> int:
     from mailbot import sla
     from mailbot.store import sla as sla_store
@@ -78,16 +98,22 @@ def cmd_list(args: argparse.Namespace, context: Any) -> int:
     if args.json:
         print(json.dumps([row for row, _ in rows], indent=2, ensure_ascii=False))
         return 0
-    print(f"{'ID':>5}  {'STATUS':<8} {'CREATED':<17} {'REQUESTER':<30} {'SUBJECT':<40} SLA")
+    print(f"{'ID':>5}  {'STATUS':<8} {'CREATED':<23} {'REQUESTER':<30} {'SUBJECT':<40} SLA")
     for row, due in rows:
         print(
-            f"{row['id']:>5}  {row['status']:<8} {row['created_at'][:16]:<17} {row['requester'][:30]:<30} "
+            f"{row['id']:>5}  {row['status']:<8} {when(row['created_at'], zone):<23} {row['requester'][:30]:<30} "
             f"{row['subject'][:40]:<40} {due}"
         )
     return 0
 
 
+_TIMES = frozenset({"created_at", "confirmation_sent_at", "introduction_due_at", "introduction_sent_at", "sla_breached_at"})
+
+
 def cmd_show(args: argparse.Namespace, context: Any) -> int:
+    from mailbot.promises import size_words
+
+    zone = context.app.hours.zone
     data = context.app.db.call(lambda session: _json(session, existing(session, args.id), messages=True))
     if args.json:
         print(json.dumps(data, indent=2, ensure_ascii=False))
@@ -96,13 +122,52 @@ def cmd_show(args: argparse.Namespace, context: Any) -> int:
                 "requester", "organization", "specialist", "created_at", "confirmation_sent_at",
                 "introduction_due_at", "introduction_sent_at", "sla_breach", "sla_breached_at", "auto_reply_refused"):
         if data[key] is not None:
-            print(f"{key.replace('_', ' '):<22} {data[key]}")
+            value = when(data[key], zone) if key in _TIMES else data[key]
+            print(f"{key.replace('_', ' '):<22} {value}")
     for message in data["messages"]:
-        print(f"\n--- {message['direction']} {message['kind']} {message['at']} from {message['from']}")
+        print(f"\n--- {message['direction']} {message['kind']} {when(message['at'], zone)} from {message['from']}")
         if message.get("delivery"):
             print(f"Delivery: {message['delivery']}" + (f" ({message['delivery_detail']})" if message["delivery_detail"] else ""))
-        print(f"Subject: {message['subject']}\n")
+        print(f"Subject: {message['subject']}")
+        for attachment in message["attachments"]:
+            inline = ", inline" if attachment["inline"] else ""
+            print(f"Attachment: {attachment['filename']} ({attachment['content_type']}, {size_words(attachment['size'])}{inline})")
+        print()
         print(message["text"].rstrip())
+    if any(m["attachments"] for m in data["messages"]):
+        print(f"\nSave an attachment with: mailbot ticket attachment {data['id']} NAME [-o PATH]")
+    return 0
+
+
+def cmd_attachment(args: argparse.Namespace, context: Any) -> int:
+    """Write one attachment's bytes. The latest of that name when several messages carry one; the file is
+    never written over: give -o to choose another path."""
+    from mailbot.promises import size_words
+    from mailbot.store import tickets as ticket_store
+
+    def load(session: Session) -> tuple[Attachment, bytes]:
+        ticket = existing(session, args.id)
+        found = [a for m in ticket.messages for a in m.attachments if a.filename == args.name]
+        if not found:
+            names = sorted({a.filename for m in ticket.messages for a in m.attachments})
+            listed = ", ".join(names) if names else "it has none"
+            raise RefusedError(f"ticket {args.id} has no attachment {args.name!r} ({listed})")
+        return found[-1], ticket_store.blobs(session, [found[-1].sha256])[found[-1].sha256]
+
+    attachment, data = context.app.db.call(load)
+    if args.output == "-":
+        sys.stdout.buffer.write(data)
+        return 0
+    # The stored name is the sender's last path component (mailbot.parse): no folder can be named by it.
+    path = Path(args.output) if args.output else Path(attachment.filename)
+    try:
+        with path.open("xb") as out:
+            out.write(data)
+    except FileExistsError:
+        raise RefusedError(f"{path} exists: give another path with -o") from None
+    except OSError as exc:
+        raise RefusedError(f"cannot write {path}: {exc.strerror}") from None
+    print(f"saved {attachment.filename} ({size_words(attachment.size)}) to {path}")
     return 0
 
 
@@ -133,8 +198,8 @@ def cmd_release(args: argparse.Namespace, context: Any) -> int:
 
 
 def cmd_assign(args: argparse.Namespace, context: Any) -> int:
-    """The claim is committed first; then this command runs the sender once itself, so the specialist sees
-    the introduction go out (the outbox lease keeps a running daemon from sending it too). When the relay
+    """The claim is committed first (with the introduction, the specialist's assignment mail and the previous
+    holder's); then this command runs the sender once itself, so the specialist sees the introduction go out (the outbox lease keeps a running daemon from sending it too). When the relay
     fails, the introduction stays queued and the daemon's retries send it."""
     app = context.app
     claim = app.sla.claim(args.id, args.email)
@@ -143,13 +208,14 @@ def cmd_assign(args: argparse.Namespace, context: Any) -> int:
     if claim.previous == claim.address:
         report(args, {**result, "introduction": "none"}, f"ticket {claim.ticket_id} is already assigned to {who}")
         return 0
-    if claim.introduction_id is None:
+    if claim.introduction_id is None:  # the loop governor refused it (the ticket's auto_reply_refused says why)
         report(args, {**result, "introduction": "none"},
-               f"ticket {claim.ticket_id} assigned to {who}; the customer was introduced before and is not again")
+               f"ticket {claim.ticket_id} assigned to {who}; no introduction (refused by the loop governor)")
         return 0
     status, error = _send_now(app, claim.introduction_id)
+    told = f"{claim.name} got the conversation by email" + (f", {claim.previous} was told" if claim.previous else "")
     if status == "sent":
-        prose = f"ticket {claim.ticket_id} assigned to {who}; introduction sent"
+        prose = f"ticket {claim.ticket_id} assigned to {who}; introduction sent; {told}"
     elif status == "withheld":
         prose = f"ticket {claim.ticket_id} assigned to {who}; introduction withheld by the loop governor ({error})"
     else:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, selectinload
 
-from mailbot.store.schema import Attachment, Blob, Specialist, Ticket, TicketMessage
+from mailbot.store.schema import Attachment, Blob, InboundMessage, Specialist, Ticket, TicketMessage
 
 if TYPE_CHECKING:  # a type only: `ticket list` need not load the mail parser
     from mailbot.parse import Attachment as ParsedAttachment
@@ -106,3 +106,30 @@ def specialist_address(session: Session, specialist_id: int | None) -> str | Non
     if specialist_id is None:
         return None
     return session.scalar(select(Specialist.address).where(Specialist.id == specialist_id))
+
+
+def blobs(session: Session, sha256s: Sequence[str]) -> dict[str, bytes]:
+    """Attachment bytes by content hash: stored, or waiting in this session to be (a batch not flushed yet)."""
+    wanted = set(sha256s)
+    found = {o.sha256: o.data for o in session.new if isinstance(o, Blob) and o.sha256 in wanted}
+    missing = wanted - found.keys()
+    if missing:
+        with session.no_autoflush:  # a batch is written in one flush (mailbot.processor)
+            rows = session.execute(select(Blob.sha256, Blob.data).where(Blob.sha256.in_(missing)))
+            found.update({sha256: data for sha256, data in rows})
+    return found
+
+
+OPENING_HEAD = 16_384  # bytes of the opening message read for one header field: its header block, or most of it
+
+
+def opening_head(session: Session, ticket: Ticket) -> bytes | None:
+    """The first bytes of the stored message that opened `ticket` (not all of it: it may be megabytes)."""
+    first = next((m for m in ticket.messages if m.direction == "in" and m.inbound_id is not None), None)
+    if first is None:
+        return None
+    with session.no_autoflush:  # the stored message is written already; a batch is written in one flush
+        head = session.scalar(
+            select(func.substr(InboundMessage.raw, 1, OPENING_HEAD)).where(InboundMessage.id == first.inbound_id)
+        )
+    return bytes(head) if head is not None else None
