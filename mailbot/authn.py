@@ -11,8 +11,8 @@ it, the parser pushes it into the body. Then the From address is authenticated w
 1. the trusted receiver's own Authentication-Results say so: only headers whose authserv-id is in
    `trusted_authserv_ids` (compared case-insensitively, RFC 8601 section 2.5), and only those above the
    first Received header written by another host (below it they were written before the message reached
-   the trusted receiver, by anyone, RFC 8601 section 7.2). mailbot's own Received header on top and
-   Received headers `by` a trusted authserv-id do not end that block. For each method the topmost trusted
+   the trusted receiver, by anyone, RFC 8601 section 7.2). mailbot's own Received header on top, and
+   Received headers `by` a host of a trusted authserv-id's organizational domain, do not end that block. For each method the topmost trusted
    header that reports it decides: `dmarc=pass` with `header.from` equal to the From domain, or
    `dkim=pass` with a `header.d` (else `header.i`) aligned with it, authenticates; a `fail` there for the
    From domain is final, and a pass further down never wins over it. The trusted receiver must also delete
@@ -274,9 +274,8 @@ def _trusted_results(headers: Headers, trusted: set[str], work: Work) -> list[tu
         if lowered == b"received":
             if index == 0 and _OURS.search(value):
                 continue  # mailbot's listener's own, on top
-            by = _RECEIVED_BY.search(value)
-            if by is not None and by.group(1).decode("ascii", "replace").lower().rstrip(".") in trusted:
-                continue  # the trusted receiver's own hop
+            if _trusted_hop(value, trusted):
+                continue
             break
         if lowered != b"authentication-results" or _authserv_id(value) not in trusted:
             continue
@@ -291,6 +290,17 @@ def _trusted_results(headers: Headers, trusted: set[str], work: Work) -> list[tu
         if str(header.authserv_id).lower() in trusted:
             found.append((str(header.authserv_id).lower(), header))
     return found
+
+
+def _trusted_hop(received: bytes, trusted: set[str]) -> bool:
+    """Whether a Received header was written by the trusted receiver's organization: its `by` host has the
+    organizational domain of a trusted authserv-id (mx.schoolmint.com, and the imap.schoolmint.com that
+    delivered the message to the mailbox mailbot reads)."""
+    by = _RECEIVED_BY.search(received)
+    if by is None:
+        return False
+    host = _ascii_domain(by.group(1).decode("ascii", "replace"))
+    return host in trusted or organizational_domain(host) in {organizational_domain(t) for t in trusted}
 
 
 def _authserv_id(value: bytes) -> str:

@@ -18,7 +18,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mailbot import authn as authn_module
-from mailbot.authn import AuthVerdict, aligned, authenticate, organizational_domain, trusted_path
+from mailbot.authn import (
+    MAX_RESULTS_PARSED,
+    AuthVerdict,
+    aligned,
+    authenticate,
+    organizational_domain,
+    trusted_path,
+)
 from mailbot.dns import FixedResolver, Resolver, dkim_dnsfunc
 from mailbot.newlines import normalise
 from mailbot.parse import UnparseableMessage, parse
@@ -584,3 +591,36 @@ def _author_of(raw: bytes) -> str:
     except UnparseableMessage:
         return ""
     return author.address if author else ""
+
+
+class TestTrustedBlock:
+    """Only the trusted receiver's topmost Authentication-Results count (issue 12)."""
+
+    PASS = results("mx.schoolmint.com", "dmarc=pass header.from=example.com")
+
+    @pytest.mark.parametrize(
+        "hops",
+        [
+            b"Received: from sender.example.com by mailbot.local (mailbot) with ESMTP; Tue, 1 Dec 2026\r\n",
+            b"Received: from mx.schoolmint.com by imap.schoolmint.com (Dovecot) with LMTP; Tue, 1 Dec 2026\r\n",
+            b"Received: from sender.example.com by MX.SchoolMint.com. (Postfix); Tue, 1 Dec 2026\r\n",
+        ],
+    )
+    def test_the_trusted_path_s_own_hops_keep_the_block_open(self, hops: bytes) -> None:
+        """mailbot's own Received on top and the trusted organization's hops come above its verdict."""
+        assert check(message(above=hops + self.PASS), FixedResolver({})).authenticated
+
+    def test_a_received_line_by_another_host_ends_the_block(self) -> None:
+        """Below another host's Received line, the sender wrote it: not parsed, not believed."""
+        hop = b"Received: from a.example.org by relay.example.org; Tue, 1 Dec 2026 10:00:00 -0500\r\n"
+        verdict = check(message(above=hop + self.PASS), FixedResolver({}))
+        assert not verdict.authenticated and verdict.work.results_parsed == 0
+
+    def test_untrusted_results_are_never_parsed(self) -> None:
+        """The authserv-id is compared as text first; authres parses only a trusted one, at most five."""
+        many = b"".join(results("mx.other.example", "dmarc=pass header.from=example.com") for _ in range(50))
+        trusted = b"".join(
+            results("mx.schoolmint.com", "spf=pass smtp.mailfrom=example.com") for _ in range(9)
+        )
+        verdict = check(message(above=many + trusted), FixedResolver({}))
+        assert verdict.work.results_parsed == MAX_RESULTS_PARSED and not verdict.authenticated

@@ -32,7 +32,7 @@ from mailbot.store.schema import InboundMessage, Ticket
 from tests import test_entitlement_flow as flow
 from tests import world as worlds
 from tests.conftest import deep_merge
-from tests.mailers import message
+from tests.mailers import lmtp_send, message
 from tests.test_entitlement_flow import (
     DOMAINS,
     SECURE,
@@ -124,6 +124,16 @@ class TestBareCarriageReturn:
         assert lincoln.inbound() == [] and lincoln.wire == []
         ticket = await deliver(lincoln, signed(message(), key))  # the same session rules take honest mail
         assert_entitled(lincoln, ticket)
+
+    async def test_lmtp_refuses_it_once_per_recipient(self, world: Start) -> None:
+        """LMTP answers DATA once per accepted recipient (RFC 2033 4.2): each gets the 550."""
+        service: World = await world({"smtp": {"protocol": "lmtp"}})
+        rcpt = ("herosupport@schoolmint.com", "herosupport+billing@schoolmint.com")
+        replies = await asyncio.to_thread(
+            lmtp_send, service.port, FORGED_HEAD + message(), mail_from=STRANGER, rcpt=rcpt
+        )
+        assert replies == [(550, b"5.5.2 Error: bare <CR> received")] * 2
+        assert service.inbound() == []
 
     @pytest.mark.parametrize("source", ["imap:herosupport@schoolmint.com", "cli"])
     async def test_the_forgery_is_not_believed_where_it_cannot_be_refused(
