@@ -46,6 +46,7 @@ import base64
 import binascii
 import functools
 import re
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -185,11 +186,9 @@ def _authenticate(
 
 def _reading_problem(raw: bytes, headers: Headers, fields: Fields) -> str | None:
     """Why the verifier's and the parser's readings of the header block may differ, or None."""
-    counts: dict[bytes, int] = {}
-    for name, _ in headers:
-        counts[name.lower()] = counts.get(name.lower(), 0) + 1
-    if counts.get(b"from", 0) != 1:
-        return f"message has {counts.get(b'from', 0)} From headers, not one"
+    counts = Counter(name.lower() for name, _ in headers)
+    if counts[b"from"] != 1:
+        return f"message has {counts[b'from']} From headers, not one"
     repeated = sorted(name.decode() for name, count in counts.items() if count > 1 and name in ONCE)
     if repeated:
         # A signature covers the bottom-most instance (RFC 6376 section 5.4.2), the parser reads the first.

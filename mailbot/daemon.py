@@ -105,6 +105,7 @@ class Daemon:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.app.processor.close()
         log.info("mailbot stopped")
 
     async def serve(self) -> None:

@@ -200,6 +200,14 @@ class Processor:
     def wake(self) -> None:
         self._wake.set()
 
+    def close(self) -> None:
+        """Stop the reader threads once their readings end; rows still being read stay claimed until their
+        lease runs out, then any instance takes them again."""
+        if self._readers is not None:
+            self._readers.shutdown(wait=False, cancel_futures=True)
+            self._readers = None
+        self._reading.clear()
+
     async def run(self, sweep: float = 5.0) -> None:
         """Process whatever is pending whenever woken (a door stored something), and every `sweep` seconds."""
         while True:
