@@ -153,6 +153,7 @@ class Gate:
         return authenticate(
             inbound.raw,
             sender,
+            fields=list(parsed.message.raw_items()),  # the parser's reading, which dkimpy's must match
             trusted_authserv_ids=self.security.trusted_authserv_ids,
             resolver=self.resolver,
         )

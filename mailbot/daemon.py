@@ -186,6 +186,7 @@ class Daemon:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.app.processor.close()
         if self.endpoint is not None:
             self.endpoint.close()
             await self.endpoint.wait_closed()

@@ -4,13 +4,15 @@
 RFC 6376 section 3.6.2.2), `[]` when the name or the record type does not exist, and raises
 `TransientDNSError` when it could not find out (timeout, SERVFAIL): a failed look-up is never read as an
 answer. `DnsResolver` asks the system's resolvers through dnspython; `FixedResolver` serves records from
-a dict (tests, offline checks). `dkim_dnsfunc` adapts either to dkimpy's `dnsfunc=` hook.
+a dict (tests, offline checks). `DnsBudget` bounds what one message may cost. `dkim_dnsfunc` adapts any
+of them to dkimpy's `dnsfunc=` hook.
 
 Look-ups block; callers run them off the event loop.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
@@ -22,6 +24,11 @@ import dns.resolver
 from mailbot.errors import ConfigError, TransientDNSError
 
 DEFAULT_LIFETIME = 3.0  # seconds for a whole look-up, all servers and retries included
+# What one message's sender authentication may spend on DNS (issue 12: five aligned signatures with a slow
+# name server each waited 3 s). A look-up is not started once MESSAGE_SECONDS have passed, so the worst
+# case is MESSAGE_SECONDS plus one lifetime.
+MESSAGE_QUERIES = 3
+MESSAGE_SECONDS = 4.0
 
 
 class Resolver(Protocol):
@@ -69,12 +76,58 @@ class FixedResolver:
     def __init__(self, records: Mapping[str, list[bytes]], *, failing: Iterable[str] = ()) -> None:
         self._records = {_key(name): list(values) for name, values in records.items()}
         self._failing = {_key(name) for name in failing}
+        self.asked: list[str] = []  # every name looked up, in order: what a test counts
 
     def txt(self, name: str) -> list[bytes]:
         key = _key(name)
+        self.asked.append(key)
         if key in self._failing:
             raise TransientDNSError(f"DNS TXT look-up of {name} failed: timeout (fixed)")
         return list(self._records.get(key, []))
+
+
+class DnsBudget:
+    """One message's DNS: each name asked once (a failure included), at most `queries` look-ups, none
+    started once `seconds` have passed since the first. Past the budget, TransientDNSError: the message is
+    tried again later as a whole."""
+
+    def __init__(
+        self,
+        resolver: Resolver,
+        *,
+        queries: int = MESSAGE_QUERIES,
+        seconds: float = MESSAGE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.resolver = resolver
+        self.queries = queries
+        self.clock = clock
+        self.seconds = seconds
+        self.started: float | None = None
+        self.asked = 0
+        self._answers: dict[str, list[bytes] | TransientDNSError] = {}
+
+    def txt(self, name: str) -> list[bytes]:
+        key = _key(name)
+        if key not in self._answers:
+            self._answers[key] = self._ask(name)
+        answer = self._answers[key]
+        if isinstance(answer, TransientDNSError):
+            raise answer
+        return list(answer)
+
+    def _ask(self, name: str) -> list[bytes] | TransientDNSError:
+        now = self.clock()
+        self.started = now if self.started is None else self.started
+        if self.asked >= self.queries:
+            return TransientDNSError(f"DNS TXT look-up of {name} not tried: {self.queries} look-ups made already")
+        if now - self.started >= self.seconds:
+            return TransientDNSError(f"DNS TXT look-up of {name} not tried: {self.seconds:g} s of DNS spent already")
+        self.asked += 1
+        try:
+            return self.resolver.txt(name)
+        except TransientDNSError as exc:
+            return exc
 
 
 def dkim_dnsfunc(resolver: Resolver) -> Callable[..., bytes | None]:

@@ -1,7 +1,7 @@
 """SMTP and LMTP in (aiosmtpd): accept mail for the support addresses, answer 250 only once it is stored.
 
-The handler follows aiosmtpd's design: plain `handle_*` methods that return reply lines. Every unexpected
-error answers 451 (try again later) instead of aiosmtpd's default `500 (ExcType) message`, which would make
+The handler follows aiosmtpd's design: plain `handle_*` methods that return reply lines. DATA holding a
+bare CR or a bare LF is refused with 550 5.5.2 (mailbot.newlines). Every unexpected error answers 451 (try again later) instead of aiosmtpd's default `500 (ExcType) message`, which would make
 the sending server bounce the mail and would leak internals.
 """
 
@@ -23,6 +23,7 @@ from mailbot.clock import Clock
 from mailbot.config import SmtpConfig
 from mailbot.door import Door
 from mailbot.errors import TransientError
+from mailbot.newlines import bare_newline
 
 if TYPE_CHECKING:
     from mailbot.metrics import Metrics
@@ -103,6 +104,13 @@ class Handler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         started = time.perf_counter()  # aiosmtpd calls this once the final "." has been read
         raw = envelope.original_content or b""
+        bare = bare_newline(raw)
+        if bare is not None:
+            # One reading for everyone (mailbot.newlines): a line end other than CRLF splits the header
+            # fields differently for the DKIM verifier and the parser. Refused as Postfix's
+            # smtpd_forbid_bare_newline = reject does; an MTA in front normalises or refuses it first.
+            log.warning("message from %s refused: bare <%s> in DATA", envelope.mail_from, bare)
+            return self._per_recipient(envelope, f"550 5.5.2 Error: bare <{bare}> received")
         self.in_flight += 1
         try:
             inbound_id = await self.door.accept(

@@ -37,6 +37,7 @@ from mailbot.automatic import automatic_reason
 from mailbot.bounces import read_bounce
 from mailbot.errors import MailbotError
 from mailbot.mailboxes import simple_mailboxes
+from mailbot.newlines import normalise
 
 # What the standard `email` package raises on malformed input besides its own MessageError: its
 # header parser has raised IndexError, TypeError, AttributeError and AssertionError on junk in past
@@ -186,6 +187,8 @@ def parse(raw: bytes, limits: ParseLimits = ParseLimits()) -> ParsedMessage:
     if not raw.strip():
         raise UnparseableMessage("message is empty")
     defects: list[str] = []
+    # One reading for everyone (mailbot.newlines): the DKIM verifier splits these same bytes into lines.
+    raw = normalise(raw)
     raw = _repair_header_block(raw, defects)
     message_policy = policy.default.clone(header_factory=_HeaderCache())
     shape = _prescan(raw, limits, message_policy)

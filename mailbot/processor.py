@@ -3,13 +3,15 @@
 A batch goes in three steps: its pending rows are claimed under a lease (a short transaction of its own);
 they are read (parsed, their senders authenticated) outside any transaction, so neither that work nor a
 DNS wait holds SQLite's write lock, and several runners share the work; then the intake decides the whole
-batch inside one savepoint of one transaction. When any message of it fails, that savepoint is undone and
+batch inside one savepoint of one transaction. The daemon reads each claimed row on a pool of reader
+threads and decides whichever rows are read: a message whose reading is slow (a slow name server, within
+its DNS budget) is decided in a later batch, so the mail behind it never waits for it (issue 12). When any message of it fails, that savepoint is undone and
 the batch runs again with each message in a savepoint of its own, so failures are recorded on their rows
 (status failed, with the reason), one bad message never blocks the others and nothing is lost:
 `mailbot inbound retry` puts failed rows back. A savepoint per message cost a quarter of the intake's time
 (bench/RESULTS.md), and nearly every batch has no failure at all. A database outage leaves rows pending
 for the next pass (their claim is given back); any other temporary failure (DNS) leaves that one row
-pending for another try when its lease runs out.
+pending for another try, later each time (`retry_after`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -41,7 +44,19 @@ LEASE = timedelta(minutes=5)
 # thread, so a batch is how long the listener may have to wait for its next 250 while a backlog drains (at
 # about 1.5 ms a message, 25 rows hold it 40 ms). Larger batches were no faster (bench/RESULTS.md).
 BATCH = 25
+# Reader threads: DNS waits overlap, and one slow message holds one thread, not the intake.
+READERS = 4
+# How long a batch waits for its slowest reading before deciding the rows already read; a normal reading
+# takes milliseconds. The rest are decided as soon as they are read, in a later batch.
+PATIENCE = 0.5  # seconds
+RETRY_CAP = timedelta(hours=4)
 Read = Reading | Unreadable | None  # None: reading raised (a bug); the row is then run isolated, which records it
+
+
+def retry_after(attempts: int) -> timedelta:
+    """When a message deferred by a temporary failure (DNS) is tried again: LEASE after the first attempt,
+    twice as long after each next one, at most RETRY_CAP (a day of failures is about ten tries, not 288)."""
+    return min(LEASE * 2 ** max(attempts - 1, 0), RETRY_CAP)
 
 
 class Processor:
@@ -62,6 +77,8 @@ class Processor:
         self.on_outcome = on_outcome
         self.metrics = metrics  # set by the daemon when it serves /metrics
         self._wake = asyncio.Event()
+        self._readers: ThreadPoolExecutor | None = None
+        self._reading: dict[asyncio.Future[Read], InboundMessage] = {}  # claimed rows being read
 
     def process_row(self, session: Session, row: InboundMessage, reading: Read = None) -> Outcome:
         """Run the intake on one claimed row, isolating unexpected errors to that row."""
@@ -77,7 +94,7 @@ class Processor:
         except TransientError as exc:
             # Nothing could be decided now (a DNS failure authenticating the sender): the savepoint undid
             # the intake's work, and the row stays pending under a lease, tried again when it runs out.
-            row.claimed_until = now + LEASE
+            row.claimed_until = now + retry_after(row.attempts)
             outcome = Outcome("deferred", detail=f"{exc}; tried again after {row.claimed_until:%H:%M:%S} UTC")
             row.trail = ended(row.trail, "deferred", outcome.detail or "")
         except Exception as exc:  # a bug or hostile input: keep the message, record why, go on
@@ -89,18 +106,18 @@ class Processor:
         _log(row, outcome)
         return outcome
 
-    def _claim(self, session: Session) -> list[InboundMessage]:
-        return inbound_store.claim_pending(session, self.clock.now(), LEASE, self.batch)
+    def _claim(self, session: Session, limit: int | None = None) -> list[InboundMessage]:
+        return inbound_store.claim_pending(session, self.clock.now(), LEASE, limit or self.batch)
+
+    def _read_one(self, row: InboundMessage) -> Read:
+        """What the intake reads of a row; None where reading failed (the isolated run says why)."""
+        try:
+            return self.intake.read(row)
+        except Exception:  # noqa: BLE001 - recorded on the row when it runs isolated, with its traceback
+            return None
 
     def _read(self, rows: list[InboundMessage]) -> list[Read]:
-        """What the intake reads of each row; None where reading failed (the isolated run says why)."""
-        readings: list[Read] = []
-        for row in rows:
-            try:
-                readings.append(self.intake.read(row))
-            except Exception:  # noqa: BLE001 - recorded on the row when it runs isolated, with its traceback
-                readings.append(None)
-        return readings
+        return [self._read_one(row) for row in rows]
 
     def _decide(self, session: Session, rows: list[InboundMessage], readings: list[Read]) -> list[Outcome]:
         for row in rows:
@@ -158,12 +175,17 @@ class Processor:
         return self._committed([outcome])[0] if decided_now else outcome
 
     async def _run_batch(self) -> list[Outcome]:
-        """`run_once`, with the reading on a thread of its own: the database's threads (SQLite's one,
-        which also stores what the doors accept) never wait on parsing or DNS."""
-        rows = await self.db.run(self._claim)
-        if not rows:
+        """`run_once`, with each row read on a reader thread: the database's threads (SQLite's one, which
+        also stores what the doors accept) never wait on parsing or DNS, and the rows read within PATIENCE
+        are decided without waiting for a slow one (see the module docstring)."""
+        await self._start_reading()
+        if not self._reading:
             return []
-        readings = await asyncio.to_thread(self._read, rows)
+        done, _ = await asyncio.wait(self._reading, timeout=PATIENCE)
+        read = sorted(((self._reading.pop(future), future.result()) for future in done), key=lambda r: r[0].id)
+        if not read:
+            return []  # a reading that ends wakes the loop
+        rows, readings = [row for row, _ in read], [reading for _, reading in read]
         try:
             return self._committed(await self.db.run(self._decide, rows, readings))
         except TransientStoreError:
@@ -176,8 +198,30 @@ class Processor:
             self.metrics.decided(outcome.action for outcome in outcomes)
         return outcomes
 
+    async def _start_reading(self) -> None:
+        """Claim as many pending rows as the batch has room for beside the readings in flight; read each."""
+        room = self.batch - len(self._reading)
+        if room <= 0:
+            return
+        rows = await self.db.run(self._claim, room)
+        if self._readers is None:
+            self._readers = ThreadPoolExecutor(READERS, thread_name_prefix="mailbot-read")
+        loop = asyncio.get_running_loop()
+        for row in rows:
+            future = loop.run_in_executor(self._readers, self._read_one, row)
+            future.add_done_callback(lambda _: self._wake.set())
+            self._reading[future] = row
+
     def wake(self) -> None:
         self._wake.set()
+
+    def close(self) -> None:
+        """Stop the reader threads once their readings end; rows still being read stay claimed until their
+        lease runs out, then any instance takes them again."""
+        if self._readers is not None:
+            self._readers.shutdown(wait=False, cancel_futures=True)
+            self._readers = None
+        self._reading.clear()
 
     async def run(self, sweep: float = 5.0) -> None:
         """Process whatever is pending whenever woken (a door stored something), and every `sweep` seconds."""
@@ -194,10 +238,16 @@ class Processor:
                     self.on_outcome(outcome)
             if len(outcomes) >= self.batch:
                 continue  # more is waiting
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=sweep)
-            except TimeoutError:
-                pass
+            await self._sleep(sweep)
+
+    async def _sleep(self, seconds: float) -> None:
+        """Until woken, or `seconds` at most. Not asyncio.wait_for: on Python 3.11 it swallows a cancellation
+        that arrives as the event is set, and the daemon's stop then waited forever for this task."""
+        waking = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({waking}, timeout=seconds)
+        finally:
+            waking.cancel()
 
 
 # How loud each outcome is: a failure needs a person; a deferral resolves itself, unless it keeps happening.

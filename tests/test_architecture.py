@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "mailbot"
 # Values in, values out: parsing, rules, clocks, composition.
 CORE = ["parse", "quotes", "authn", "entitlement", "plans", "addresses", "threads", "tokens", "hours", "outbox",
         "compose", "automatic", "bounces", "assignment", "sla", "signing", "clock", "errors", "redact", "mailboxes", "reading",
-        "trail", "identity"]
+        "trail", "identity", "newlines"]
 # Modules and libraries that touch sockets, the database, the disk or the event loop.
 SHELL = {"mailbot.store", "mailbot.listener", "mailbot.imap", "mailbot.imap_door", "mailbot.sender",
          "mailbot.scheduler", "mailbot.daemon", "mailbot.cli", "mailbot.door", "mailbot.processor",

@@ -10,14 +10,25 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import dkim
+import dkim.util
 import pytest
 from dkim.canonicalization import CanonicalizationPolicy
 from dkim.crypto import parse_pem_private_key
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mailbot.authn import AuthVerdict, aligned, authenticate, organizational_domain, trusted_path
+from mailbot import authn as authn_module
+from mailbot.authn import (
+    MAX_RESULTS_PARSED,
+    AuthVerdict,
+    aligned,
+    authenticate,
+    organizational_domain,
+    trusted_path,
+)
 from mailbot.dns import FixedResolver, Resolver, dkim_dnsfunc
+from mailbot.newlines import normalise
+from mailbot.parse import UnparseableMessage, parse
 
 TRUSTED = ["mx.schoolmint.com"]
 BODY = b"Hello,\r\n\r\nI cannot log in since this morning.\r\n\r\nAna\r\n"
@@ -84,7 +95,12 @@ def dkimpy_says(raw: bytes, resolver: Resolver) -> bool:
 def check(
     raw: bytes, resolver: Resolver, from_address: str = "ana@example.com", trusted: Sequence[str] = TRUSTED
 ) -> AuthVerdict:
-    return authenticate(raw, from_address, trusted_authserv_ids=trusted, resolver=resolver)
+    """The verdict on `raw`, with the header fields the parser reads from it (as the intake passes them)."""
+    try:
+        fields = list(parse(raw).message.raw_items())
+    except UnparseableMessage:
+        fields = []  # the intake never gets this far; authenticate must still not raise
+    return authenticate(raw, from_address, fields=fields, trusted_authserv_ids=trusted, resolver=resolver)
 
 
 class TestOrganizationalDomain:
@@ -282,9 +298,12 @@ class TestDkim:
             (b"v=1; a=rsa-sha256; s=sel; h=from; bh=AAAA; b=AAAA", "d= or h= missing"),
             (
                 b"v=1; a=rsa-sha256; d=example.com; s=sel; h=from; l=12x; bh=AAAA; b=AAAA",
-                "l= is not a number",
+                "l= value is not a decimal integer",
             ),
-            (b"v=1; a=rsa-sha256; c=odd/odd; d=example.com; s=sel; h=from; l=3; bh=AAAA; b=AAAA", "bad c="),
+            (
+                b"v=1; a=rsa-sha256; c=odd/odd; d=example.com; s=sel; h=from; l=3; bh=AAAA; b=AAAA",
+                "invalid c=",
+            ),
             (b"v=1; a=rsa-sha256; d=ex\xffample.com; s=sel; h=from; bh=AAAA; b=AAAA", "d= is not UTF-8"),
             (b"v=1; a=rsa-md5; d=example.com; s=sel; h=from; bh=AAAA; b=AAAA", "unknown signature algorithm"),
             (b"v=1; a=rsa-sha256; d=example.com; s=sel; h=from; bh=AAAA; b=!!!!", "not valid base64"),
@@ -359,7 +378,7 @@ class TestAuthenticationResults:
             "mx.schoolmint.com", "dmarc=fail header.from=example.com; dkim=fail header.d=example.com"
         )
         verdict = check(message(above=above), FixedResolver({}))
-        assert not verdict.authenticated and "show no dmarc=pass" in verdict.reason
+        assert not verdict.authenticated and "dmarc=fail for example.com from trusted" in verdict.reason
 
     def test_dmarc_pass_for_another_domain_fails(self) -> None:
         """A pass for a different header.from is not about this From."""
@@ -390,11 +409,21 @@ class TestAuthenticationResults:
         verdict = check(raw, FixedResolver({}))
         assert not verdict.authenticated and "no trusted Authentication-Results" in verdict.reason
 
-    def test_dkim_is_checked_when_trusted_results_do_not_pass(self, key: tuple[bytes, bytes]) -> None:
-        """A trusted receiver's fail does not stop our own DKIM check."""
-        raw = sign(message(above=results("mx.schoolmint.com", "dmarc=fail header.from=example.com")), key[0])
+    def test_dkim_is_checked_when_trusted_results_do_not_decide(self, key: tuple[bytes, bytes]) -> None:
+        """A trusted receiver that says neither pass nor fail for the From domain leaves our DKIM check."""
+        raw = sign(message(above=results("mx.schoolmint.com", "dmarc=none header.from=example.com")), key[0])
         verdict = check(raw, keys(key[1], "example.com"))
         assert (verdict.authenticated, verdict.method) == (True, "dkim")
+
+    @pytest.mark.parametrize("text", ["dmarc=fail header.from=example.com", "dkim=fail header.d=example.com"])
+    def test_a_trusted_fail_is_final(self, key: tuple[bytes, bytes], text: str) -> None:
+        """The trusted receiver's fail stands: a valid signature checked by us does not outvote it, and no
+        DNS is spent on it."""
+        raw = sign(message(above=results("mx.schoolmint.com", text)), key[0])
+        resolver = keys(key[1], "example.com")
+        verdict = check(raw, resolver)
+        assert not verdict.authenticated and "(final)" in verdict.reason
+        assert resolver.asked == [] and verdict.work.signatures_verified == 0
 
     @settings(max_examples=150, deadline=None)
     @given(text=st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=60))
@@ -413,3 +442,185 @@ class TestTrustedPath:
             "trusted-path",
             "example.com",
         )
+
+
+# --- One reading for everyone (issue 12) ----------------------------------------------------------------
+
+# Pieces of header values: ordinary text, folding (obs-fold included: a fold of white space only), and
+# what splits lines differently for different readers: lone CR, lone LF, NUL.
+CLEAN_PIECES = ["a", "b c", "<x@example.com>", ";", ":", "\r\n ", "\r\n\t", "\r\n \t", "\x00"]
+HOSTILE_PIECES = ["\r", "\n", "\r\r\n", "\r\nFrom: Eve <eve@example.com>"]
+# Lines a forger adds to a genuinely signed message: above it, where receivers add theirs, or inside.
+INJECTIONS = [
+    b"X-Pad: a\rFrom: Eve <eve@example.com>\rSubject: pay now\r\r\n",
+    b"X-Pad: a\nFrom: Eve <eve@example.com>\n\r\n",
+    b"Subject: pay now\r\n",
+    b"From: Eve <eve@example.com>\r\n",
+    b"To: eve@example.com\r\n",
+    b"From eve@example.com Tue Nov 24 10:00:00 2026\r\n",
+    b"X-Null: a\x00b\r\n",
+    b" folded onto the field above\r\n",
+]
+READ_FIELDS = (
+    "from",
+    "to",
+    "cc",
+    "subject",
+    "date",
+    "message-id",
+    "reply-to",
+    "sender",
+    "in-reply-to",
+    "references",
+)
+
+
+def signed_fields(raw: bytes, dkim_value: bytes) -> tuple[list[bytes], list[tuple[str, str]]]:
+    """h= of a signature and the header fields it covers, as dkimpy selects them (bottom-most first) from
+    the bytes as read, each in the parser's form."""
+    tags = dkim.util.parse_tag_value(dkim_value)
+    include = [name.strip().lower() for name in tags[b"h"].split(b":")]
+    headers = dkim.DKIM(normalise(raw)).headers
+    covered = dkim.select_headers(headers, include)
+    return include, [authn_module._field(name, value) for name, value in covered]
+
+
+class TestOneReading:
+    """The fields DKIM signed are the fields we read: whatever CR, LF, NUL, folds or repeated fields a
+    message holds, an authenticated message's From, Subject and the other fields the intake reads are the
+    instances the passing signature covers."""
+
+    @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(
+        values=st.lists(
+            st.lists(st.sampled_from(CLEAN_PIECES + HOSTILE_PIECES), max_size=5), min_size=4, max_size=4
+        ),
+        above=st.lists(st.sampled_from(INJECTIONS), max_size=2),
+        inside=st.lists(st.sampled_from(INJECTIONS), max_size=2),
+        repeat=st.sampled_from(["", "Subject: second subject\r\n", "From: Ana <ana@example.com>\r\n"]),
+    )
+    def test_the_fields_dkim_signed_are_the_fields_we_read(
+        self,
+        key: tuple[bytes, bytes],
+        values: list[list[str]],
+        above: list[bytes],
+        inside: list[bytes],
+        repeat: str,
+    ) -> None:
+        to, subject, date, extra = ("".join(pieces) for pieces in values)
+        head = (
+            f"From: Ana <ana@example.com>\r\nTo: {to}\r\nSubject: {subject}\r\nDate: {date}\r\nX-Extra: {extra}\r\n"
+            f"Message-ID: <c1@example.com>\r\n{repeat}"
+        ).encode()
+        original = head + b"\r\n" + BODY
+        try:
+            signature = bytes(
+                dkim.sign(
+                    original,
+                    b"sel",
+                    b"example.com",
+                    key[0],
+                    include_headers=[b"from", b"to", b"subject", b"date"],
+                )
+            )
+        except dkim.DKIMException:
+            return  # dkimpy cannot read it either: nothing signed, nothing to forge
+        raw = b"".join(above) + signature + b"".join(inside) + original
+        verdict = check(raw, keys(key[1], "example.com"), from_address=_author_of(raw))
+        if verdict.authenticated:
+            parsed = parse(raw).message
+            include, covered = signed_fields(raw, signature.partition(b":")[2])
+            assert b"from" in include
+            for name in READ_FIELDS:
+                if name.encode() in include:
+                    read = [(n, v) for n, v in parsed.raw_items() if n.lower() == name]
+                    assert sorted(read) == sorted(c for c in covered if c[0].lower() == name), name
+        clean = all(piece in CLEAN_PIECES for pieces in values for piece in pieces)
+        if clean and not above and not inside and not repeat:
+            assert verdict.authenticated, verdict.reason  # the property is not vacuous
+
+    def test_a_bare_cr_cannot_forge_the_sender_of_a_signed_message(self, key: tuple[bytes, bytes]) -> None:
+        """issue 12: dkimpy saw X-Pad and the signed From, the parser saw Eve. Now both read Eve's lines,
+        and the signature no longer covers them."""
+        genuine = sign(message("bob@example.com"), key[0])
+        assert check(genuine, keys(key[1], "example.com"), from_address="bob@example.com").authenticated
+        forged = b"X-Pad: a\rFrom: Ana <ana@example.com>\rSubject: pay now\r\r\n" + genuine
+        assert _author_of(forged) == "ana@example.com"
+        verdict = check(forged, keys(key[1], "example.com"))
+        assert not verdict.authenticated and "no DKIM signature" in verdict.reason
+
+    @pytest.mark.parametrize(
+        ("added", "reason"),
+        [
+            (b"Subject: pay now\r\n", "more than one subject header"),
+            (b"From: Ana <ana@example.com>\r\n", "2 From headers"),
+            (b"From eve@example.com Tue Nov 24 10:00:00 2026\r\n", "'From ' line inside the header block"),
+        ],
+    )
+    def test_what_one_reader_would_read_differently_is_refused(
+        self, key: tuple[bytes, bytes], added: bytes, reason: str
+    ) -> None:
+        """A repeated once-only field (dkimpy signs the bottom one, the parser reads the top one) or an mbox
+        From line (dkimpy skips it, the parser reads the body from it) is refused, signature or not."""
+        raw = sign(message(), key[0])
+        signature, _, rest = raw.partition(b"From: Ana")
+        verdict = check(signature + added + b"From: Ana" + rest, keys(key[1], "example.com"))
+        assert not verdict.authenticated and reason in verdict.reason
+
+    def test_fields_the_parser_read_differently_are_refused(self, key: tuple[bytes, bytes]) -> None:
+        """The parser's fields must be dkimpy's, name for name and value for value."""
+        raw = sign(message(), key[0])
+        fields = [
+            (name, "pay now" if name == "Subject" else value)
+            for name, value in parse(raw).message.raw_items()
+        ]
+        verdict = authenticate(
+            raw,
+            "ana@example.com",
+            fields=fields,
+            trusted_authserv_ids=[],
+            resolver=keys(key[1], "example.com"),
+        )
+        assert not verdict.authenticated and "read different header fields" in verdict.reason
+
+
+def _author_of(raw: bytes) -> str:
+    """The From address the intake would authenticate for `raw`."""
+    try:
+        author = parse(raw).from_
+    except UnparseableMessage:
+        return ""
+    return author.address if author else ""
+
+
+class TestTrustedBlock:
+    """Only the trusted receiver's topmost Authentication-Results count (issue 12)."""
+
+    PASS = results("mx.schoolmint.com", "dmarc=pass header.from=example.com")
+
+    @pytest.mark.parametrize(
+        "hops",
+        [
+            b"Received: from sender.example.com by mailbot.local (mailbot) with ESMTP; Tue, 1 Dec 2026\r\n",
+            b"Received: from mx.schoolmint.com by imap.schoolmint.com (Dovecot) with LMTP; Tue, 1 Dec 2026\r\n",
+            b"Received: from sender.example.com by MX.SchoolMint.com. (Postfix); Tue, 1 Dec 2026\r\n",
+        ],
+    )
+    def test_the_trusted_path_s_own_hops_keep_the_block_open(self, hops: bytes) -> None:
+        """mailbot's own Received on top and the trusted organization's hops come above its verdict."""
+        assert check(message(above=hops + self.PASS), FixedResolver({})).authenticated
+
+    def test_a_received_line_by_another_host_ends_the_block(self) -> None:
+        """Below another host's Received line, the sender wrote it: not parsed, not believed."""
+        hop = b"Received: from a.example.org by relay.example.org; Tue, 1 Dec 2026 10:00:00 -0500\r\n"
+        verdict = check(message(above=hop + self.PASS), FixedResolver({}))
+        assert not verdict.authenticated and verdict.work.results_parsed == 0
+
+    def test_untrusted_results_are_never_parsed(self) -> None:
+        """The authserv-id is compared as text first; authres parses only a trusted one, at most five."""
+        many = b"".join(results("mx.other.example", "dmarc=pass header.from=example.com") for _ in range(50))
+        trusted = b"".join(
+            results("mx.schoolmint.com", "spf=pass smtp.mailfrom=example.com") for _ in range(9)
+        )
+        verdict = check(message(above=many + trusted), FixedResolver({}))
+        assert verdict.work.results_parsed == MAX_RESULTS_PARSED and not verdict.authenticated

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socketserver
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import dns.message
 import dns.name
@@ -12,7 +13,7 @@ import dns.rcode
 import dns.rrset
 import pytest
 
-from mailbot.dns import DnsResolver, FixedResolver, dkim_dnsfunc
+from mailbot.dns import DnsBudget, DnsResolver, FixedResolver, dkim_dnsfunc
 from mailbot.errors import TransientDNSError
 
 
@@ -134,3 +135,49 @@ class TestDkimDnsfunc:
     def test_over_real_dns(self, resolver: DnsResolver) -> None:
         """The adapter works on the dnspython resolver too."""
         assert dkim_dnsfunc(resolver)(b"sel._domainkey.example.test.") == b"v=DKIM1; k=rsa; p=QUJD"
+
+
+class SlowServer(FixedResolver):
+    """Fixed records behind a name server that takes `delay` seconds of a fake monotonic clock per look-up."""
+
+    def __init__(self, records: dict[str, list[bytes]], delay: float, **kw: Any) -> None:
+        super().__init__(records, **kw)
+        self.delay = delay
+        self.now = 0.0
+
+    def clock(self) -> float:
+        return self.now
+
+    def txt(self, name: str) -> list[bytes]:
+        self.now += self.delay
+        return super().txt(name)
+
+
+class TestDnsBudget:
+    def test_each_name_is_asked_once(self) -> None:
+        """A second look-up of a name, answered or failed, costs nothing."""
+        server = FixedResolver({"a.example": [b"x"]}, failing=["down.example"])
+        budget = DnsBudget(server)
+        assert budget.txt("a.example") == budget.txt("A.example.") == [b"x"]
+        for _ in range(2):
+            with pytest.raises(TransientDNSError):
+                budget.txt("down.example")
+        assert server.asked == ["a.example", "down.example"] and budget.asked == 2
+
+    def test_at_most_n_look_ups(self) -> None:
+        """Past `queries` look-ups, the answer is a temporary failure without asking."""
+        server = FixedResolver({})
+        budget = DnsBudget(server, queries=2)
+        assert budget.txt("a.example") == budget.txt("b.example") == []
+        with pytest.raises(TransientDNSError, match="2 look-ups made already"):
+            budget.txt("c.example")
+        assert len(server.asked) == 2
+
+    def test_no_look_up_starts_after_the_time_budget(self) -> None:
+        """A slow server (3 s a look-up) gets two look-ups in a 4 s budget, not five."""
+        server = SlowServer({}, delay=3.0, failing=[f"s{i}.example" for i in range(5)])
+        budget = DnsBudget(server, seconds=4.0, queries=10, clock=server.clock)
+        for i in range(5):
+            with pytest.raises(TransientDNSError):
+                budget.txt(f"s{i}.example")
+        assert len(server.asked) == 2 and server.now == 6.0

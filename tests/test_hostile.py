@@ -152,7 +152,8 @@ SMUGGLE_ENDINGS = [b"\n.\r\n", b"\n.\n", b"\r.\r\n", b"\r\n.\n", b"\r\n.\r"]
 class TestSmuggling:
     @pytest.mark.parametrize("ending", SMUGGLE_ENDINGS, ids=[repr(e) for e in SMUGGLE_ENDINGS])
     async def test_a_false_end_of_data_never_splits_a_message(self, world, ending: bytes) -> None:
-        """RFC 5321 4.1.1.4: only CRLF.CRLF ends DATA. A smuggled second transaction stays inside the first."""
+        """RFC 5321 4.1.1.4: only CRLF.CRLF ends DATA. A smuggled second transaction stays inside the first,
+        which is refused whole for its bare line end (issue 12), with one reply and nothing stored."""
         service: World = await world()
         smuggled = (
             b"MAIL FROM:<evil@evil.example>\r\nRCPT TO:<herosupport@schoolmint.com>\r\nDATA\r\n"
@@ -163,11 +164,10 @@ class TestSmuggling:
             + HEAD + b"\r\nfirst body" + ending + smuggled + b".\r\nQUIT\r\n"
         )
         replies = await asyncio.to_thread(raw_session, service.port, session)
-        assert replies.count(b"\r\n250 2.0.0 OK: queued as") == 1 and b"221" in replies
+        assert replies.count(b"\r\n550 5.5.2 Error: bare <") == 1 and b"221" in replies
+        assert b"queued as" not in replies
         await service.settle()
-        [row] = service.inbound()
-        assert b"Subject: smuggled" in row.raw and row.envelope_from == CUSTOMER
-        assert service.count(Ticket) == 1
+        assert service.inbound() == [] and service.count(Ticket) == 0
 
 
 class TestSessionLimits:

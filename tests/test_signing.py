@@ -14,6 +14,7 @@ from dkim.util import parse_tag_value
 from mailbot.authn import authenticate
 from mailbot.dns import FixedResolver, dkim_dnsfunc
 from mailbot.errors import ConfigError
+from mailbot.parse import parse
 from mailbot.signing import DkimSigner
 
 OUTGOING = (
@@ -131,8 +132,10 @@ class TestSign:
         self, signer: DkimSigner, resolver: FixedResolver
     ) -> None:
         """What we send passes what we require of others (From signed, no l=, d= aligned)."""
+        signed = signer.sign(OUTGOING)
+        fields = list(parse(signed).message.raw_items())
         verdict = authenticate(
-            signer.sign(OUTGOING), "herosupport@schoolmint.com", trusted_authserv_ids=[], resolver=resolver
+            signed, "herosupport@schoolmint.com", fields=fields, trusted_authserv_ids=[], resolver=resolver
         )
         assert (verdict.authenticated, verdict.method, verdict.domain) == (True, "dkim", "schoolmint.com")
 
