@@ -80,7 +80,7 @@ class Followups:
             return None
         ticket = ticket_store.get(session, found.ticket_id)
         assert ticket is not None  # threads.match names only tickets the store has
-        sender = parsed.from_.address if parsed.from_ else ""
+        sender = parsed.author.address if parsed.author else ""  # whom it trusts, never whom it shows
         people = threads.participants(
             requester=ticket.requester,
             specialist=ticket_store.specialist_address(session, ticket.specialist_id),

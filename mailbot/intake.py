@@ -60,7 +60,8 @@ class Intake:
             parsed = parse(inbound.raw, self.limits)
         except UnparseableMessage as exc:
             return Unreadable(f"unparseable: {exc}")
-        sender = parsed.from_.address if parsed.from_ else ""
+        # Whom it trusts (mailbot.senders), never the lenient reading shown as the requester.
+        sender = parsed.author.address if parsed.author else ""
         key = parsed.message_id or content_key(inbound.raw)
         return Reading(parsed, key, self.gate.authenticate(inbound, parsed, sender))
 

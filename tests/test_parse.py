@@ -253,10 +253,11 @@ class TestAddresses:
         parsed = parse(headers(f"From: {value}", "To: herosupport@schoolmint.com"))
         assert parsed.from_ is None or parsed.from_.address != "alice@example.org"
 
-    def test_unreadable_from_is_ignored_whole(self) -> None:
-        """An identity field with any unreadable entry is ignored, not half-read."""
+    def test_unreadable_from_is_shown_but_never_trusted(self) -> None:
+        """A From with an unreadable entry is not half-trusted: no author; the reader still shows its mailbox."""
         parsed = parse(headers("From: Ana <ana@x.example> junk", "Reply-To: pat@x.example"))
-        assert parsed.from_ == Address("", "pat@x.example")
+        assert parsed.author is None
+        assert parsed.from_ == Address("Ana", "ana@x.example")
         assert any(d.startswith("from ignored") for d in parsed.defects)
 
     def test_recipient_lists_skip_only_the_bad_entry(self) -> None:

@@ -1,0 +1,98 @@
+"""Real-world mail (tests/realworld.py) as `mailbot parse` reads it: the sender a person sees, the subject,
+the text, and whom mailbot trusts; then the same classes through the whole daemon."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from mailbot.parse import Address, parse
+from tests.realworld import CASES, Case, tnef, with_winmail
+
+BY_NAME = {case.name: case for case in CASES}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_reads_as_a_person_does(case: Case) -> None:
+    """Sender, subject and text as a person reads them; the trusted author only where the From is sound."""
+    parsed = parse(case.raw)
+    assert (parsed.from_.name, parsed.from_.address) == case.sender if parsed.from_ else case.sender is None
+    assert parsed.subject == case.subject
+    assert parsed.text.startswith(case.text), parsed.text
+    assert (parsed.author.address if parsed.author else None) == case.trusted
+    if parsed.author is not None:
+        assert parsed.author == parsed.from_  # the two readings agree whenever the strict one exists
+
+
+def test_every_class_is_covered() -> None:
+    """The corpus holds each class the issue names, several times over."""
+    names = " ".join(BY_NAME)
+    for word in ("iso-2022-jp", "shift_jis", "gbk", "utf-8", "stray", "From", "winmail.dat", "MAILER-DAEMON"):
+        assert word in names
+    assert len(CASES) >= 25
+
+
+def test_parse_command_prints_the_reading(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`mailbot parse FILE` prints the lenient sender, the decoded subject and the text."""
+    case = BY_NAME["iso-2022-jp without any label"]
+    path = tmp_path / "jp.eml"
+    path.write_bytes(case.raw)
+    done = subprocess.run(
+        [sys.executable, "-m", "mailbot", "parse", str(path)], capture_output=True, check=True, cwd=tmp_path
+    )
+    document = json.loads(done.stdout)
+    assert document["subject"] == case.subject and document["text"].startswith(case.text)
+    assert document["from"] == {"name": "", "address": "takahashi@school.example.jp"}
+
+
+class TestWinmail:
+    """Outlook's winmail.dat: its body and files, and what happens when it cannot be read."""
+
+    def test_files_replace_the_container(self) -> None:
+        parsed = parse(BY_NAME["winmail.dat with a body and attachments"].raw)
+        assert [(a.filename, a.content_type, a.data) for a in parsed.attachments] == [
+            ("forms.pdf", "application/pdf", b"%PDF-1.4 forms"),
+            ("list.csv", "text/csv", b"a,b\r\n"),
+        ]
+        assert "winmail.dat (TNEF) unpacked" in parsed.defects
+
+    def test_a_text_part_beside_it_stays_the_text(self) -> None:
+        """Outlook's own text/plain part is the text; the container's copy of it is not added twice."""
+        raw = with_winmail(tnef("Rich body.", {"a.txt": b"x"}), text="Plain body.")
+        parsed = parse(raw)
+        assert parsed.text == "Plain body."
+        assert [a.filename for a in parsed.attachments] == ["a.txt"]
+
+    def test_html_body_is_kept_as_html(self) -> None:
+        parsed = parse(BY_NAME["winmail.dat with only an HTML body"].raw)
+        assert parsed.html is not None and "<b>attached</b>" in parsed.html
+
+    def test_unreadable_container_stays_an_attachment(self) -> None:
+        """A damaged winmail.dat is kept as it came."""
+        raw = with_winmail(b"\x78\x9f\x3e\x22" + b"\xff" * 40, text="See attached.")
+        parsed = parse(raw)
+        assert [(a.filename, a.content_type) for a in parsed.attachments] == [("winmail.dat", "application/ms-tnef")]
+        assert parsed.text == "See attached."
+
+    def test_path_in_a_packed_file_name_is_stripped(self) -> None:
+        parsed = parse(with_winmail(tnef("x", {"..\\..\\evil.exe": b"MZ"})))
+        assert [a.filename for a in parsed.attachments] == ["evil.exe"]
+
+
+class TestTrust:
+    """Whom it trusts never comes from Reply-To, Sender, a lenient reading or a repaired header block."""
+
+    def test_reply_to_is_shown_never_trusted(self) -> None:
+        parsed = parse(BY_NAME["no From: Reply-To is shown, never trusted"].raw)
+        assert parsed.from_ == Address("Morgan Reyes", "morgan@rise.example.org") and parsed.author is None
+
+    def test_sender_field_is_shown_never_trusted(self) -> None:
+        parsed = parse(b"From: junk\r\nSender: office@lincoln.example\r\n\r\nx")
+        assert parsed.from_ == Address("", "office@lincoln.example") and parsed.author is None
+
+    def test_several_authors_are_not_one(self) -> None:
+        parsed = parse(b"From: a@x.example, b@x.example\r\n\r\nx")
+        assert parsed.from_ == Address("", "a@x.example") and parsed.author is None
