@@ -18,8 +18,9 @@ from mailbot.admission import Gate
 from mailbot.automatic import automatic_reason
 from mailbot.followups import Continues, Decided, Followups
 from mailbot.loops import MachineMail, Opening, automatic_hold
-from mailbot.parse import ParseLimits, UnparseableMessage, content_key, parse
-from mailbot.reading import Reading, Unreadable
+from mailbot.parse import ParseLimits, content_key
+from mailbot.reading import Reading
+from mailbot.salvage import read as read_message
 from mailbot.store import tickets as ticket_store
 from mailbot.store.schema import InboundMessage
 from mailbot.workflow import Workflow
@@ -27,7 +28,7 @@ from mailbot.workflow import Workflow
 
 @dataclass(frozen=True)
 class Outcome:
-    action: str  # created | threaded | held | duplicate | ignored | failed | deferred
+    action: str  # created | threaded | held | duplicate | ignored | deferred, or failed (mailbot.processor: a bug)
     ticket_id: int | None = None
     detail: str | None = None
 
@@ -54,12 +55,13 @@ class Intake:
         self.followups = followups
         self.limits = limits or ParseLimits()
 
-    def read(self, inbound: InboundMessage) -> Reading | Unreadable:
-        """Parse the stored bytes and authenticate the From address: no database involved."""
-        try:
-            parsed = parse(inbound.raw, self.limits)
-        except UnparseableMessage as exc:
-            return Unreadable(f"unparseable: {exc}")
+    def read(self, inbound: InboundMessage) -> Reading:
+        """Parse the stored bytes and authenticate the From address: no database involved.
+
+        A message over the parse limits gets a degraded reading (mailbot.salvage), never a failure: the
+        customer still gets a ticket. "failed" is left for our own bugs.
+        """
+        parsed = read_message(inbound.raw, self.limits)
         # Whom it trusts (mailbot.senders), never the lenient reading shown as the requester.
         sender = parsed.author.address if parsed.author else ""
         key = parsed.message_id or content_key(inbound.raw)
@@ -72,7 +74,7 @@ class Intake:
         now: datetime,
         *,
         isolated: bool = True,
-        reading: Reading | Unreadable | None = None,
+        reading: Reading | None = None,
     ) -> Outcome:
         """Decide what the message is and store the result; the inbound row records the outcome.
 
@@ -83,9 +85,7 @@ class Intake:
         unique Message-ID index included.
         """
         reading = reading or self.read(inbound)
-        if isinstance(reading, Unreadable):
-            outcome = Outcome("failed", detail=reading.detail)
-        elif not isolated:
+        if not isolated:
             outcome = self._decide(session, inbound, reading, now, isolated=False)
         else:
             try:
@@ -94,13 +94,12 @@ class Intake:
             except IntegrityError:
                 # Another instance stored the same Message-ID a moment ago (the unique index is the guard).
                 outcome = Outcome("duplicate")
-        if isinstance(reading, Reading):
-            # Set after the decision, so the row is written once with its outcome below (no flush of its own
-            # before the savepoint); nothing in the decision reads the row's stored message_id.
-            inbound.message_id = reading.key
-        inbound.status = "failed" if outcome.action == "failed" else "processed"
+        # Set after the decision, so the row is written once with its outcome below (no flush of its own
+        # before the savepoint); nothing in the decision reads the row's stored message_id.
+        inbound.message_id = reading.key
+        inbound.status = "processed"
         inbound.action = outcome.action
-        inbound.error = outcome.detail if outcome.action == "failed" else None
+        inbound.error = None
         inbound.ticket_id = outcome.ticket_id
         inbound.processed_at = now
         inbound.claimed_until = None

@@ -146,6 +146,9 @@ class ParsedMessage:
     bounce: bool
     defects: list[str]
     message: EmailMessage = field(repr=False, compare=False)
+    # Why only a degraded reading was possible (mailbot.salvage): the message was over ParseLimits or the
+    # standard parser could not read it. None for a full reading.
+    degraded: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The `mailbot parse FILE` JSON of INTERFACE.md (attachment data and `message` left out)."""
@@ -173,6 +176,7 @@ class ParsedMessage:
             ],
             "auto_submitted": self.auto_submitted,
             "bounce": self.bounce,
+            "degraded": self.degraded,
         }
 
 

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from mailbot.clock import Clock
 from mailbot.errors import TransientError, TransientStoreError
 from mailbot.intake import Intake, Outcome
-from mailbot.reading import Reading, Unreadable
+from mailbot.reading import Reading
 from mailbot.store import Database
 from mailbot.store import inbound as inbound_store
 from mailbot.store.schema import InboundMessage
@@ -36,7 +36,7 @@ LEASE = timedelta(minutes=5)
 # thread, so a batch is how long the listener may have to wait for its next 250 while a backlog drains (at
 # about 1.5 ms a message, 25 rows hold it 40 ms). Larger batches were no faster (bench/RESULTS.md).
 BATCH = 25
-Read = Reading | Unreadable | None  # None: reading raised (a bug); the row is then run isolated, which records it
+Read = Reading | None  # None: reading raised (a bug); the row is then run isolated, which records it
 
 
 class Processor:

@@ -14,10 +14,3 @@ class Reading:
     parsed: ParsedMessage
     key: str  # the message's identity: its Message-ID, or a hash of its bytes
     verdict: AuthVerdict  # whether its From address is authenticated (admission.Gate.authenticate)
-
-
-@dataclass(frozen=True)
-class Unreadable:
-    """The message cannot be parsed; it is kept as a failed ingest with `detail`."""
-
-    detail: str

@@ -20,6 +20,7 @@ from mailbot.parse import (
     decode_text,
     parse,
 )
+from tests.realworld import CASES
 
 DATA = Path(__file__).parent / "data"
 
@@ -622,6 +623,7 @@ class TestJson:
             "attachments",
             "auto_submitted",
             "bounce",
+            "degraded",
         ]
         assert document["from"] == {"name": "Ana Diaz", "address": "ana.diaz@lincoln.k12.example"}
         assert document["date"] == "2026-11-24T10:00:00-05:00"
@@ -644,7 +646,10 @@ class TestContentKey:
         )
 
 
-CORPUS = [path.read_bytes() for path in sorted(DATA.glob("*.eml")) if path.stat().st_size < 20_000]
+# The fuzz corpus: the nasty messages in tests/data and the real-world shapes tests/realworld.py builds.
+CORPUS = [path.read_bytes() for path in sorted(DATA.glob("*.eml")) if path.stat().st_size < 20_000] + [
+    case.raw for case in CASES
+]
 NASTY = [
     b"\x00",
     b"\r",
