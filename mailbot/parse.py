@@ -17,7 +17,6 @@ import hashlib
 import mimetypes
 import quopri
 import re
-import textwrap
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -32,15 +31,16 @@ from email.utils import parsedate_to_datetime
 from io import BytesIO
 from typing import Any, cast
 
-from inscriptis import get_text
 from lxml.etree import LxmlError
 
-from mailbot.automatic import automatic_reason
+from mailbot.automatic import automatic_reason, header_addresses
 from mailbot.bounces import read_bounce
 from mailbot.charsets import codec, decode_header_bytes, decode_text, word_charset
 from mailbot.errors import MailbotError
+from mailbot.flowed import unflow
 from mailbot.headerblock import HEADER_LINE as _HEADER_LINE
 from mailbot.headerblock import repair
+from mailbot.htmltext import html_to_text
 from mailbot.mailboxes import simple_mailboxes
 from mailbot.senders import Address, lenient_mailbox, trusted_author
 from mailbot.tnef import is_tnef
@@ -568,6 +568,7 @@ class _Headers:
             self.every.setdefault(name.lower(), []).append(value)
         self.hint = hint
         self.defects = defects
+        self.message = msg
 
     def text(self, name: str) -> str:
         """The field's value as Unicode: unfolded, 8-bit bytes decoded, NULs dropped; "" when absent."""
@@ -598,12 +599,9 @@ def _header_text(raw: str, hint: str | None) -> str:
 def _authors(headers: _Headers, block_repaired: bool, defects: list[str]) -> tuple[Address | None, Address | None]:
     """(whom it trusts, whom it shows) of mailbot.senders; the shown one falls back to Reply-To, then Sender."""
     texts = [_header_text(value, headers.hint) for value in headers.every.get("from", [])]
-    # Trust reads each field as the standard registry does, with no repair: what Gate.authenticate checks.
-    registry = [
-        _registry_addresses("from", _prepare_encoded_words(text)) if len(text) <= _MAX_ENTRY_CHARS else None
-        for text in texts
-    ]
-    author, why_not = trusted_author(registry, block_repaired=block_repaired)
+    strict = [_addresses("from", text, strict=True)[0] or None for text in texts]
+    registry = [mailbox.addr_spec for mailbox in header_addresses(headers.message, "From")]
+    author, why_not = trusted_author(strict, registry, block_repaired=block_repaired)
     if author is None and texts:
         defects.append(f"from: no trusted author: {why_not}")
     shown = _shown_author(headers, texts, defects)
@@ -645,7 +643,8 @@ def _block_cut(msg: EmailMessage) -> bool:
 _MAX_ENTRY_CHARS = 1000
 # Recipients read from one field; each costs the header parser about 150 us.
 _MAX_ENTRIES = 1000
-_ANGLE_ONLY = re.compile(r"\s*([^<>\"]*)<([^<>]+)>\s*")
+# A phrase (unquoted, or one whole quoted string) before one angle address.
+_ANGLE_ONLY = re.compile(r'\s*("(?:[^"\\]|\\.)*"|[^<>"]*)\s*<([^<>]+)>\s*')
 _COMMENT = re.compile(r"\(((?:[^()\\]|\\.)*)\)")
 
 
@@ -686,7 +685,8 @@ def _entry_mailboxes(name: str, entry: str) -> list[Address] | None:
 
 
 def _angle_mailbox(name: str, entry: str) -> list[Address] | None:
-    """`ana@x.org <ana@x.org>`: an unquoted phrase the registry rejects, before one angle address.
+    """`ana@x.org <ana@x.org>`, `"=?utf-8?q?Ana?=" <ana@x.org>`: a phrase the registry rejects (unquoted
+    specials, an encoded word inside quotes), before one angle address.
 
     The angle address is the mailbox (it is also what DMARC checks); the phrase is only a name.
     """
@@ -694,7 +694,10 @@ def _angle_mailbox(name: str, entry: str) -> list[Address] | None:
     parsed = _registry_addresses(name, f"<{angle[2]}>") if angle else None
     if angle is None or parsed is None or len(parsed) != 1:
         return None
-    return [Address(_unstructured(angle[1])[0], parsed[0].address)]
+    phrase = angle[1].strip()
+    if phrase.startswith('"'):
+        phrase = re.sub(r"\\(.)", r"\1", phrase[1:-1])
+    return [Address(_unstructured(phrase)[0], parsed[0].address)]
 
 
 def _registry_addresses(name: str, entry: str) -> list[Address] | None:
@@ -1006,7 +1009,10 @@ class _Walker:
             body.plain.append(self.decode(raw, part.get_content_charset()))
 
     def text(self, part: EmailMessage) -> str:
-        return self.decode(_payload_bytes(part), part.get_content_charset())
+        text = self.decode(_payload_bytes(part), part.get_content_charset())
+        if part.get_content_type() == "text/plain" and _param(part, "format") == "flowed":
+            return unflow(text, delsp=_param(part, "delsp") == "yes")
+        return text
 
     def decode(self, data: bytes, charset: str | None) -> str:
         text, defect = decode_text(data, charset)
@@ -1015,14 +1021,15 @@ class _Walker:
         return _clean(text)
 
     def render(self, html: str) -> str:
-        """Plain text for HTML-only mail, by inscriptis (keeps lists, tables and paragraphs readable)."""
+        """Plain text for HTML-only mail (mailbot.htmltext: inscriptis's layout, quotes and signature marked
+        as in plain-text mail)."""
         if len(html) > self.limits.max_html_chars:
             self.defects.append(
                 f"HTML over {self.limits.max_html_chars} characters; text rendered from its start"
             )
             html = html[: self.limits.max_html_chars]
         try:
-            return textwrap.dedent(_clean(get_text(html)))
+            return _clean(html_to_text(html))
         except (ValueError, LxmlError, RecursionError) as exc:  # lxml refuses some documents
             self.defects.append(f"HTML could not be rendered to text: {exc}")
             return ""
@@ -1089,6 +1096,15 @@ def _message_body(part: EmailMessage, defects: list[str]) -> bytes:
         return b""
     flat = buffer.getvalue()
     return flat[1:] if flat.startswith(b"\n") else flat.partition(b"\n\n")[2]
+
+
+def _param(part: EmailMessage, name: str) -> str:
+    """A Content-Type parameter, lowercased; "" when absent or unreadable."""
+    try:
+        value = part.get_param(name)
+    except _STDLIB_FAILURES:
+        return ""
+    return value.strip().lower() if isinstance(value, str) else ""
 
 
 def _disposition(part: EmailMessage) -> str | None:

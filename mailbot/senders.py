@@ -29,10 +29,14 @@ class Address:
     address: str
 
 
-def trusted_author(fields: Sequence[Sequence[Address] | None], *, block_repaired: bool) -> tuple[Address | None, str]:
+def trusted_author(
+    fields: Sequence[Sequence[Address] | None], registry: Sequence[str], *, block_repaired: bool
+) -> tuple[Address | None, str]:
     """The one author a message can be trusted to claim, or None and why not.
 
     `fields`: each From field's mailboxes as the strict parser read them (None when it could not).
+    `registry`: the addr-specs the standard header registry reads in all From fields, defects or not: what
+    mailbot.automatic and the authentication step read. Both readings must name the same one mailbox.
     """
     if block_repaired:
         return None, "the header block needed repairs"
@@ -45,6 +49,8 @@ def trusted_author(fields: Sequence[Sequence[Address] | None], *, block_repaired
         normalize(mailboxes[0].address)
     except ValueError as exc:
         return None, f"the From address is malformed: {exc}"
+    if len(registry) != 1 or _tidy(registry[0]) != mailboxes[0].address:
+        return None, f"the From field reads two ways: {mailboxes[0].address!r} or {', '.join(registry)!r}"
     return mailboxes[0], ""
 
 

@@ -10,7 +10,8 @@ import sys
 import pytest
 
 from mailbot.parse import Address, parse
-from tests.realworld import CASES, Case, tnef, with_winmail
+from mailbot.quotes import split_reply
+from tests.realworld import CASES, Case, build, tnef, with_winmail
 
 BY_NAME = {case.name: case for case in CASES}
 
@@ -96,3 +97,37 @@ class TestTrust:
     def test_several_authors_are_not_one(self) -> None:
         parsed = parse(b"From: a@x.example, b@x.example\r\n\r\nx")
         assert parsed.from_ == Address("", "a@x.example") and parsed.author is None
+
+
+REPLY_HEAD = ("From: Ana Diaz <ana@lincoln.example>", "To: herosupport@schoolmint.com", "Subject: Re: Login")
+ATTRIBUTION = "On Tue, Dec 1, 2026 at 10:00 AM Hero Support <herosupport@schoolmint.com> wrote:"
+REPLIES = {
+    "plain": build(
+        *REPLY_HEAD,
+        "Content-Type: text/plain; charset=utf-8",
+        body=f"Thanks, it works now.\r\n\r\n-- \r\nAna Diaz\r\n\r\n{ATTRIBUTION}\r\n"
+        "> Your ticket 15 is under review.\r\n",
+    ),
+    "flowed": build(
+        *REPLY_HEAD,
+        "Content-Type: text/plain; charset=utf-8; format=flowed; delsp=yes",
+        body=f"Thanks, it works  \r\nnow.\r\n\r\n-- \r\nAna Diaz\r\n\r\n{ATTRIBUTION}\r\n"
+        "> Your ticket 15 is  \r\n> under review.\r\n",  # delsp=yes: the space before each break goes
+    ),
+    "html": build(
+        *REPLY_HEAD,
+        "Content-Type: text/html; charset=utf-8",
+        body='<div dir="ltr">Thanks, it works now.<br><br>-- <br>Ana Diaz</div><br><div class="gmail_quote">'
+        f"<div>{ATTRIBUTION.replace('<', '&lt;').replace('>', '&gt;')}<br></div>"
+        "<blockquote>Your ticket 15 is under review.</blockquote></div>",
+    ),
+}
+
+
+@pytest.mark.parametrize("form", list(REPLIES))
+def test_a_reply_splits_alike_in_every_form(form: str) -> None:
+    """Plain, flowed and HTML-only forms of one reply: the same new text, signature and quoted history."""
+    new, history = split_reply(parse(REPLIES[form]).text)
+    assert new == "Thanks, it works now."
+    assert history.startswith("-- \nAna Diaz")
+    assert f"{ATTRIBUTION}\n> Your ticket 15 is under review." in history

@@ -49,21 +49,23 @@ class TestTrusted:
     ANA = Address("Ana", "ana@x.example")
 
     def test_one_field_one_mailbox(self) -> None:
-        assert trusted_author([[self.ANA]], block_repaired=False) == (self.ANA, "")
+        assert trusted_author([[self.ANA]], ["ana@X.example"], block_repaired=False) == (self.ANA, "")
 
     @pytest.mark.parametrize(
-        ("fields", "repaired", "why"),
+        ("fields", "registry", "repaired", "why"),
         [
-            ([[ANA]], True, "repairs"),
-            ([], False, "0 From fields"),
-            ([[ANA], [ANA]], False, "2 From fields"),
-            ([None], False, "exactly one readable mailbox"),
-            ([[ANA, Address("", "b@x.example")]], False, "exactly one readable mailbox"),
-            ([[Address("", "ana@x.example.")]], False, "malformed"),
+            ([[ANA]], ["ana@x.example"], True, "repairs"),
+            ([], [], False, "0 From fields"),
+            ([[ANA], [ANA]], ["ana@x.example"] * 2, False, "2 From fields"),
+            ([None], [], False, "exactly one readable mailbox"),
+            ([[ANA, Address("", "b@x.example")]], ["ana@x.example"], False, "exactly one readable mailbox"),
+            ([[Address("", "ana@x.example.")]], ["ana@x.example."], False, "malformed"),
+            ([[ANA]], ["Ana"], False, "reads two ways"),  # `Office [Main] @ x <...>`: the registry sees "Office"
+            ([[ANA]], ["Smith", "ana@x.example"], False, "reads two ways"),
         ],
     )
-    def test_anything_less_is_no_one(self, fields, repaired: bool, why: str) -> None:  # type: ignore[no-untyped-def]
-        author, reason = trusted_author(fields, block_repaired=repaired)
+    def test_anything_less_is_no_one(self, fields, registry, repaired: bool, why: str) -> None:  # type: ignore[no-untyped-def]
+        author, reason = trusted_author(fields, registry, block_repaired=repaired)
         assert author is None and why in reason
 
 
