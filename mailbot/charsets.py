@@ -10,8 +10,10 @@ guesses the charset of undeclared 8-bit bytes. What is ours is only the order of
    WHATWG Encoding Standard does), and ISO-2022-JP in any variant (-2, -ext, Microsoft's CP5022x with NEC
    row 13) is decoded by the first of its family that reads the bytes strictly (`ISO2022JP`).
 3. Escape sequences of ISO-2022-JP in 7-bit text with no label (or a us-ascii one) are that charset.
-4. Undeclared 8-bit bytes that are not UTF-8: a CJK charset when charset-normalizer finds one whose text is
-   mostly CJK characters (raw GB2312 and Shift_JIS subjects), else windows-1252, else Latin-1.
+4. Undeclared 8-bit bytes that are not UTF-8: a CJK charset when the bytes come in pairs as CJK characters
+   do and charset-normalizer finds one whose text is mostly CJK characters (raw GB2312 and Shift_JIS
+   subjects), else windows-1252, else Latin-1. Western text is far more common here: wrongly reading it as
+   CJK would make readable mail unreadable, so the evidence asked for CJK is the stronger.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ _ISO2022JP_ESCAPE = re.compile(rb"\x1b\$[@B]|\x1b\$\(D|\x1b\(I")
 _CJK = ("gb18030", "cp932", "euc_jp", "cp949", "big5hkscs")
 _CANDIDATES = [*_CJK, "cp1252"]
 _MIN_CJK_BYTES = 4  # two double-byte characters: shorter runs are as likely to be accented Latin letters
+_MIN_PAIRED = 0.5
 _DETECT_BYTES = 64 * 1024  # the detector samples; deciding on the first 64 KiB bounds its cost
 
 
@@ -138,7 +141,8 @@ def guess(data: bytes) -> tuple[str, str]:
 
 def _cjk(data: bytes) -> str | None:
     """The CJK charset of `data` when charset-normalizer finds one and its text is mostly CJK; else None."""
-    if sum(byte >= 0x80 for byte in data[:_DETECT_BYTES]) < _MIN_CJK_BYTES:
+    sample = data[:_DETECT_BYTES]
+    if sum(byte >= 0x80 for byte in sample) < _MIN_CJK_BYTES or _paired(sample) < _MIN_PAIRED:
         return None
     best = from_bytes(data[:_DETECT_BYTES], cp_isolation=_CANDIDATES).best()
     if best is None or best.encoding not in _CJK:
@@ -146,6 +150,16 @@ def _cjk(data: bytes) -> str | None:
     letters = [c for c in str(best) if not c.isascii() and c.isalpha()]
     cjk = sum(_is_cjk(c) for c in letters)
     return best.encoding if letters and cjk >= 0.8 * len(letters) else None
+
+
+def _paired(data: bytes) -> float:
+    """The share of 8-bit bytes next to another: CJK characters are byte pairs (a Shift_JIS katakana's second
+    byte may be ASCII, so about half), while accented Latin letters mostly sit between plain ones."""
+    high = [index for index, byte in enumerate(data) if byte >= 0x80]
+    paired = sum(
+        1 for i in high if (i > 0 and data[i - 1] >= 0x80) or (i + 1 < len(data) and data[i + 1] >= 0x80)
+    )
+    return paired / len(high)
 
 
 def _is_cjk(char: str) -> bool:
