@@ -11,6 +11,8 @@ import base64
 import struct
 from dataclasses import dataclass
 
+from compressed_rtf import compress
+
 CRLF = b"\r\n"
 
 
@@ -47,6 +49,7 @@ _ATT_ATTACH_DATA = 0x0006800F
 _ATT_MSG_PROPS = 0x00069003
 _PT_BINARY = 0x0102
 _PR_HTML = 0x1013
+_PR_RTF_COMPRESSED = 0x1009
 
 
 def _attribute(level: int, attribute: int, data: bytes) -> bytes:
@@ -54,14 +57,17 @@ def _attribute(level: int, attribute: int, data: bytes) -> bytes:
     return struct.pack("<BII", level, attribute, len(data)) + data + struct.pack("<H", checksum)
 
 
-def _html_property(html: bytes) -> bytes:
-    """A MAPI property list with one PR_HTML binary value (MS-OXTNEF 2.1.3.4)."""
-    padded = html + b"\0" * (-len(html) % 4)
-    return struct.pack("<IHHII", 1, _PT_BINARY, _PR_HTML, 1, len(html)) + padded
+def _binary_property(prop: int, value: bytes) -> bytes:
+    """A MAPI property list with one binary value (MS-OXTNEF 2.1.3.4)."""
+    padded = value + b"\0" * (-len(value) % 4)
+    return struct.pack("<IHHII", 1, _PT_BINARY, prop, 1, len(value)) + padded
 
 
-def tnef(body: str | None = None, files: dict[str, bytes] | None = None, html: str | None = None) -> bytes:
-    """A winmail.dat: a plain body (attBody), an HTML body (PR_HTML) and attachments, as Outlook packs them."""
+def tnef(
+    body: str | None = None, files: dict[str, bytes] | None = None, html: str | None = None, rtf: bytes | None = None
+) -> bytes:
+    """A winmail.dat: a plain body (attBody), an HTML body (PR_HTML), a rich-text body (PR_RTF_COMPRESSED,
+    compressed as MS-OXRTFCP says) and attachments, as Outlook packs them."""
     out = struct.pack("<IH", _TNEF_SIGNATURE, 0x1234)
     out += _attribute(_LVL_MESSAGE, _ATT_TNEF_VERSION, struct.pack("<I", 0x00010000))
     out += _attribute(_LVL_MESSAGE, _ATT_OEM_CODEPAGE, struct.pack("<II", 1252, 0))
@@ -69,7 +75,9 @@ def tnef(body: str | None = None, files: dict[str, bytes] | None = None, html: s
     if body is not None:
         out += _attribute(_LVL_MESSAGE, _ATT_BODY, body.encode("cp1252") + b"\0")
     if html is not None:
-        out += _attribute(_LVL_MESSAGE, _ATT_MSG_PROPS, _html_property(html.encode()))
+        out += _attribute(_LVL_MESSAGE, _ATT_MSG_PROPS, _binary_property(_PR_HTML, html.encode()))
+    if rtf is not None:
+        out += _attribute(_LVL_MESSAGE, _ATT_MSG_PROPS, _binary_property(_PR_RTF_COMPRESSED, compress(rtf)))
     for name, data in (files or {}).items():
         out += _attribute(_LVL_ATTACHMENT, _ATT_ATTACH_REND_DATA, struct.pack("<HIIHHI", 1, 0xFFFFFFFF, 0, 0, 0, 0))
         out += _attribute(_LVL_ATTACHMENT, _ATT_ATTACH_TITLE, name.encode("cp1252") + b"\0")
@@ -401,6 +409,20 @@ CASES: list[Case] = [
         ("Pat Lee", "pat@ready.example.org"),
         "Enrollment forms",
         "The forms are attached.",
+        "pat@ready.example.org",
+    ),
+    Case(
+        "winmail.dat with only rich text (Outlook's RTF)",
+        with_winmail(
+            tnef(
+                rtf=rb"{\rtf1\ansi\ansicpg1252\deff0{\fonttbl{\f0 Calibri;}}\pard The forms are "
+                rb"{\b attached}.\par Thanks, Pat\par}",
+                files={"forms.pdf": b"%PDF-1.4"},
+            )
+        ),
+        ("Pat Lee", "pat@ready.example.org"),
+        "Enrollment forms",
+        "The forms are attached.\nThanks, Pat",
         "pat@ready.example.org",
     ),
 ]

@@ -8,10 +8,13 @@ import subprocess
 import sys
 
 import pytest
+from sqlalchemy import select
 
 from mailbot.parse import Address, parse
 from mailbot.quotes import split_reply
-from tests.realworld import CASES, Case, build, tnef, with_winmail
+from mailbot.store.schema import Attachment, Blob, TicketMessage
+from tests.realworld import CASES, JP_SUBJECT, Case, build, tnef, with_winmail
+from tests.world import CUSTOMER, World
 
 BY_NAME = {case.name: case for case in CASES}
 
@@ -131,3 +134,50 @@ def test_a_reply_splits_alike_in_every_form(form: str) -> None:
     assert new == "Thanks, it works now."
     assert history.startswith("-- \nAna Diaz")
     assert f"{ATTRIBUTION}\n> Your ticket 15 is under review." in history
+
+
+class TestThroughTheDaemon:
+    """The same classes over real SMTP into tickets: what the team sees, and who gets an answer."""
+
+    async def test_winmail_dat_becomes_text_and_files(self, world) -> None:  # type: ignore[no-untyped-def]
+        service: World = await world()
+        await service.send(with_winmail(tnef("See the forms.", {"forms.pdf": b"%PDF-1.4 x"}), sender=f"Ana <{CUSTOMER}>"))
+        await service.settle()
+        [row] = service.inbound()
+        assert row.action == "created", service.describe()
+        text, files = service.app.db.call(
+            lambda s: (
+                s.scalars(select(TicketMessage.text).where(TicketMessage.inbound_id == row.id)).one(),
+                [(a.filename, s.get_one(Blob, a.sha256).data) for a in s.scalars(select(Attachment))],
+            )
+        )
+        assert text == "See the forms." and files == [("forms.pdf", b"%PDF-1.4 x")]
+        assert [o.kind for o in service.outbox()][:1] == ["confirmation"]
+
+    async def test_japanese_mail_keeps_its_subject_and_name(self, world) -> None:  # type: ignore[no-untyped-def]
+        service: World = await world()
+        case = BY_NAME["iso-2022-jp labelled"]
+        await service.send(case.raw.replace(b"takahashi@school.example.jp", CUSTOMER.encode()))
+        await service.settle()
+        [row] = service.inbound()
+        ticket = service.ticket(row.ticket_id)
+        assert (ticket.subject, ticket.requester, ticket.requester_name) == (JP_SUBJECT, CUSTOMER, "高橋")
+
+    async def test_a_malformed_from_is_shown_and_held(self, world) -> None:  # type: ignore[no-untyped-def]
+        """A trailing-dot From of a named contact: the ticket names her, but nothing trusts or answers it."""
+        service: World = await world()
+        await service.send(build(f"From: Ana Diaz <{CUSTOMER}.>", "To: herosupport@schoolmint.com", "Subject: Hi"))
+        await service.settle()
+        [row] = service.inbound()
+        ticket = service.ticket(row.ticket_id)
+        assert (ticket.status, ticket.requester, ticket.requester_name) == ("held", CUSTOMER, "Ana Diaz")
+        assert ticket.held_reason == "unknown-sender" and service.wire == []
+
+    async def test_reply_to_never_entitles(self, world) -> None:  # type: ignore[no-untyped-def]
+        """No From, a named contact's Reply-To: shown as the requester, held, never confirmed."""
+        service: World = await world()
+        await service.send(build(f"Reply-To: {CUSTOMER}", "To: herosupport@schoolmint.com", "Subject: Hi"))
+        await service.settle()
+        [row] = service.inbound()
+        ticket = service.ticket(row.ticket_id)
+        assert (ticket.status, ticket.requester) == ("held", CUSTOMER) and service.wire == []
