@@ -76,11 +76,12 @@ def salvage(raw: bytes, limits: ParseLimits, reason: str) -> ParsedMessage:
 
 def _top_fields(raw: bytes, limits: ParseLimits) -> tuple[list[bytes], int, int]:
     """The kept top-level fields (each with its continuation lines), where the body starts, and how many
-    From fields the block holds in all."""
+    From fields the block holds in all. A field longer than max_header_bytes is left out whole, never cut
+    (a From cut short could read as another address)."""
     kept: list[list[bytes]] = []
     counts: dict[bytes, int] = {}
     current: list[bytes] | None = None
-    all_from = position = 0
+    size = all_from = position = 0
     for line in raw.splitlines(keepends=True):
         if line in _BLANK:
             position += len(line)
@@ -89,12 +90,17 @@ def _top_fields(raw: bytes, limits: ParseLimits) -> tuple[list[bytes], int, int]
             break  # no blank separator: this line is already body
         position += len(line)
         if line[:1] in (b" ", b"\t"):
-            if current is not None and sum(map(len, current)) < limits.max_header_bytes:
+            size += len(line)
+            if current is not None and size > limits.max_header_bytes:
+                kept.remove(current)
+                current = None
+            elif current is not None:
                 current.append(line)
             continue
         name = line.split(b":", 1)[0].strip().lower()
         all_from += name == b"from"
         counts[name] = counts.get(name, 0) + 1
+        size = len(line)
         current = [line] if _KEPT.match(line) and counts[name] <= _MAX_SAME_NAME else None
         if current is not None:
             kept.append(current)

@@ -86,3 +86,13 @@ def test_any_bytes_are_read(raw: bytes) -> None:
     if parsed.degraded:
         assert parsed.attachments[-1].data == raw
     json.dumps(parsed.to_json(), ensure_ascii=False).encode("utf-8")
+
+
+def test_a_from_field_too_long_to_keep_trusts_no_one() -> None:
+    """A From over max_header_bytes is left out whole: shown from nowhere else, trusted never."""
+    raw = (
+        b"From: Ana <ana@lincoln.example>\r\n" + b" (x)\r\n" * 20_000 + b"Reply-To: ana@lincoln.example\r\n"
+        b"Subject: long\r\n\r\nbody\r\n"
+    )
+    parsed = read(raw)
+    assert parsed.degraded and parsed.author is None and parsed.subject == "long"
