@@ -2,9 +2,10 @@
 
 Pure: bytes in, a value out, no I/O. Built on the standard library's `email` package with
 `policy.default`, with repairs where it is weak on real mail (see FIELD-NOTES, "Python's standard
-library"): raw 8-bit header bytes, charsets that need their supersets, unknown charsets, junk From
-headers, names given only in comments, broken header blocks and boundaries, several inline text
-parts. Hostile mail is refused early: a linear pre-scan of the raw bytes counts parts, nesting depth
+library"): raw 8-bit header bytes, charsets that lie or need their supersets (mailbot.charsets), junk
+From headers and the two readings of the author (mailbot.senders), names given only in comments, broken
+header blocks (mailbot.headerblock) and boundaries, several inline text parts, HTML and flowed text
+rendered alike (mailbot.htmltext, mailbot.flowed), Outlook's winmail.dat (mailbot.tnef). Hostile mail is refused early: a linear pre-scan of the raw bytes counts parts, nesting depth
 and header sizes before the standard parser (recursive, and slow on long or intricate header fields)
 sees it, and parse() raises UnparseableMessage instead (ParseLimits has the figures).
 """
@@ -66,7 +67,8 @@ class UnparseableMessage(MailbotError):
 
 @dataclass(frozen=True)
 class ParseLimits:
-    """Bounds on the work one message may cost; parse() raises UnparseableMessage beyond any of them.
+    """Bounds on the work one message may cost; parse() raises UnparseableMessage beyond any of them, and
+    mailbot.salvage reads such a message in a degraded way (headers, first text, the raw bytes kept).
 
     max_bytes             64 MiB in all. The listener's max_message_size stops large mail at the door;
                           this is the backstop for `parse FILE` and IMAP.
@@ -190,7 +192,8 @@ def content_key(raw: bytes) -> str:
 
 
 def parse(raw: bytes, limits: ParseLimits = ParseLimits()) -> ParsedMessage:
-    """Parse one raw message; raise UnparseableMessage when it is over `limits` or unreadable."""
+    """Parse one raw message; raise UnparseableMessage when it is over `limits` or unreadable (then
+    mailbot.salvage.read gives its degraded reading)."""
     if len(raw) > limits.max_bytes:
         raise UnparseableMessage(f"message is {len(raw)} bytes, over the limit of {limits.max_bytes}")
     if not raw.strip():
@@ -599,21 +602,22 @@ def _header_text(raw: str, hint: str | None) -> str:
 def _authors(headers: _Headers, block_repaired: bool, defects: list[str]) -> tuple[Address | None, Address | None]:
     """(whom it trusts, whom it shows) of mailbot.senders; the shown one falls back to Reply-To, then Sender."""
     texts = [_header_text(value, headers.hint) for value in headers.every.get("from", [])]
-    strict = [_addresses("from", text, strict=True)[0] or None for text in texts]
+    readings = [_addresses("from", text, strict=True) for text in texts]
     registry = [mailbox.addr_spec for mailbox in header_addresses(headers.message, "From")]
-    author, why_not = trusted_author(strict, registry, block_repaired=block_repaired)
+    author, why_not = trusted_author([found or None for found, _ in readings], registry, block_repaired=block_repaired)
     if author is None and texts:
         defects.append(f"from: no trusted author: {why_not}")
-    shown = _shown_author(headers, texts, defects)
+    shown = _shown_author(headers, texts, readings, defects)
     if author is not None and shown is not None and shown.address == author.address:
         author = shown  # the same mailbox, with a name found in a comment (`ana@x.org (Ana Diaz)`)
     return author, shown
 
 
-def _shown_author(headers: _Headers, texts: list[str], defects: list[str]) -> Address | None:
+def _shown_author(
+    headers: _Headers, texts: list[str], readings: list[tuple[list[Address], list[str]]], defects: list[str]
+) -> Address | None:
     """The first From mailbox that reads strictly, else leniently (mailbot.senders), else Reply-To, Sender."""
-    for text in texts:
-        found, notes = _addresses("from", text, strict=True)
+    for found, notes in readings:
         defects.extend(notes)
         if found:
             if len(found) > 1:

@@ -209,9 +209,10 @@ class TestAddresses:
         assert parsed.to == [Address("Hero Support", "herosupport@schoolmint.com")]
 
     def test_missing_from_falls_back_to_reply_to(self) -> None:
-        """No From: the first Reply-To is the author, and that is noted."""
+        """No From: the first Reply-To is shown as the sender, and that is noted; nobody is trusted."""
         parsed = load("missing_from_reply_to.eml")
         assert parsed.from_ == Address("Morgan Reyes", "morgan.reyes@rise.example.org")
+        assert parsed.author is None  # shown, never trusted
         assert "from missing or unreadable; reply-to used" in parsed.defects
 
     def test_junk_from_falls_back_to_sender(self) -> None:
