@@ -12,7 +12,8 @@ guesses the charset of undeclared 8-bit bytes. What is ours is only the order of
 3. Escape sequences of ISO-2022-JP in 7-bit text with no label (or a us-ascii one) are that charset.
 4. Undeclared 8-bit bytes that are not UTF-8: a CJK charset when the bytes come in pairs as CJK characters
    do and charset-normalizer finds one whose text is mostly CJK characters (raw GB2312 and Shift_JIS
-   subjects), else windows-1252, else Latin-1. Western text is far more common here: wrongly reading it as
+   subjects), else windows-1252, else Latin-1. Text labelled UTF-8 in which fewer than half the 8-bit bytes form
+   UTF-8 sequences is such undeclared text too (GBK or windows-1252 under a utf-8 label). Western text is far more common here: wrongly reading it as
    CJK would make readable mail unreadable, so the evidence asked for CJK is the stronger.
 """
 
@@ -200,10 +201,21 @@ def decode_text(data: bytes, label: str | None) -> tuple[str, str | None]:
             return data.decode("utf-8"), f"text labelled {label!r} is UTF-8"
         except UnicodeDecodeError:
             return data.decode(name, "replace"), f"invalid {label!r} bytes replaced"
-    if not _UTF8_MULTIBYTE.search(data):  # no UTF-8 sequence at all: a legacy charset mislabelled
+    # Little of it is UTF-8 (none, or sequences a CJK text makes by chance): a legacy charset mislabelled.
+    if _utf8_share(data) < 0.5:
         text, used = guess(data)
         return text, f"text labelled {label!r} decoded as {used}"
     return data.decode("utf-8", "replace"), "invalid UTF-8 bytes replaced"
+
+
+# A well-formed UTF-8 multi-byte sequence (RFC 3629 §4, without the overlong and surrogate checks).
+_UTF8_SEQUENCE = re.compile(rb"[\xc2-\xdf][\x80-\xbf]|[\xe0-\xef][\x80-\xbf]{2}|[\xf0-\xf4][\x80-\xbf]{3}")
+
+
+def _utf8_share(data: bytes) -> float:
+    """The share of 8-bit bytes that sit in well-formed UTF-8 sequences."""
+    high = sum(byte >= 0x80 for byte in data)
+    return sum(len(found) for found in _UTF8_SEQUENCE.findall(data)) / high if high else 1.0
 
 
 def _seven_bit(data: bytes, name: str | None, label: str | None) -> tuple[str, str | None]:

@@ -248,6 +248,21 @@ CASES: list[Case] = [
         CN_BODY,
         "wang@zhu.example.cn",
     ),
+    Case(
+        "gbk body labelled utf-8",
+        build(
+            "From: wang@zhu.example.cn",
+            _TO,
+            "Subject: account",
+            "Content-Type: text/plain; charset=utf-8",
+            "Content-Transfer-Encoding: 8bit",
+            body=(CN_BODY + "成绩单无法打印。").encode("gbk"),
+        ),
+        ("", "wang@zhu.example.cn"),
+        "account",
+        CN_BODY + "成绩单无法打印。",
+        "wang@zhu.example.cn",
+    ),
     # UTF-8 declared as Latin-1, or not declared.
     Case(
         "utf-8 declared as iso-8859-1",
