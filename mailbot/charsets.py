@@ -12,9 +12,10 @@ guesses the charset of undeclared 8-bit bytes. What is ours is only the order of
 3. Escape sequences of ISO-2022-JP in 7-bit text with no label (or a us-ascii one) are that charset.
 4. Undeclared 8-bit bytes that are not UTF-8: a CJK charset when the bytes come in pairs as CJK characters
    do and charset-normalizer finds one whose text is mostly CJK characters (raw GB2312 and Shift_JIS
-   subjects), else windows-1252, else Latin-1. Text labelled UTF-8 in which fewer than half the 8-bit bytes form
-   UTF-8 sequences is such undeclared text too (GBK or windows-1252 under a utf-8 label). Western text is far more common here: wrongly reading it as
+   subjects), else windows-1252, else Latin-1. Western text is far more common here: wrongly reading it as
    CJK would make readable mail unreadable, so the evidence asked for CJK is the stronger.
+5. Text labelled UTF-8 in which fewer than half the 8-bit bytes form UTF-8 sequences is read as undeclared
+   (rule 4): GBK or windows-1252 under a utf-8 label.
 """
 
 from __future__ import annotations
