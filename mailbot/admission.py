@@ -119,7 +119,7 @@ class Gate:
     ) -> Admission:
         """Look the sender of a new ticket up and decide, with `verdict` from `authenticate`;
         TransientDNSError: try later."""
-        sender = parsed.from_.address if parsed.from_ else ""
+        sender = parsed.author.address if parsed.author else ""  # whom it trusts, never whom it shows
         temporary = verdict.temporary and not verdict.authenticated
         if temporary and now - inbound.received_at < self.security.auth_retry_for:
             raise TransientDNSError(verdict.reason)
@@ -135,6 +135,10 @@ class Gate:
 
     def authenticate(self, inbound: InboundMessage, parsed: ParsedMessage, sender: str) -> AuthVerdict:
         """Whether `sender`, the From address, provably wrote the message (see the module docstring)."""
+        if not sender:
+            # No trusted author (mailbot.senders): a missing, ambiguous or malformed From, or a header block
+            # that needed repairs. Whatever the reader shows, nothing here can be authenticated.
+            return AuthVerdict(False, "none", None, "the From header names no single well-formed mailbox")
         if not self.security.require_sender_auth:
             return trusted_path(sender)
         authors = header_addresses(parsed.message, "From")

@@ -88,7 +88,7 @@ class Followups:
             return None
         ticket = ticket_store.get(session, found.ticket_id)
         assert ticket is not None  # threads.match names only tickets the store has
-        sender = parsed.from_.address if parsed.from_ else ""
+        sender = parsed.author.address if parsed.author else ""  # whom it trusts, never whom it shows
         authenticated = self._authenticated(inbound, reading.verdict, now)
         admitted = threads.admit(
             sender,
@@ -144,7 +144,7 @@ class Followups:
     def _match(self, session: Session, clues: threads.Clues, parsed: ParsedMessage) -> Match | None:
         if clues.message_ids or clues.ticket_ids():
             session.flush()  # the ticket it names may have been opened earlier in this batch, not written yet
-        sender = parsed.from_.address if parsed.from_ else ""
+        sender = parsed.author.address if parsed.author else ""  # whom it trusts
 
         def joins(ticket_id: int) -> bool:  # asked only of a Message-ID that several tickets use
             ticket = ticket_store.get(session, ticket_id)

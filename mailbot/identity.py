@@ -32,7 +32,7 @@ def identity(key: str, parsed: ParsedMessage, *, authenticated: bool) -> str:
     """
     fields = [
         key,
-        key_of(parsed.from_.address) if parsed.from_ else "",
+        key_of(parsed.author.address) if parsed.author else "",  # whom it trusts (mailbot.senders)
         "authenticated" if authenticated else "unproven",
         " ".join(key_of(a.address) for a in parsed.to),
         " ".join(key_of(a.address) for a in parsed.cc),

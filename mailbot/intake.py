@@ -21,8 +21,9 @@ from mailbot.automatic import automatic_reason
 from mailbot.followups import Continues, Decided, Followups
 from mailbot.identity import collision, identity, same_message
 from mailbot.loops import MachineMail, Opening, automatic_hold
-from mailbot.parse import ParseLimits, UnparseableMessage, content_key, parse
-from mailbot.reading import Reading, Unreadable
+from mailbot.parse import ParseLimits, content_key
+from mailbot.reading import Reading
+from mailbot.salvage import read as read_message
 from mailbot.store import conversations
 from mailbot.store import tickets as ticket_store
 from mailbot.store.schema import InboundMessage
@@ -34,7 +35,7 @@ log = logging.getLogger("mailbot.intake")
 
 @dataclass(frozen=True)
 class Outcome:
-    action: str  # created | threaded | held | duplicate | ignored | failed | deferred
+    action: str  # created | threaded | held | duplicate | ignored | deferred, or failed (mailbot.processor: a bug)
     ticket_id: int | None = None
     detail: str | None = None
 
@@ -61,17 +62,22 @@ class Intake:
         self.followups = followups
         self.limits = limits or ParseLimits()
 
-    def read(self, inbound: InboundMessage) -> Reading | Unreadable:
-        """Parse the stored bytes and authenticate the From address: no database involved."""
+    def read(self, inbound: InboundMessage) -> Reading:
+        """Parse the stored bytes and authenticate the From address: no database involved.
+
+        A message over the parse limits gets a degraded reading (mailbot.salvage), never a failure: the
+        customer still gets a ticket. "failed" is left for our own bugs.
+        """
         trail = Trail()
-        try:
-            parsed = parse(inbound.raw, self.limits)
-        except UnparseableMessage as exc:
-            trail.add("reading", "unparseable", str(exc))
-            return Unreadable(f"unparseable: {exc}", tuple(trail.steps))
-        sender = parsed.from_.address if parsed.from_ else ""
+        parsed = read_message(inbound.raw, self.limits)
+        # Whom it trusts (mailbot.senders), never the lenient reading shown as the requester.
+        sender = parsed.author.address if parsed.author else ""
         key = parsed.message_id or content_key(inbound.raw)
-        trail.add("reading", "parsed", f"{key} from {sender or '(no sender)'}, subject {parsed.subject!r}")
+        read_as = f"{key} from {sender or '(no trusted sender)'}, subject {parsed.subject!r}"
+        if parsed.degraded:
+            trail.add("reading", "degraded", f"{read_as}; {parsed.degraded}")
+        else:
+            trail.add("reading", "parsed", read_as)
         verdict = self.gate.authenticate(inbound, parsed, sender)
         trail.add("authentication", _auth_verdict(verdict), f"{verdict.method}: {verdict.reason}")
         same = identity(key, parsed, authenticated=verdict.authenticated)
@@ -84,7 +90,7 @@ class Intake:
         now: datetime,
         *,
         isolated: bool = True,
-        reading: Reading | Unreadable | None = None,
+        reading: Reading | None = None,
     ) -> Outcome:
         """Decide what the message is and store the result; the inbound row records the outcome.
 
@@ -98,9 +104,7 @@ class Intake:
         try:
             reading = reading or self.read(inbound)
             trail = Trail(reading.steps)
-            if isinstance(reading, Unreadable):
-                outcome = Outcome("failed", detail=reading.detail)
-            elif not isolated:
+            if not isolated:
                 outcome = self._decide(session, inbound, reading, now, trail)
             else:
                 outcome = self._isolated(session, inbound, reading, now, trail)
@@ -109,13 +113,12 @@ class Intake:
             raise
         trail.add("decision", outcome.action, _decision_detail(outcome, trail))
         inbound.trail = trail.to_json()
-        if isinstance(reading, Reading):
-            # Set after the decision, so the row is written once with its outcome below (no flush of its own
-            # before the savepoint); nothing in the decision reads the row's stored message_id.
-            inbound.message_id = reading.key
-        inbound.status = "failed" if outcome.action == "failed" else "processed"
+        # Set after the decision, so the row is written once with its outcome below (no flush of its own
+        # before the savepoint); nothing in the decision reads the row's stored message_id.
+        inbound.message_id = reading.key
+        inbound.status = "processed"
         inbound.action = outcome.action
-        inbound.error = outcome.detail if outcome.action == "failed" else None
+        inbound.error = None
         inbound.ticket_id = outcome.ticket_id
         inbound.processed_at = now
         inbound.claimed_until = None

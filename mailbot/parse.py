@@ -2,20 +2,22 @@
 
 Pure: bytes in, a value out, no I/O. Built on the standard library's `email` package with
 `policy.default`, with repairs where it is weak on real mail (see FIELD-NOTES, "Python's standard
-library"): raw 8-bit header bytes, charsets that need their supersets, unknown charsets, junk From
-headers, names given only in comments, broken header blocks and boundaries, several inline text
-parts. Hostile mail is refused early: a linear pre-scan of the raw bytes counts parts, nesting depth
+library"): raw 8-bit header bytes, charsets that lie or need their supersets (mailbot.charsets), junk
+From headers and the two readings of the author (mailbot.senders), names given only in comments, broken
+header blocks (mailbot.headerblock) and boundaries, several inline text parts, HTML and flowed text
+rendered alike (mailbot.htmltext, mailbot.flowed), Outlook's winmail.dat (mailbot.tnef). Hostile mail is refused early: a linear pre-scan of the raw bytes counts parts, nesting depth
 and header sizes before the standard parser (recursive, and slow on long or intricate header fields)
 sees it, and parse() raises UnparseableMessage instead (ParseLimits has the figures).
 """
 
 from __future__ import annotations
 
-import codecs
+import binascii
 import functools
 import hashlib
+import mimetypes
+import quopri
 import re
-import textwrap
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,14 +32,21 @@ from email.utils import parsedate_to_datetime
 from io import BytesIO
 from typing import Any, cast
 
-from inscriptis import get_text
 from lxml.etree import LxmlError
 
-from mailbot.automatic import automatic_reason
+from mailbot.automatic import automatic_reason, header_addresses
 from mailbot.bounces import read_bounce
+from mailbot.charsets import codec, decode_header_bytes, decode_text, word_charset
 from mailbot.errors import MailbotError
+from mailbot.flowed import unflow
+from mailbot.headerblock import HEADER_LINE as _HEADER_LINE
+from mailbot.headerblock import repair
+from mailbot.htmltext import html_to_text
 from mailbot.mailboxes import simple_mailboxes
 from mailbot.newlines import normalise
+from mailbot.senders import Address, lenient_mailbox, trusted_author
+from mailbot.tnef import is_tnef
+from mailbot.tnef import unpack as unpack_tnef
 
 # What the standard `email` package raises on malformed input besides its own MessageError: its
 # header parser has raised IndexError, TypeError, AttributeError and AssertionError on junk in past
@@ -59,7 +68,8 @@ class UnparseableMessage(MailbotError):
 
 @dataclass(frozen=True)
 class ParseLimits:
-    """Bounds on the work one message may cost; parse() raises UnparseableMessage beyond any of them.
+    """Bounds on the work one message may cost; parse() raises UnparseableMessage beyond any of them, and
+    mailbot.salvage reads such a message in a degraded way (headers, first text, the raw bytes kept).
 
     max_bytes             64 MiB in all. The listener's max_message_size stops large mail at the door;
                           this is the backstop for `parse FILE` and IMAP.
@@ -97,14 +107,6 @@ class ParseLimits:
 
 
 @dataclass(frozen=True)
-class Address:
-    """One mailbox: display name ("" when none) and address (domain lowercased, local part as written)."""
-
-    name: str
-    address: str
-
-
-@dataclass(frozen=True)
 class Attachment:
     """A part that is not body text: sanitized filename, decoded size and sha256, whether shown inline."""
 
@@ -120,12 +122,18 @@ class Attachment:
 class ParsedMessage:
     """What mailbot needs from one message.
 
+    Two readings of the author (mailbot.senders): `from_` is whom it shows (lenient: the best mailbox a
+    person would read, falling back to Reply-To or Sender; the JSON's "from", the requester's name), and
+    `author` is whom it trusts (strict: the one well-formed From of an unrepaired header block, or None;
+    the only one authentication, entitlement and threading may use).
+
     `defects` says in words what was repaired or guessed; `message` is the standard library's object for
     later rules (its policy caches parsed header fields, so reading one twice costs nothing).
     """
 
     message_id: str | None
     from_: Address | None
+    author: Address | None
     to: list[Address]
     cc: list[Address]
     reply_to: list[Address]
@@ -141,6 +149,9 @@ class ParsedMessage:
     bounce: bool
     defects: list[str]
     message: EmailMessage = field(repr=False, compare=False)
+    # Why only a degraded reading was possible (mailbot.salvage): the message was over ParseLimits or the
+    # standard parser could not read it. None for a full reading.
+    degraded: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The `mailbot parse FILE` JSON of INTERFACE.md (attachment data and `message` left out)."""
@@ -168,6 +179,7 @@ class ParsedMessage:
             ],
             "auto_submitted": self.auto_submitted,
             "bounce": self.bounce,
+            "degraded": self.degraded,
         }
 
 
@@ -181,24 +193,27 @@ def content_key(raw: bytes) -> str:
 
 
 def parse(raw: bytes, limits: ParseLimits = ParseLimits()) -> ParsedMessage:
-    """Parse one raw message; raise UnparseableMessage when it is over `limits` or unreadable."""
+    """Parse one raw message; raise UnparseableMessage when it is over `limits` or unreadable (then
+    mailbot.salvage.read gives its degraded reading)."""
     if len(raw) > limits.max_bytes:
         raise UnparseableMessage(f"message is {len(raw)} bytes, over the limit of {limits.max_bytes}")
     if not raw.strip():
         raise UnparseableMessage("message is empty")
-    defects: list[str] = []
     # One reading for everyone (mailbot.newlines): the DKIM verifier splits these same bytes into lines.
-    raw = normalise(raw)
-    raw = _repair_header_block(raw, defects)
+    block = repair(normalise(raw))
+    defects = list(block.repairs)
+    raw = block.raw
     message_policy = policy.default.clone(header_factory=_HeaderCache())
     shape = _prescan(raw, limits, message_policy)
     msg = _parse_bytes(raw, message_policy)
     hint = _charset_hint(msg)
     headers = _Headers(msg, hint, defects)
     body = _Walker(limits, message_policy, hint, defects, shape.parts).body(msg)
+    author, shown = _authors(headers, bool(block.repairs) or _block_cut(msg), defects)
     return ParsedMessage(
         message_id=_message_id(headers.text("message-id")),
-        from_=_author(headers, defects),
+        from_=shown,
+        author=author,
         to=headers.addresses("to", strict=False),
         cc=headers.addresses("cc", strict=False),
         reply_to=headers.addresses("reply-to", strict=True),
@@ -261,8 +276,6 @@ def _first(items: list[Any]) -> Any:
 
 # --- Pre-scan: mirror email.feedparser's nesting rules in one loop, counting as it goes ---------------
 
-# email.feedparser.headerRE, on bytes: what the standard parser accepts as a header or continuation line.
-_HEADER_LINE = re.compile(rb"From |[\x21-\x39\x3b-\x7e]*:|[\t ]")
 # RFC 2045 §5.1 tspecials, and runs of white space: what the header parser spends its time on.
 _MIME_SPECIALS = re.compile(rb'[()<>@,;:\\"/\[\]?=]|[ \t\r\n]+')
 _BLANK_LINES = (b"\r\n", b"\n", b"\r")
@@ -482,138 +495,7 @@ def _comment_depth(value: bytes) -> int:
     return deepest
 
 
-# --- Repairs of the top header block -----------------------------------------------------------------
-
-# Fields worth rescuing when a stray line splits the header block (the standard parser would read
-# everything after the stray line as body).
-_KNOWN_FIELDS = re.compile(
-    rb"(from|to|cc|bcc|subject|date|message-id|in-reply-to|references|reply-to|sender|mime-version|"
-    rb"content-[a-z-]+|received|return-path|delivered-to|list-[a-z-]+|auto-submitted|precedence|"
-    rb"x-[a-z0-9-]+|dkim-signature|authentication-results|arc-[a-z-]+|thread-[a-z-]+)[ \t]*:",
-    re.IGNORECASE,
-)
-
-
-_END_OF_HEADERS = re.compile(rb"\r?\n\r?\n")
-
-
-def _repair_header_block(raw: bytes, defects: list[str]) -> bytes:
-    """Drop blank lines before the first header field and rejoin header lines that lost their fold."""
-    stripped = raw.lstrip(b"\r\n")
-    if len(stripped) < len(raw) and _HEADER_LINE.match(stripped) and stripped[:1] not in (b" ", b"\t"):
-        defects.append("blank lines before the header block were dropped")
-        raw = stripped
-    blank = _END_OF_HEADERS.search(raw)
-    end = blank.start() if blank else len(raw)
-    lines = raw[:end].splitlines(keepends=True)
-    repaired = 0
-    for index, line in enumerate(lines[1:-1], start=1):
-        if not _HEADER_LINE.match(line) and _KNOWN_FIELDS.match(lines[index + 1]):
-            lines[index] = b" " + line  # RFC 5322 §2.2.3: a folded line starts with white space
-            repaired += 1
-    if not repaired:
-        return raw
-    defects.append(f"{repaired} header line(s) without a field name were read as folded continuations")
-    return b"".join(lines) + raw[end:]
-
-
-# --- Charsets ------------------------------------------------------------------------------------------
-
-# Labels that name a subset of what senders actually use (WHATWG Encoding Standard does the same).
-_SUPERSETS = {
-    "gb2312": "gb18030",
-    "gbk": "gb18030",
-    "cp936": "gb18030",
-    "euc_kr": "cp949",
-    "shift_jis": "cp932",
-    "big5": "big5hkscs",
-    "tis-620": "cp874",
-    "iso8859-11": "cp874",
-}
-_ALIASES = {"windows-874": "cp874", "iso-8859-8-i": "iso8859-8", "sjis": "cp932", "x-sjis": "cp932"}
-# Codecs that are not charsets a sender could mean.
-_REFUSED = {
-    "idna",
-    "punycode",
-    "undefined",
-    "unicode_escape",
-    "raw_unicode_escape",
-    "unicode-escape",
-    "raw-unicode-escape",
-}
-# us-ascii and iso-8859-1 labels are routinely put on windows-1252 or UTF-8 text.
-_WESTERN = {"ascii", "iso8859-1", "cp1252"}
-_UTF8_MULTIBYTE = re.compile(rb"[\xc2-\xf4][\x80-\xbf]")
-
-
-def _codec(label: str) -> str | None:
-    """The Python codec for a MIME charset label, widened to its superset; None when unknown."""
-    name = label.strip().strip("\"'").lower()
-    name = _ALIASES.get(name, name)
-    for candidate in (name, name[2:] if name.startswith("x-") else None):
-        if not candidate:
-            continue
-        try:
-            info = codecs.lookup(candidate)
-        except (LookupError, ValueError):
-            continue
-        if info.name in _REFUSED or not getattr(info, "_is_text_encoding", True):
-            return None
-        return _SUPERSETS.get(info.name, info.name)
-    return None
-
-
-def _guess(data: bytes) -> tuple[str, str]:
-    """Undeclared 8-bit bytes: UTF-8 if valid, else windows-1252, else Latin-1 (which never fails)."""
-    for codec in ("utf-8", "cp1252"):
-        try:
-            return data.decode(codec), codec
-        except UnicodeDecodeError:
-            pass
-    return data.decode("latin-1"), "latin-1"
-
-
-def decode_text(data: bytes, label: str | None) -> tuple[str, str | None]:
-    """Decode body bytes declared as charset `label`; return the text and a defect note or None."""
-    if data.isascii():
-        return data.decode("ascii"), None
-    codec = _codec(label) if label else None
-    if codec is None or codec in _WESTERN:
-        text, used = _guess(data)
-        if label and codec is None:
-            return text, f"unknown charset {label!r}; decoded as {used}"
-        if codec is None or (used == "utf-8") != (codec == "utf-8"):
-            return text, f"8-bit text labelled {label or 'us-ascii'!r} decoded as {used}"
-        return text, None
-    try:
-        return data.decode(codec), None
-    except UnicodeDecodeError:
-        pass
-    if codec != "utf-8":
-        try:
-            return data.decode("utf-8"), f"text labelled {label!r} is UTF-8"
-        except UnicodeDecodeError:
-            return data.decode(codec, "replace"), f"invalid {label!r} bytes replaced"
-    if not _UTF8_MULTIBYTE.search(data):  # no UTF-8 sequence at all: a legacy charset mislabelled
-        text, used = _guess(data)
-        return text, f"text labelled {label!r} decoded as {used}"
-    return data.decode("utf-8", "replace"), "invalid UTF-8 bytes replaced"
-
-
-def _decode_header_bytes(data: bytes, hint: str | None) -> str:
-    """Raw 8-bit header bytes: UTF-8 (RFC 6532), else the message's charset, else windows-1252/Latin-1."""
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        pass
-    codec = _codec(hint) if hint else None
-    if codec and codec not in _WESTERN:
-        try:
-            return data.decode(codec)
-        except UnicodeDecodeError:
-            pass
-    return _guess(data)[0]
-
+# --- Text cleaning ----------------------------------------------------------------------------------
 
 _SURROGATES = re.compile("[\udc80-\udcff]")
 _CONTROLS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -636,7 +518,7 @@ def _clean_header(text: str) -> str:
 _ENCODED_WORD_START = "=?"
 _ENCODED_WORD = r"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?="
 _ADJACENT_WORDS = re.compile(rf"({_ENCODED_WORD})\s+(?={_ENCODED_WORD})")
-_WORD_CHARSET = re.compile(r"=\?([^?\s*]+)((?:\*[^?\s]*)?\?[bBqQ]\?)")
+_WORD_CHARSET = re.compile(r"=\?([^?\s*]+)((?:\*[^?\s]*)?\?([bBqQ])\?)([^?\s]*)(?=\?=)")
 _FOLD = re.compile(r"\r\n|\r|\n")
 
 
@@ -646,10 +528,21 @@ def _prepare_encoded_words(value: str) -> str:
 
 
 def _widen_word_charset(match: re.Match[str]) -> str:
-    codec = _codec(match[1])
-    if codec is None:
+    name = word_charset(match[1], _word_bytes(match[3], match[4]))
+    if name is None:
         return match[0]  # unknown: the registry decodes it with replacement and notes a CharsetError
-    return f"=?{'cp1252' if codec in _WESTERN else codec}{match[2]}"
+    return f"=?{name}{match[2]}{match[4]}"
+
+
+def _word_bytes(encoding: str, payload: str) -> bytes:
+    """The bytes an encoded word's payload stands for (RFC 2047 §4), as well as they can be read."""
+    data = payload.encode("ascii", "replace")
+    try:
+        if encoding in "bB":
+            return binascii.a2b_base64(data + b"=" * (-len(data) % 4))
+        return quopri.decodestring(data, header=True)
+    except (binascii.Error, ValueError):
+        return b""
 
 
 def _unstructured(value: str) -> tuple[str, list[str]]:
@@ -657,7 +550,7 @@ def _unstructured(value: str) -> tuple[str, list[str]]:
     notes = [
         f"unknown charset {m[1]!r} in an encoded word"
         for m in _WORD_CHARSET.finditer(value)
-        if not _codec(m[1])
+        if not codec(m[1])
     ]
     if _ENCODED_WORD_START not in value:
         return _clean_header(value), notes  # the registry gives such text back as it is (tests/test_parse.py)
@@ -674,10 +567,13 @@ class _Headers:
 
     def __init__(self, msg: EmailMessage, hint: str | None, defects: list[str]) -> None:
         self.raw: dict[str, str] = {}
+        self.every: dict[str, list[str]] = {}
         for name, value in msg.raw_items():
             self.raw.setdefault(name.lower(), value)
+            self.every.setdefault(name.lower(), []).append(value)
         self.hint = hint
         self.defects = defects
+        self.message = msg
 
     def text(self, name: str) -> str:
         """The field's value as Unicode: unfolded, 8-bit bytes decoded, NULs dropped; "" when absent."""
@@ -699,18 +595,41 @@ class _Headers:
 
 def _header_text(raw: str, hint: str | None) -> str:
     value = "".join(_FOLD.split(raw))  # RFC 5322 §2.2.3 unfolding
-    if _SURROGATES.search(value):  # raw 8-bit bytes, kept by the parser as surrogate escapes
-        value = _decode_header_bytes(value.encode("ascii", "surrogateescape"), hint)
+    # Raw 8-bit bytes (kept by the parser as surrogate escapes), or ISO-2022-JP sent without encoded words.
+    if _SURROGATES.search(value) or "\x1b" in value:
+        value = decode_header_bytes(value.encode("ascii", "surrogateescape"), hint)
     return value.replace("\x00", "")
 
 
-def _author(headers: _Headers, defects: list[str]) -> Address | None:
-    """From, or when it is missing or junk, the first Reply-To, then Sender."""
-    authors = headers.addresses("from", strict=True)
-    if len(authors) > 1:
-        defects.append("from: several authors; the first is used")
-    if authors:
-        return authors[0]
+def _authors(headers: _Headers, block_repaired: bool, defects: list[str]) -> tuple[Address | None, Address | None]:
+    """(whom it trusts, whom it shows) of mailbot.senders; the shown one falls back to Reply-To, then Sender."""
+    texts = [_header_text(value, headers.hint) for value in headers.every.get("from", [])]
+    readings = [_addresses("from", text, strict=True) for text in texts]
+    registry = [mailbox.addr_spec for mailbox in header_addresses(headers.message, "From")]
+    author, why_not = trusted_author([found or None for found, _ in readings], registry, block_repaired=block_repaired)
+    if author is None and texts:
+        defects.append(f"from: no trusted author: {why_not}")
+    shown = _shown_author(headers, texts, readings, defects)
+    if author is not None and shown is not None and shown.address == author.address:
+        author = shown  # the same mailbox, with a name found in a comment (`ana@x.org (Ana Diaz)`)
+    return author, shown
+
+
+def _shown_author(
+    headers: _Headers, texts: list[str], readings: list[tuple[list[Address], list[str]]], defects: list[str]
+) -> Address | None:
+    """The first From mailbox that reads strictly, else leniently (mailbot.senders), else Reply-To, Sender."""
+    for found, notes in readings:
+        defects.extend(notes)
+        if found:
+            if len(found) > 1:
+                defects.append("from: several authors; the first is shown")
+            return found[0]
+    for text in texts:
+        lenient = lenient_mailbox(_prepare_encoded_words(text))
+        if lenient is not None:
+            defects.append(f"from: read leniently as {lenient[1]!r}")
+            return Address(_unstructured(lenient[0])[0], _clean_header(lenient[1]))
     for fallback in ("reply-to", "sender"):
         found = headers.addresses(fallback, strict=True)
         if found:
@@ -719,11 +638,19 @@ def _author(headers: _Headers, defects: list[str]) -> Address | None:
     return None
 
 
+def _block_cut(msg: EmailMessage) -> bool:
+    """Whether the standard parser itself dropped or cut short lines of the top header block (which a DKIM
+    verifier reads otherwise, or refuses)."""
+    cut = (errors.MissingHeaderBodySeparatorDefect, errors.FirstHeaderLineIsContinuationDefect)
+    return any(isinstance(defect, cut) for defect in msg.defects)
+
+
 # Entries longer than this are not mailboxes; the header parser is quadratic in an entry's length.
 _MAX_ENTRY_CHARS = 1000
 # Recipients read from one field; each costs the header parser about 150 us.
 _MAX_ENTRIES = 1000
-_ANGLE_ONLY = re.compile(r"\s*([^<>\"]*)<([^<>]+)>\s*")
+# A phrase (unquoted, or one whole quoted string) before one angle address.
+_ANGLE_ONLY = re.compile(r'\s*("(?:[^"\\]|\\.)*"|[^<>"]*)\s*<([^<>]+)>\s*')
 _COMMENT = re.compile(r"\(((?:[^()\\]|\\.)*)\)")
 
 
@@ -764,7 +691,8 @@ def _entry_mailboxes(name: str, entry: str) -> list[Address] | None:
 
 
 def _angle_mailbox(name: str, entry: str) -> list[Address] | None:
-    """`ana@x.org <ana@x.org>`: an unquoted phrase the registry rejects, before one angle address.
+    """`ana@x.org <ana@x.org>`, `"=?utf-8?q?Ana?=" <ana@x.org>`: a phrase the registry rejects (unquoted
+    specials, an encoded word inside quotes), before one angle address.
 
     The angle address is the mailbox (it is also what DMARC checks); the phrase is only a name.
     """
@@ -772,7 +700,10 @@ def _angle_mailbox(name: str, entry: str) -> list[Address] | None:
     parsed = _registry_addresses(name, f"<{angle[2]}>") if angle else None
     if angle is None or parsed is None or len(parsed) != 1:
         return None
-    return [Address(_unstructured(angle[1])[0], parsed[0].address)]
+    phrase = angle[1].strip()
+    if phrase.startswith('"'):
+        phrase = re.sub(r"\\(.)", r"\1", phrase[1:-1])
+    return [Address(_unstructured(phrase)[0], parsed[0].address)]
 
 
 def _registry_addresses(name: str, entry: str) -> list[Address] | None:
@@ -918,6 +849,8 @@ class _Body:
     html: list[str] = field(default_factory=list)
     attachments: list[Attachment] = field(default_factory=list)
     forwarded: list[str] = field(default_factory=list)
+    hidden_text: list[str] = field(default_factory=list)  # bodies found in winmail.dat (mailbot.tnef)
+    hidden_html: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -949,10 +882,12 @@ class _Walker:
     def body(self, msg: EmailMessage) -> _Result:
         collected = _Body()
         self.collect(msg, collected, 0)
-        html = "\n".join(collected.html) if collected.html else None
+        html = "\n".join(collected.html or collected.hidden_html) or None
         text = "\n".join(collected.plain)
-        if not text.strip() and html:
-            text = self.render(html)
+        if not text.strip() and collected.html:
+            text = self.render("\n".join(collected.html))
+        if not text.strip():  # Outlook's rich text: the only body is inside winmail.dat
+            text = "\n".join(collected.hidden_text)
         text = "\n".join(t for t in [text.strip("\n"), *collected.forwarded] if t.strip())
         return _Result(text, html, collected.attachments)
 
@@ -972,7 +907,35 @@ class _Walker:
             text = self.text(part)
             (body.plain if content_type == "text/plain" else body.html).append(text)
         else:
-            body.attachments.append(self.attachment(part, content_type, _payload_bytes(part)))
+            data = _payload_bytes(part)
+            if not (is_tnef(content_type, _raw_filename(part, self.hint)) and self.winmail(data, body)):
+                body.attachments.append(self.attachment(part, content_type, data))
+
+    def winmail(self, data: bytes, body: _Body) -> bool:
+        """Unpack a winmail.dat into `body` (its text, HTML and files); False when it holds nothing readable."""
+        unpacked = unpack_tnef(data, max_files=max(0, self.limits.max_parts - self.parts_used))
+        if unpacked is None or not (unpacked.text or unpacked.html or unpacked.files):
+            return False
+        self.defects.append("winmail.dat (TNEF) unpacked")
+        self.parts_used += len(unpacked.files)
+        if unpacked.html:
+            body.hidden_html.append(unpacked.html)
+        text = unpacked.text or (self.render(unpacked.html) if unpacked.html else "")
+        if text:
+            body.hidden_text.append(_clean(text))
+        for name, content in unpacked.files:
+            content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
+            body.attachments.append(
+                Attachment(
+                    filename=_safe_filename(name, content_type),
+                    content_type=content_type,
+                    size=len(content),
+                    sha256=hashlib.sha256(content).hexdigest(),
+                    inline=False,
+                    data=content,
+                )
+            )
+        return True
 
     def alternative(self, payload: list[EmailMessage], body: _Body, depth: int) -> None:
         """RFC 2046 §5.1.4: text from the first alternative with plain text, HTML from the last with HTML."""
@@ -1052,7 +1015,10 @@ class _Walker:
             body.plain.append(self.decode(raw, part.get_content_charset()))
 
     def text(self, part: EmailMessage) -> str:
-        return self.decode(_payload_bytes(part), part.get_content_charset())
+        text = self.decode(_payload_bytes(part), part.get_content_charset())
+        if part.get_content_type() == "text/plain" and _param(part, "format") == "flowed":
+            return unflow(text, delsp=_param(part, "delsp") == "yes")
+        return text
 
     def decode(self, data: bytes, charset: str | None) -> str:
         text, defect = decode_text(data, charset)
@@ -1061,14 +1027,15 @@ class _Walker:
         return _clean(text)
 
     def render(self, html: str) -> str:
-        """Plain text for HTML-only mail, by inscriptis (keeps lists, tables and paragraphs readable)."""
+        """Plain text for HTML-only mail (mailbot.htmltext: inscriptis's layout, quotes and signature marked
+        as in plain-text mail)."""
         if len(html) > self.limits.max_html_chars:
             self.defects.append(
                 f"HTML over {self.limits.max_html_chars} characters; text rendered from its start"
             )
             html = html[: self.limits.max_html_chars]
         try:
-            return textwrap.dedent(_clean(get_text(html)))
+            return _clean(html_to_text(html))
         except (ValueError, LxmlError, RecursionError) as exc:  # lxml refuses some documents
             self.defects.append(f"HTML could not be rendered to text: {exc}")
             return ""
@@ -1137,6 +1104,15 @@ def _message_body(part: EmailMessage, defects: list[str]) -> bytes:
     return flat[1:] if flat.startswith(b"\n") else flat.partition(b"\n\n")[2]
 
 
+def _param(part: EmailMessage, name: str) -> str:
+    """A Content-Type parameter, lowercased; "" when absent or unreadable."""
+    try:
+        value = part.get_param(name)
+    except _STDLIB_FAILURES:
+        return ""
+    return value.strip().lower() if isinstance(value, str) else ""
+
+
 def _disposition(part: EmailMessage) -> str | None:
     try:
         return part.get_content_disposition()
@@ -1167,7 +1143,10 @@ _MAX_FILENAME = 200
 
 def _filename(part: EmailMessage, content_type: str, hint: str | None) -> str:
     """A filename safe to show and to store: no path, no control or format characters, not hidden."""
-    name = _raw_filename(part, hint) or ""
+    return _safe_filename(_raw_filename(part, hint) or "", content_type)
+
+
+def _safe_filename(name: str, content_type: str) -> str:
     if "=?" in name:  # RFC 2047 words in a parameter are not standard but Outlook writes them
         name = _unstructured(name)[0]
     name = _clean(name).replace("\\", "/").rsplit("/", 1)[-1]

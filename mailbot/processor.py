@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from mailbot.clock import Clock
 from mailbot.errors import TransientError, TransientStoreError
 from mailbot.intake import Intake, Outcome
-from mailbot.reading import Reading, Unreadable
+from mailbot.reading import Reading
 from mailbot.store import Database
 from mailbot.store import inbound as inbound_store
 from mailbot.store.schema import InboundMessage
@@ -50,7 +50,7 @@ READERS = 4
 # takes milliseconds. The rest are decided as soon as they are read, in a later batch.
 PATIENCE = 0.5  # seconds
 RETRY_CAP = timedelta(hours=4)
-Read = Reading | Unreadable | None  # None: reading raised (a bug); the row is then run isolated, which records it
+Read = Reading | None  # None: reading raised (a bug); the row is then run isolated, which records it
 
 
 def retry_after(attempts: int) -> timedelta:

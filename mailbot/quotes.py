@@ -9,6 +9,9 @@ patterns run on a bounded view, the text is cut at original line boundaries, and
 cover the rest: the "-- " signature delimiter (RFC 3676 §4.3), "Sent from my ..." footers, trailing
 ">" quoting without an attribution line, Spanish Gmail attributions (which the library misses), and
 interleaved replies (answers between quoted lines are new text, so nothing is cut).
+
+The text comes from mailbot.parse, which writes every form of a reply alike: an HTML-only reply is rendered
+with `> ` quote marks and the `-- ` delimiter (mailbot.htmltext), flowed text is rejoined (mailbot.flowed).
 """
 
 from __future__ import annotations

@@ -17,11 +17,3 @@ class Reading:
     verdict: AuthVerdict  # whether its From address is authenticated (admission.Gate.authenticate)
     identity: str  # what makes a message with the same key the same message (mailbot.identity)
     steps: tuple[Step, ...] = ()  # the decision trail so far: reading, authentication (mailbot.trail)
-
-
-@dataclass(frozen=True)
-class Unreadable:
-    """The message cannot be parsed; it is kept as a failed ingest with `detail`."""
-
-    detail: str
-    steps: tuple[Step, ...] = ()

@@ -3,7 +3,7 @@ lines, broken DATA, raw bytes, false ends of data), pipelined at a running daemo
 
 After every session the daemon still greets and answers, no reply reveals an internal error, and every
 message it acknowledged with 250 is in the database; at the end each stored message has been processed
-or kept as a failed ingest. Bounded: max_examples keeps the run to a few seconds in CI.
+(read in full, or degraded past the parse limits), none failed. Bounded: max_examples keeps the run to a few seconds in CI.
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ async def test_malformed_sessions_never_break_the_listener(world) -> None:
     assert await asyncio.to_thread(normal_delivery, service.port) == 250
     await service.settle()
     rows = service.inbound()
-    assert {row.status for row in rows} <= {"processed", "failed"}
+    assert {row.status for row in rows} <= {"processed", "failed"}  # failed: asserted empty below, with reasons
     assert set(acknowledged) < {row.id for row in rows}  # plus the normal delivery
     failed = [row.error for row in rows if row.status == "failed"]
-    assert all(error and error.startswith("unparseable") for error in failed), failed
+    assert failed == []  # whatever arrives is read, in full or degraded: "failed" is for our own bugs

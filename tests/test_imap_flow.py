@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from sqlalchemy import select
 
+from mailbot import intake as intake_module
 from mailbot.app import App
 from mailbot.daemon import Daemon
 from mailbot.store.schema import ImapCursor, InboundMessage, Ticket
@@ -76,10 +77,16 @@ class TestImapFlow:
             [f"<r{n}@lincoln.example>" for n in range(5)] + ["<after@lincoln.example>"]
         )
 
-    async def test_unparseable_mail_goes_to_failed_folder(self, daemon_for, account: Account) -> None:
-        hostile = b"From: x@lincoln.example\r\nMessage-ID: <deep@x>\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n" + (
-            b"--b\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n" * 600
-        )
+    async def test_mail_that_fails_goes_to_failed_folder(
+        self, daemon_for, account: Account, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A message our reader fails on (a bug, here injected) is moved to the Failed folder, kept."""
+        hostile = b"From: x@lincoln.example\r\nMessage-ID: <deep@x>\r\n\r\nbody\r\n"
+
+        def broken(raw: bytes, limits: object) -> None:
+            raise RuntimeError("a bug in the reader")
+
+        monkeypatch.setattr(intake_module, "read_message", broken)
         account.deliver([hostile])
         daemon = await daemon_for()
         assert await wait_for(lambda: account.message_ids("Failed") == ["<deep@x>"], 10)

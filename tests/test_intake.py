@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import func, select
 
+from mailbot import intake as intake_module
 from mailbot.app import App
 from mailbot.dns import FixedResolver
 from mailbot.errors import TransientStoreError
@@ -60,15 +61,31 @@ class TestIntake:
         assert outcome.action == "held" and ticket.status == "held" and ticket.held_reason == "no-sender-address"
         assert ticket.clock_started_at is None and ticket.confirmation_due_at is None
 
-    def test_failed_ingest_can_be_retried(self, app: App) -> None:
-        deep = b"From: x@lincoln.example\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n" + (
-            b"--b\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n" * 600)
-        assert ingest(app, deep).action == "failed"
+    def test_failed_ingest_can_be_retried(self, app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A bug of ours while reading marks the message failed, kept; once fixed, a retry makes its ticket."""
+        raw = with_attachment("<bug@lincoln.example>", b"x")
+
+        def broken(raw: bytes, limits: object) -> None:
+            raise RuntimeError("a bug in the reader")
+
+        monkeypatch.setattr(intake_module, "read_message", broken)
+        assert ingest(app, raw).action == "failed"
         [failed] = app.db.call(inbound_store.failed)
-        assert failed.error and failed.raw == deep
+        assert failed.error and "a bug in the reader" in failed.error and failed.raw == raw
+        assert [o.action for o in app.processor.run_once()] == []  # failed rows wait for a person
+        monkeypatch.undo()
         assert app.db.call(inbound_store.retry_failed, []) == 1
-        assert [o.action for o in app.processor.run_once()] == ["failed"]  # still unparseable, still kept
+        assert [o.action for o in app.processor.run_once()] == ["created"]
         assert app.db.call(lambda s: s.scalar(select(func.count()).select_from(InboundMessage))) == 1
+
+    def test_mail_over_the_parse_limits_still_makes_a_ticket(self, app: App) -> None:
+        """600 levels of nesting: a degraded reading, its raw bytes kept as original.eml on the ticket."""
+        deep = b"From: ana@lincoln.example\r\nSubject: deep\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n" + (
+            b"--b\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n" * 600)
+        outcome = ingest(app, deep)
+        assert outcome.action == "created"
+        names = app.db.call(lambda s: [(a.filename, a.size) for a in s.scalars(select(Attachment))])
+        assert names == [("original.eml", len(deep))]
 
 
 @pytest.mark.parametrize("db_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True)

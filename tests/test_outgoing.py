@@ -78,7 +78,7 @@ HOSTILE = {
             b'From: "=?utf-8?q?=3D=3Futf-8=3Fq=3F=3D0D=3D0ABcc=3A=3D20x=40evil.example=3F=3D?=" <ana@lincoln.example>',
             b"Subject: hi",
         ],
-        False,  # no usable From: held, and with require_sender_auth = false nobody is sent an explanation
+        True,  # a quoted name is text, never decoded (RFC 2047 section 5): Ana, entitled, and confirmed
     ),
     "comma-laden name": (
         [b'From: "Diaz, Ana <x@evil.example>, y@evil.example" <ana@lincoln.example>', b"Subject: hi"], True

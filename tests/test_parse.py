@@ -20,6 +20,7 @@ from mailbot.parse import (
     decode_text,
     parse,
 )
+from tests.realworld import CASES
 
 DATA = Path(__file__).parent / "data"
 
@@ -208,9 +209,10 @@ class TestAddresses:
         assert parsed.to == [Address("Hero Support", "herosupport@schoolmint.com")]
 
     def test_missing_from_falls_back_to_reply_to(self) -> None:
-        """No From: the first Reply-To is the author, and that is noted."""
+        """No From: the first Reply-To is shown as the sender, and that is noted; nobody is trusted."""
         parsed = load("missing_from_reply_to.eml")
         assert parsed.from_ == Address("Morgan Reyes", "morgan.reyes@rise.example.org")
+        assert parsed.author is None  # shown, never trusted
         assert "from missing or unreadable; reply-to used" in parsed.defects
 
     def test_junk_from_falls_back_to_sender(self) -> None:
@@ -253,10 +255,11 @@ class TestAddresses:
         parsed = parse(headers(f"From: {value}", "To: herosupport@schoolmint.com"))
         assert parsed.from_ is None or parsed.from_.address != "alice@example.org"
 
-    def test_unreadable_from_is_ignored_whole(self) -> None:
-        """An identity field with any unreadable entry is ignored, not half-read."""
+    def test_unreadable_from_is_shown_but_never_trusted(self) -> None:
+        """A From with an unreadable entry is not half-trusted: no author; the reader still shows its mailbox."""
         parsed = parse(headers("From: Ana <ana@x.example> junk", "Reply-To: pat@x.example"))
-        assert parsed.from_ == Address("", "pat@x.example")
+        assert parsed.author is None
+        assert parsed.from_ == Address("Ana", "ana@x.example")
         assert any(d.startswith("from ignored") for d in parsed.defects)
 
     def test_recipient_lists_skip_only_the_bad_entry(self) -> None:
@@ -621,6 +624,7 @@ class TestJson:
             "attachments",
             "auto_submitted",
             "bounce",
+            "degraded",
         ]
         assert document["from"] == {"name": "Ana Diaz", "address": "ana.diaz@lincoln.k12.example"}
         assert document["date"] == "2026-11-24T10:00:00-05:00"
@@ -643,7 +647,10 @@ class TestContentKey:
         )
 
 
-CORPUS = [path.read_bytes() for path in sorted(DATA.glob("*.eml")) if path.stat().st_size < 20_000]
+# The fuzz corpus: the nasty messages in tests/data and the real-world shapes tests/realworld.py builds.
+CORPUS = [path.read_bytes() for path in sorted(DATA.glob("*.eml")) if path.stat().st_size < 20_000] + [
+    case.raw for case in CASES
+]
 NASTY = [
     b"\x00",
     b"\r",

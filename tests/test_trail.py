@@ -118,15 +118,17 @@ class TestRecorded:
         assert verdicts(steps)[-2:] == [("duplicate", "duplicate"), ("decision", "duplicate")]
         assert "<dup@lincoln.example> is already stored" in steps[-2]["detail"]
 
-    def test_an_unparseable_message_fails_at_reading(self, app: App, caplog: pytest.LogCaptureFixture) -> None:
+    def test_a_message_past_the_limits_is_read_degraded(self, app: App, caplog: pytest.LogCaptureFixture) -> None:
+        caplog.set_level(logging.INFO, logger="mailbot.intake")
         deep = b"From: x@lincoln.example\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n" + (
             b"--b\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n" * 600)
         [inbound_id] = store(app, deep)
-        assert app.processor.process_one(inbound_id).action == "failed"
+        assert app.processor.process_one(inbound_id).action == "held"
         steps = trail_of(app, inbound_id)
-        assert verdicts(steps) == [("reading", "unparseable"), ("decision", "failed")]
+        assert verdicts(steps)[0] == ("reading", "degraded") and "nested" in steps[0]["detail"]
+        assert verdicts(steps)[-1] == ("decision", "held")
         [line] = [r for r in caplog.records if r.name == "mailbot.intake"]
-        assert line.levelno == logging.ERROR and "failed: unparseable: " in line.getMessage()
+        assert line.levelno == logging.INFO and ": held: " in line.getMessage()
 
     def test_a_failure_keeps_the_steps_before_it(self, app: App, monkeypatch: pytest.MonkeyPatch) -> None:
         def exploding(*args: Any, **kwargs: Any) -> None:
