@@ -16,6 +16,7 @@ from mailbot.errors import ConfigError
 from mailbot.followups import Followups
 from mailbot.hours import BusinessHours
 from mailbot.intake import Intake
+from mailbot.leases import Leases
 from mailbot.loops import MachineMail
 from mailbot.processor import Processor
 from mailbot.sender import Sender, make_transport
@@ -121,8 +122,13 @@ class App:
         return Intake(self.workflow, gate=self.gate, followups=self.followups, machines=self.machines)
 
     @cached_property
+    def leases(self) -> Leases:
+        """This instance's claims on inbound messages and outbox items (one name for both)."""
+        return Leases(self.db, self.clock)
+
+    @cached_property
     def processor(self) -> Processor:
-        return Processor(self.db, self.intake, self.clock)
+        return Processor(self.db, self.intake, self.clock, owner=self.leases.name)
 
     @cached_property
     def sender(self) -> Sender:
@@ -131,7 +137,12 @@ class App:
         if outbound.dkim is not None:
             signer = DkimSigner.from_file(outbound.dkim.domain, outbound.dkim.selector, outbound.dkim.private_key_file)
         return Sender(
-            self.db, make_transport(outbound), self.clock, signer=signer, retry_cap=outbound.retry_max_interval
+            self.db,
+            make_transport(outbound),
+            self.clock,
+            signer=signer,
+            retry_cap=outbound.retry_max_interval,
+            worker=self.leases.name,
         )
 
     @cached_property

@@ -1,8 +1,10 @@
 """`mailbot run`: start, serve, drain, stop — reading top to bottom.
 
-Startup: schema check, listener, intake runner, sender, watchers, then READY=1 for systemd.
-Shutdown (SIGTERM/SIGINT): stop accepting connections, let sessions in flight finish their DATA (bounded),
-commit what the door holds, stop the runners, STOPPING=1, exit 0.
+Startup: schema check, the claims of this instance's previous run taken back, listener, intake runner,
+sender, watchers, then READY=1 for systemd.
+Shutdown (SIGTERM/SIGINT): STOPPING=1, stop accepting connections, let sessions in flight finish their DATA
+(bounded), commit what the door holds, let the intake finish its batch in hand and what is pending, send
+what is due (each bounded), give back whatever is still claimed, exit 0.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from mailbot import listener, notify
 from mailbot.app import App
@@ -35,13 +37,19 @@ class Daemon:
         self.handlers: list[listener.Handler] = []
         self.watchers: list[MailboxWatcher] = []
         self.tasks: list[asyncio.Task[None]] = []
+        self.intake: asyncio.Task[None] | None = None
 
     def hostname(self) -> str:
         return self.config.smtp.hostname or self.app.identity.domain
 
     async def start(self) -> None:
         app = self.app
+        await app.leases.take_back()  # this instance's claims from before a crash: free now, not in a lease
+        self.tasks.append(asyncio.create_task(app.leases.run(), name="leases"))
         app.processor.on_outcome = lambda _outcome: self.scheduler.wake("outbox")
+        loop = asyncio.get_running_loop()
+        # Committed on a database thread: each new clock's first instant (mailbot.workflow) wakes the sweep then.
+        app.workflow.deadlines = lambda at: self._wake_threadsafe(loop, "sla", at)
         if self.config.smtp.enabled:
             handler = listener.Handler(
                 self.door, self.config.smtp, self.config.support.addresses, app.clock, self.hostname()
@@ -51,7 +59,8 @@ class Daemon:
             self.handlers.append(handler)
             for sock in server.sockets:
                 log.info("listening for %s on %s", self.config.smtp.protocol.upper(), sock.getsockname()[:2])
-        self.tasks.append(asyncio.create_task(app.processor.run(), name="intake"))
+        self.intake = asyncio.create_task(app.processor.run(), name="intake")
+        self.tasks.append(self.intake)
         sink, cursors = ImapSink(self.door, app.processor, app.db), DatabaseCursors(app.db, app.clock)
         for mailbox in self.config.imap:
             watcher = MailboxWatcher(mailbox, sink, cursors, log=logging.getLogger(f"mailbot.imap.{mailbox.username}"))
@@ -66,6 +75,9 @@ class Daemon:
         notify.ready()
         notify.status("accepting mail")
         log.info("mailbot started")
+
+    def _wake_threadsafe(self, loop: asyncio.AbstractEventLoop, job: str, at: datetime) -> None:
+        loop.call_soon_threadsafe(self.scheduler.wake, job, at)
 
     async def _drain_outbox(self) -> None:
         await self.app.sender.drain()
@@ -101,11 +113,30 @@ class Daemon:
                 log.warning("gave up waiting for %d message(s) being received", handler.in_flight)
         await asyncio.gather(*(watcher.stop() for watcher in self.watchers))  # each finishes its message, logs out
         await self.door.close()
-        await self.scheduler.stop(DRAIN_TIMEOUT)
+        await self._finish_work()
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.app.leases.give_back()  # what a failure left claimed: free for the next start at once
+        self.app.workflow.deadlines = None  # this loop is gone
         log.info("mailbot stopped")
+
+    async def _finish_work(self) -> None:
+        """The intake's batch in hand and what is pending, then what is due to be sent, each for DRAIN_TIMEOUT
+        at most; nothing is cut in the middle (a send between the relay's 250 and its record would go out again)."""
+        if self.intake is not None:
+            self.app.processor.stop(DRAIN_TIMEOUT)
+            await asyncio.wait([self.intake], timeout=2 * DRAIN_TIMEOUT)  # a batch in hand ends well before
+        sending = asyncio.create_task(self.app.sender.drain(), name="last drain")
+        # No new job runs; the one in progress (a drain of its own, a sweep) finishes.
+        stopping = asyncio.create_task(self.scheduler.stop(2 * DRAIN_TIMEOUT), name="scheduler stop")
+        await asyncio.wait([sending, stopping], timeout=DRAIN_TIMEOUT)
+        self.app.sender.stop()  # out of time: every drain ends after its message in hand, gives back the rest
+        await stopping
+        try:
+            await sending
+        except TransientError as exc:
+            log.error("could not send the outbox before stopping: %s", exc)
 
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()

@@ -9,13 +9,19 @@ the batch runs again with each message in a savepoint of its own, so failures ar
 `mailbot inbound retry` puts failed rows back. A savepoint per message cost a quarter of the intake's time
 (bench/RESULTS.md), and nearly every batch has no failure at all. A database outage leaves rows pending
 for the next pass (their claim is given back); any other temporary failure (DNS) leaves that one row
-pending for another try when its lease runs out.
+pending for another try after DEFERRED_RETRY.
+
+Claims are short leases that the instance renews while it lives (mailbot.leases): a batch is decided only
+on the rows its instance still holds, so one whose lease ran out meanwhile (a stall) is never processed
+twice. `stop` ends the runner cleanly: the batch in hand is finished, then what is pending, for a bounded
+time; nothing stays claimed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -25,13 +31,14 @@ from sqlalchemy.orm import Session
 from mailbot.clock import Clock
 from mailbot.errors import TransientError, TransientStoreError
 from mailbot.intake import Intake, Outcome
+from mailbot.leases import LEASE
 from mailbot.reading import Reading, Unreadable
 from mailbot.store import Database
 from mailbot.store import inbound as inbound_store
 from mailbot.store.schema import InboundMessage
 
 log = logging.getLogger("mailbot.intake")
-LEASE = timedelta(minutes=5)
+DEFERRED_RETRY = timedelta(minutes=5)  # a message that could not be decided now (DNS) is tried again then
 # Rows per transaction. Small on purpose: on SQLite the door's group commits wait on the same database
 # thread, so a batch is how long the listener may have to wait for its next 250 while a backlog drains (at
 # about 1.5 ms a message, 25 rows hold it 40 ms). Larger batches were no faster (bench/RESULTS.md).
@@ -46,15 +53,18 @@ class Processor:
         intake: Intake,
         clock: Clock,
         *,
+        owner: str,
         batch: int = BATCH,
         on_outcome: Callable[[Outcome], None] | None = None,
     ) -> None:
         self.db = db
         self.intake = intake
         self.clock = clock
+        self.owner = owner  # the name this instance's claims carry (mailbot.leases)
         self.batch = batch
         self.on_outcome = on_outcome
         self._wake = asyncio.Event()
+        self._stop_at: float | None = None  # monotonic instant the stopping runner stops taking more batches
 
     def process_row(self, session: Session, row: InboundMessage, reading: Read = None) -> Outcome:
         """Run the intake on one claimed row, isolating unexpected errors to that row."""
@@ -69,9 +79,9 @@ class Processor:
             raise TransientStoreError(f"database unavailable: {type(exc.orig or exc).__name__}") from exc
         except TransientError as exc:
             # Nothing could be decided now (a DNS failure authenticating the sender): the savepoint undid
-            # the intake's work, and the row stays pending under a lease, tried again when it runs out.
+            # the intake's work, and the row stays pending, unclaimed but not to be tried before then.
             log.warning("inbound message %s deferred: %s", row.id, exc)
-            row.claimed_until = now + LEASE
+            row.claimed_by, row.claimed_until = None, now + DEFERRED_RETRY
             outcome = Outcome("deferred", detail=str(exc))
         except Exception as exc:  # a bug or hostile input: keep the message, record why, go on
             log.exception("inbound message %s failed", row.id)
@@ -82,7 +92,7 @@ class Processor:
         return outcome
 
     def _claim(self, session: Session) -> list[InboundMessage]:
-        return inbound_store.claim_pending(session, self.clock.now(), LEASE, self.batch)
+        return inbound_store.claim_pending(session, self.clock.now(), LEASE, self.batch, self.owner)
 
     def _read(self, rows: list[InboundMessage]) -> list[Read]:
         """What the intake reads of each row; None where reading failed (the isolated run says why)."""
@@ -95,6 +105,11 @@ class Processor:
         return readings
 
     def _decide(self, session: Session, rows: list[InboundMessage], readings: list[Read]) -> list[Outcome]:
+        held = inbound_store.still_held(session, [row.id for row in rows], self.owner)
+        if len(held) < len(rows):
+            log.warning("%d claimed inbound message(s) were taken over by another instance", len(rows) - len(held))
+            kept = [(row, read) for row, read in zip(rows, readings, strict=True) if row.id in held]
+            rows, readings = [row for row, _ in kept], [read for _, read in kept]
         for row in rows:
             session.add(row)  # claimed in a transaction of its own
         if None not in readings:  # else a message could not even be read: each runs isolated at once
@@ -164,8 +179,15 @@ class Processor:
     def wake(self) -> None:
         self._wake.set()
 
+    def stop(self, within: float) -> None:
+        """Make `run` return once nothing is pending, or after its batch in hand once `within` seconds passed."""
+        self._stop_at = time.monotonic() + within
+        self._wake.set()
+
     async def run(self, sweep: float = 5.0) -> None:
-        """Process whatever is pending whenever woken (a door stored something), and every `sweep` seconds."""
+        """Process whatever is pending whenever woken (a door stored something), and every `sweep` seconds;
+        until stopped: then what is pending is processed too, in order, and no batch is cut short (its rows
+        would wait out their lease, and later mail would become tickets first)."""
         while True:
             # Cleared before the batch, not after: a message stored while the batch runs wakes the next one.
             self._wake.clear()
@@ -177,6 +199,10 @@ class Processor:
             for outcome in outcomes:
                 if self.on_outcome:
                     self.on_outcome(outcome)
+            if self._stop_at is not None:  # the doors are closed: a pass that finds nothing has drained it all
+                if not outcomes or time.monotonic() >= self._stop_at:
+                    return  # what is left is pending and unclaimed
+                continue
             if len(outcomes) >= self.batch:
                 continue  # more is waiting
             try:

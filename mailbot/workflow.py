@@ -6,11 +6,14 @@ stored together or not at all (the outbox is the promise, written down).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from email.headerregistry import Address
 
+from sqlalchemy import event
 from sqlalchemy.orm import Session
 
+from mailbot import sla
 from mailbot.compose import Composer, Outgoing, Thread, one_line, ticket_reference, ticket_subject
 from mailbot.config import SlaConfig
 from mailbot.errors import RefusedError
@@ -25,6 +28,7 @@ from mailbot.tokens import ReplyTokens
 # Messages between mailbot and the support team: never part of the customer's thread (their Message-IDs may
 # name internal hosts), and threaded among themselves for the specialist.
 INTERNAL_KINDS = frozenset({"notification", "specialist"})
+_ARMED = "mailbot.workflow.armed"  # session.info: the earliest SLA instant of the tickets started in it
 
 
 def address_of(addr_spec: str, name: str = "") -> Address:
@@ -41,6 +45,9 @@ class Workflow:
         self.sla = sla
         self.tokens = tokens
         self.guard = guard
+        # Told, once the transaction that starts a ticket's clock committed, the first instant its SLA verdict
+        # can change (its automatic assignment, an at-risk instant): the daemon's sweep runs then.
+        self.deadlines: Callable[[datetime], None] | None = None
 
     def local_time(self, instant: datetime) -> str:
         """An instant as customers read it: 'Monday, November 30 at 11:00 AM EST'."""
@@ -152,6 +159,20 @@ class Workflow:
         due = ticket.confirmation_due_at
         if self.answer(session, ticket, "confirmation", now=now, deadline=due, opening=opening) is None:
             ticket.confirmation_due_at = None  # nothing is promised to a machine or an unverifiable sender
+        self._arm(session, ticket, now)
+
+    def _arm(self, session: Session, ticket: Ticket, now: datetime) -> None:
+        """Wake the sweep at this ticket's next SLA instant once it is stored (before, it would find nothing):
+        the earliest of the transaction's new tickets, told once after its commit."""
+        tell = self.deadlines
+        at = sla.next_check(sla_store.promise(ticket, {}), now, self.sla.at_risk_margin) if tell else None
+        if tell is None or at is None:
+            return
+        first = session.info.get(_ARMED)
+        if first is None:
+            event.listen(session, "after_commit", lambda done: tell(done.info.pop(_ARMED)), once=True)
+        if first is None or at < first:
+            session.info[_ARMED] = at
 
     def open_ticket(
         self,

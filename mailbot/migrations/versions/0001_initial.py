@@ -134,6 +134,7 @@ def upgrade() -> None:
     sa.Column('action', sa.String(length=20), nullable=True),
     sa.Column('error', sa.Text(), nullable=True),
     sa.Column('attempts', sa.Integer(), nullable=False),
+    sa.Column('claimed_by', sa.String(length=100), nullable=True),
     sa.Column('claimed_until', mailbot.store.schema.UtcDateTime(), nullable=True),
     sa.Column('processed_at', mailbot.store.schema.UtcDateTime(), nullable=True),
     sa.Column('message_id', sa.String(length=998), nullable=True),
