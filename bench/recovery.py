@@ -10,7 +10,10 @@ dropped after):
   4. every --interval seconds one instance (in turn) is killed with SIGKILL and started again at once;
      the load stops at the last kill;
   5. from the last restart, the clock runs until every message answered 250 is a ticket whose confirmation
-     was sent; it then counts tickets opened twice for one Message-ID and confirmations written twice.
+     was sent ("recovered": this includes working off the backlog the load left, so it also measures the
+     daemon's throughput), and until every row the killed process held claimed when it died is done
+     ("claims": the inbound messages processed, the outbox items sent; this is what leases decide);
+     it then counts tickets opened twice for one Message-ID and confirmations written twice.
 
     .venv/bin/python bench/recovery.py [--databases sqlite postgresql] [--instances 1] [--kills 5]
                                        [--interval 4] [--sessions 10] [--size 2000] [--senders 100]
@@ -46,7 +49,7 @@ from processing import private_postgres
 
 from mailbot.app import App
 from mailbot.config import load
-from mailbot.store.schema import InboundMessage, Ticket
+from mailbot.store.schema import InboundMessage, OutboxItem, Ticket
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = """
@@ -171,6 +174,35 @@ def outstanding(engine: sa.Engine, accepted: set[str]) -> tuple[int, int]:
     return len(accepted - done.keys()), sum(1 for key in accepted if key in done and not done[key])
 
 
+def claimed(engine: sa.Engine, pid: int | None) -> tuple[set[int], set[int]]:
+    """The inbound messages and outbox items held claimed right now: all of them, or those of process `pid`
+    (claims name their holder `host/pid/start`, mailbot.leases)."""
+    with engine.connect() as connection:
+        inbound, outbox = (
+            set(
+                connection.scalars(
+                    sa.select(model.id).where(
+                        model.status == "pending",
+                        model.claimed_until.is_not(None),
+                        model.claimed_by.contains(f"/{pid}/") if pid else sa.true(),
+                    )
+                )
+            )
+            for model in (InboundMessage, OutboxItem)
+        )
+    return inbound, outbox
+
+
+def unfinished(engine: sa.Engine, inbound: set[int], outbox: set[int]) -> int:
+    """How many of these rows are not done yet (not processed, not sent)."""
+    with engine.connect() as connection:
+        return sum(
+            int(connection.scalar(sa.select(sa.func.count()).where(model.id.in_(ids), model.status == "pending")) or 0)
+            for model, ids in ((InboundMessage, inbound), (OutboxItem, outbox))
+            if ids
+        )
+
+
 def doubles(engine: sa.Engine, instances: list[Instance]) -> tuple[int, int]:
     """(Message-IDs that opened more than one ticket, confirmations written more than once)."""
     with engine.connect() as connection:
@@ -196,30 +228,39 @@ def scenario(url: str, workdir: Path, args: argparse.Namespace) -> dict[str, obj
     load_ = Load(instances, args.size, args.senders)
     threads = load_.start(args.sessions)
     restarted = 0.0
+    engine = sa.create_engine(url)
+    stranded: tuple[set[int], set[int]] | None = None
     try:
         for kill in range(args.kills):
             time.sleep(args.interval)
             victim = instances[kill % len(instances)]
             if kill == args.kills - 1:
                 load_.stop.set()  # the last kill ends the load: what follows is recovery alone
+            pid = victim.process.pid if victim.process else None
             victim.kill()
+            if kill == args.kills - 1:  # with several instances, only the killed one's claims
+                stranded = claimed(engine, pid if len(instances) > 1 else None)
             restarted = time.monotonic()
             victim.start()
         for thread in threads:
             thread.join()
         accepted = set(load_.accepted)
-        engine = sa.create_engine(url)
         left = (len(accepted), len(accepted))
         after: dict[int, tuple[int, int]] = {}
+        claims_done: float | None = None
         while (left := outstanding(engine, accepted)) != (0, 0):
             waited = time.monotonic() - restarted
+            if stranded and claims_done is None and not unfinished(engine, *stranded):
+                claims_done = waited
             for mark in (1, 5, 30):
                 if waited >= mark and mark not in after:
                     after[mark] = left
             if waited > args.give_up:
                 break
-            time.sleep(0.1)
+            time.sleep(0.25)
         recovered = time.monotonic() - restarted
+        if stranded and claims_done is None and not unfinished(engine, *stranded):
+            claims_done = recovered
         twice = doubles(engine, instances)
         engine.dispose()
     finally:
@@ -230,6 +271,8 @@ def scenario(url: str, workdir: Path, args: argparse.Namespace) -> dict[str, obj
         "accepted": len(accepted),
         "kills": args.kills,
         "recovered_s": recovered if left == (0, 0) else None,
+        "stranded": len(stranded[0]) + len(stranded[1]) if stranded else None,
+        "claims_s": claims_done,
         "not_tickets": left[0],
         "after": after,
         "twice_tickets": twice[0],
@@ -260,7 +303,7 @@ def main() -> None:
     print(f"{args.instances} instance(s), {args.kills} kills {args.interval:g} s apart, {args.sessions} sessions, "
           f"{args.size} B messages from {args.senders} contacts")
     print(f"{'database':10} {'accepted':>8} {'recovered':>10} {'open@1s':>8} {'open@5s':>8} {'open@30s':>8} "
-          f"{'2 tickets':>9} {'2 sent':>6}")
+          f"{'claimed':>7} {'claims':>8} {'2 tickets':>9} {'2 sent':>6}")
     for kind in args.databases:
         with tempfile.TemporaryDirectory(prefix="mailbot-recovery-") as tmp, database(kind, Path(tmp)) as url:
             result = scenario(url, Path(tmp), args)
@@ -269,8 +312,12 @@ def main() -> None:
         marks = [sum(after[m]) if m in after else 0 for m in (1, 5, 30)]
         recovered = result["recovered_s"]
         shown = f"{recovered:.1f} s" if isinstance(recovered, float) else f">{args.give_up:g} s"
+        claims = result["claims_s"]
+        stranded = result["stranded"]
+        freed = f"{claims:.1f} s" if isinstance(claims, float) else ("never" if stranded else "-")
         print(f"{kind:10} {result['accepted']:>8,} {shown:>10} {marks[0]:>8} {marks[1]:>8} {marks[2]:>8} "
-              f"{result['twice_tickets']:>9} {result['twice_sent']:>6}")
+              f"{'-' if stranded is None else stranded:>7} {freed:>8} {result['twice_tickets']:>9} "
+              f"{result['twice_sent']:>6}")
 
 
 if __name__ == "__main__":
