@@ -143,6 +143,7 @@ class App:
             signer=signer,
             retry_cap=outbound.retry_max_interval,
             worker=self.leases.name,
+            current=self.leases.current,
         )
 
     @cached_property

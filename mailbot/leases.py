@@ -15,6 +15,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -85,6 +86,7 @@ class Leases:
         self.owner = owner or this_process()
         self.name = str(self.owner)
         self.lease = lease
+        self._renewed: float | None = None  # monotonic time of the last renewal, once `run` renews
 
     async def take_back(self) -> int:
         """Free at once what dead processes of this host held (this instance before its restart)."""
@@ -108,14 +110,24 @@ class Leases:
     async def renew(self) -> None:
         await self.db.run(lease_store.renew, self.name, self.clock.now() + self.lease)
 
+    def current(self) -> bool:
+        """Whether what this instance claimed is surely still its own: its renewals are on time. After a
+        stall (or a database it could not reach) longer than that, another instance may have taken over
+        its claims: it must not act on them (the sender sends nothing more of what it had claimed)."""
+        margin = (self.lease - RENEW_EVERY).total_seconds()
+        return self._renewed is None or time.monotonic() - self._renewed < margin
+
     async def run(self) -> None:
         """Renew every claim of this instance every RENEW_EVERY, for as long as it runs."""
+        self._renewed = time.monotonic()
         while True:
             await asyncio.sleep(RENEW_EVERY.total_seconds())
             try:
                 await self.renew()
             except TransientError as exc:
                 log.warning("cannot renew this instance's claims: %s", exc)
+            else:
+                self._renewed = time.monotonic()
 
     async def give_back(self) -> None:
         """Free whatever this instance still holds (it is stopping)."""

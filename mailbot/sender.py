@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
@@ -130,6 +131,7 @@ class Sender:
         signer: DkimSigner | None = None,
         retry_cap: timedelta = timedelta(seconds=60),
         worker: str | None = None,
+        current: Callable[[], bool] = lambda: True,
     ) -> None:
         self.db = db
         self.transport = transport
@@ -137,6 +139,7 @@ class Sender:
         self.signer = signer
         self.retry_cap = retry_cap
         self.worker = worker or f"{socket.gethostname()}:{os.getpid()}"  # the name its claims carry
+        self.current = current  # whether its claims are surely still its own (mailbot.leases.Leases.current)
         self._stopping = False
 
     async def finish(self, item: OutboxItem) -> bytes:
@@ -148,19 +151,20 @@ class Sender:
     async def drain(self) -> int:
         """Send everything due now (until stopped); returns how many went out."""
         sent = 0
-        while not self._stopping:
+        while not self._stopping and self.current():
             items = await self.db.run(outbox_store.claim_due, self.clock.now(), self.worker, LEASE)
             if not items:
                 break
             for done, item in enumerate(items):
-                if self._stopping:
-                    await self.db.run(outbox_store.release, [i.id for i in items[done:]])
-                    break
+                if self._stopping or not self.current():
+                    await self.db.run(outbox_store.release, [i.id for i in items[done:]], self.worker)
+                    return sent
                 sent += await self._send(item)
         return sent
 
     def stop(self) -> None:
-        """Every drain ends after the message in hand; what it claimed beyond is given back unsent."""
+        """Every drain ends after the message in hand; what it claimed beyond is given back unsent (as when
+        its claims may have been taken over: another instance sends those)."""
         self._stopping = True
 
     async def _send(self, item: OutboxItem) -> int:

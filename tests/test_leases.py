@@ -160,6 +160,27 @@ class TestLeases:
         assert slow.db.call(slow.processor._decide, rows, readings) == []
         assert tickets(slow) == 3
 
+    async def test_a_stalled_sender_sends_nothing_more(self, app: App, clock: FrozenClock) -> None:
+        """Its renewals late (a stall, a database out of reach): what it claimed may be another's by now."""
+        store(app, 1)
+        app.processor.run_once()
+        app.leases._renewed = time.monotonic() - LEASE.total_seconds()  # the last renewal, a lease ago
+        assert not app.leases.current()
+        assert await app.sender.drain() == 0
+        [item] = app.db.call(lambda s: list(s.scalars(select(OutboxItem))))
+        assert (item.status, item.claimed_until) == ("pending", None)
+        app.leases._renewed = time.monotonic()  # renewing again
+        assert await app.sender.drain() == 1
+
+    def test_only_the_holder_gives_an_item_back(self, app: App, clock: FrozenClock) -> None:
+        store(app, 1)
+        app.processor.run_once()
+        [item] = app.db.call(outbox_store.claim_due, clock.now(), str(ELSEWHERE), LEASE)
+        app.db.call(outbox_store.release, [item.id], app.leases.name)  # not ours: left alone
+        assert app.db.call(lambda s: s.get_one(OutboxItem, item.id).claimed_by) == str(ELSEWHERE)
+        app.db.call(outbox_store.release, [item.id], str(ELSEWHERE))
+        assert app.db.call(lambda s: s.get_one(OutboxItem, item.id).claimed_until) is None
+
     async def test_a_clean_stop_gives_back_what_it_holds(self, app: App, clock: FrozenClock) -> None:
         store(app, 2)
         claim_as(app, app.leases.owner)
