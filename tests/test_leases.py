@@ -190,6 +190,32 @@ class TestLeases:
 
 
 class TestDeadlinesArmTheSweep:
+    def test_told_once_per_transaction_after_its_commit(self, make_app: Callable[..., App], clock: FrozenClock) -> None:
+        """The earliest first instant of the batch's new tickets, once committed: with the shipped times, the
+        confirmation's at-risk instant (due in 1 h, at risk 15 min before), ahead of the assignment (3 h)."""
+        app = make_app()
+        told: list[Any] = []
+        app.workflow.deadlines = told.append
+        store(app, 3)
+        app.processor.run_once()
+        [ticket, *_] = app.db.call(lambda s: list(s.scalars(select(Ticket).order_by(Ticket.id))))
+        assert told == [ticket.confirmation_due_at - app.config.sla.at_risk_margin]
+
+    def test_not_told_of_a_ticket_never_stored(self, make_app: Callable[..., App], clock: FrozenClock) -> None:
+        app = make_app()
+        told: list[Any] = []
+        app.workflow.deadlines = told.append
+
+        def opened_then_undone(session: Any) -> None:
+            ticket = app.workflow.open_ticket(session, requester="ana@lincoln.example", requester_name="Ana",
+                                              subject="x", now=clock.now())
+            app.workflow.start_clock(session, ticket, clock.now())
+            raise RuntimeError("rolled back")
+
+        with pytest.raises(RuntimeError):
+            app.db.call(opened_then_undone)
+        assert told == [] and tickets(app) == 0
+
     async def test_a_new_ticket_is_assigned_at_its_instant_not_at_the_sweep(
         self, world: Callable[..., Any], clock: FrozenClock
     ) -> None:
