@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from mailbot.governor import Governor
     from mailbot.hours import BusinessHours
     from mailbot.intake import Intake
+    from mailbot.leases import Leases
     from mailbot.loops import MachineMail
     from mailbot.processor import Processor
     from mailbot.sender import Sender
@@ -171,10 +172,17 @@ class App:
         return Intake(self.workflow, gate=self.gate, followups=self.followups, machines=self.machines)
 
     @cached_property
+    def leases(self) -> Leases:
+        """This instance's claims on inbound messages and outbox items (one name for both)."""
+        from mailbot.leases import Leases
+
+        return Leases(self.db, self.clock)
+
+    @cached_property
     def processor(self) -> Processor:
         from mailbot.processor import Processor
 
-        return Processor(self.db, self.intake, self.clock)
+        return Processor(self.db, self.intake, self.clock, owner=self.leases.name)
 
     @cached_property
     def sender(self) -> Sender:
@@ -186,7 +194,13 @@ class App:
         if outbound.dkim is not None:
             signer = DkimSigner.from_file(outbound.dkim.domain, outbound.dkim.selector, outbound.dkim.private_key_file)
         return Sender(
-            self.db, make_transport(outbound), self.clock, signer=signer, retry_cap=outbound.retry_max_interval
+            self.db,
+            make_transport(outbound),
+            self.clock,
+            signer=signer,
+            retry_cap=outbound.retry_max_interval,
+            worker=self.leases.name,
+            current=self.leases.current,
         )
 
     @cached_property

@@ -1,9 +1,10 @@
 """`mailbot run`: start, serve, drain, stop — reading top to bottom.
 
-Startup: schema check, the operator's endpoint (`[metrics] listen`), listener, intake runner, sender,
-watchers, then READY=1 for systemd.
-Shutdown (SIGTERM/SIGINT): /readyz says "stopping", stop accepting connections, let sessions in flight
-finish their DATA (bounded), commit what the door holds, stop the runners, STOPPING=1, close the endpoint,
+Startup: schema check, the claims of this instance's previous run taken back, the operator's endpoint
+(`[metrics] listen`), listener, intake runner, sender, watchers, then READY=1 for systemd.
+Shutdown (SIGTERM/SIGINT): /readyz says "stopping", STOPPING=1, stop accepting connections, let sessions in
+flight finish their DATA (bounded), commit what the door holds, let the intake finish its batch in hand and
+what is pending, send what is due (each bounded), give back whatever is still claimed, close the endpoint,
 exit 0.
 """
 
@@ -14,7 +15,7 @@ import errno
 import logging
 import os
 import signal
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from sqlalchemy import text
@@ -51,14 +52,20 @@ class Daemon:
         self.watchers: list[MailboxWatcher] = []
         self.tasks: list[asyncio.Task[None]] = []
         self.endpoint: asyncio.Server | None = None
+        self.intake: asyncio.Task[None] | None = None
 
     def hostname(self) -> str:
         return self.config.smtp.hostname or self.app.identity.domain
 
     async def start(self) -> None:
         app = self.app
+        await self._open_endpoint()  # first: a port in use refuses the start before anything else
+        await app.leases.take_back()  # this instance's claims from before a crash: free now, not in a lease
+        self.tasks.append(asyncio.create_task(app.leases.run(), name="leases"))
         app.processor.on_outcome = lambda _outcome: self.scheduler.wake("outbox")
-        await self._open_endpoint()  # first: a port in use refuses the start before any mail is taken
+        loop = asyncio.get_running_loop()
+        # Committed on a database thread: each new clock's first instant (mailbot.workflow) wakes the sweep then.
+        app.workflow.deadlines = lambda at: self._wake_threadsafe(loop, "sla", at)
         if self.config.smtp.enabled:
             handler = listener.Handler(
                 self.door, self.config.smtp, self.config.support.addresses, app.clock, self.hostname(),
@@ -69,7 +76,8 @@ class Daemon:
             self.handlers.append(handler)
             for sock in server.sockets:
                 log.info("listening for %s on %s", self.config.smtp.protocol.upper(), sock.getsockname()[:2])
-        self.tasks.append(asyncio.create_task(app.processor.run(), name="intake"))
+        self.intake = asyncio.create_task(app.processor.run(), name="intake")
+        self.tasks.append(self.intake)
         sink, cursors = ImapSink(self.door, app.processor, app.db), DatabaseCursors(app.db, app.clock)
         for mailbox in self.config.imap:
             watcher = MailboxWatcher(mailbox, sink, cursors, log=logging.getLogger(f"mailbot.imap.{mailbox.username}"))
@@ -148,6 +156,9 @@ class Daemon:
             reason = os.strerror(exc.errno) if exc.errno else str(exc)  # asyncio's strerror repeats the address
             raise ConfigError(f"smtp: cannot listen on {smtp.host}:{smtp.port}: {reason}{hint}") from None
 
+    def _wake_threadsafe(self, loop: asyncio.AbstractEventLoop, job: str, at: datetime) -> None:
+        loop.call_soon_threadsafe(self.scheduler.wake, job, at)
+
     async def _drain_outbox(self) -> None:
         await self.app.sender.drain()
         # Only ahead: what is due already is either leased by another instance (its sweep sends it) or was
@@ -182,15 +193,34 @@ class Daemon:
                 log.warning("gave up waiting for %d message(s) being received", handler.in_flight)
         await asyncio.gather(*(watcher.stop() for watcher in self.watchers))  # each finishes its message, logs out
         await self.door.close()
-        await self.scheduler.stop(DRAIN_TIMEOUT)
+        await self._finish_work()
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         self.app.processor.close()
+        await self.app.leases.give_back()  # what a failure left claimed: free for the next start at once
+        self.app.workflow.deadlines = None  # this loop is gone
         if self.endpoint is not None:
             self.endpoint.close()
             await self.endpoint.wait_closed()
         log.info("mailbot stopped")
+
+    async def _finish_work(self) -> None:
+        """The intake's batch in hand and what is pending, then what is due to be sent, each for DRAIN_TIMEOUT
+        at most; nothing is cut in the middle (a send between the relay's 250 and its record would go out again)."""
+        if self.intake is not None:
+            self.app.processor.stop(DRAIN_TIMEOUT)
+            await asyncio.wait([self.intake], timeout=2 * DRAIN_TIMEOUT)  # a batch in hand ends well before
+        sending = asyncio.create_task(self.app.sender.drain(), name="last drain")
+        # No new job runs; the one in progress (a drain of its own, a sweep) finishes.
+        stopping = asyncio.create_task(self.scheduler.stop(2 * DRAIN_TIMEOUT), name="scheduler stop")
+        await asyncio.wait([sending, stopping], timeout=DRAIN_TIMEOUT)
+        self.app.sender.stop()  # out of time: every drain ends after its message in hand, gives back the rest
+        await stopping
+        try:
+            await sending
+        except TransientError as exc:
+            log.error("could not send the outbox before stopping: %s", exc)
 
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()

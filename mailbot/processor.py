@@ -12,12 +12,18 @@ the batch runs again with each message in a savepoint of its own, so failures ar
 (bench/RESULTS.md), and nearly every batch has no failure at all. A database outage leaves rows pending
 for the next pass (their claim is given back); any other temporary failure (DNS) leaves that one row
 pending for another try, later each time (`retry_after`).
+
+Claims are short leases that the instance renews while it lives (mailbot.leases): a batch is decided only
+on the rows its instance still holds, so one whose lease ran out meanwhile (a stall) is never processed
+twice. `stop` ends the runner cleanly: the batch in hand is finished, then what is pending, for a bounded
+time; nothing stays claimed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -29,6 +35,7 @@ from sqlalchemy.orm import Session
 from mailbot.clock import Clock
 from mailbot.errors import TransientError, TransientStoreError
 from mailbot.intake import Intake, Outcome
+from mailbot.leases import LEASE
 from mailbot.reading import Reading
 from mailbot.store import Database
 from mailbot.store import inbound as inbound_store
@@ -39,7 +46,7 @@ if TYPE_CHECKING:
     from mailbot.metrics import Metrics
 
 log = logging.getLogger("mailbot.intake")
-LEASE = timedelta(minutes=5)
+DEFERRED_RETRY = timedelta(minutes=5)  # a message that could not be decided now (DNS) is tried again then
 # Rows per transaction. Small on purpose: on SQLite the door's group commits wait on the same database
 # thread, so a batch is how long the listener may have to wait for its next 250 while a backlog drains (at
 # about 1.5 ms a message, 25 rows hold it 40 ms). Larger batches were no faster (bench/RESULTS.md).
@@ -54,9 +61,9 @@ Read = Reading | None  # None: reading raised (a bug); the row is then run isola
 
 
 def retry_after(attempts: int) -> timedelta:
-    """When a message deferred by a temporary failure (DNS) is tried again: LEASE after the first attempt,
+    """When a message deferred by a temporary failure (DNS) is tried again: DEFERRED_RETRY after the first,
     twice as long after each next one, at most RETRY_CAP (a day of failures is about ten tries, not 288)."""
-    return min(LEASE * 2 ** max(attempts - 1, 0), RETRY_CAP)
+    return min(DEFERRED_RETRY * 2 ** max(attempts - 1, 0), RETRY_CAP)
 
 
 class Processor:
@@ -66,6 +73,7 @@ class Processor:
         intake: Intake,
         clock: Clock,
         *,
+        owner: str,
         batch: int = BATCH,
         on_outcome: Callable[[Outcome], None] | None = None,
         metrics: Metrics | None = None,
@@ -73,12 +81,14 @@ class Processor:
         self.db = db
         self.intake = intake
         self.clock = clock
+        self.owner = owner  # the name this instance's claims carry (mailbot.leases)
         self.batch = batch
         self.on_outcome = on_outcome
         self.metrics = metrics  # set by the daemon when it serves /metrics
         self._wake = asyncio.Event()
         self._readers: ThreadPoolExecutor | None = None
         self._reading: dict[asyncio.Future[Read], InboundMessage] = {}  # claimed rows being read
+        self._stop_at: float | None = None  # monotonic instant the stopping runner stops taking more batches
 
     def process_row(self, session: Session, row: InboundMessage, reading: Read = None) -> Outcome:
         """Run the intake on one claimed row, isolating unexpected errors to that row."""
@@ -93,8 +103,8 @@ class Processor:
             raise TransientStoreError(f"database unavailable: {type(exc.orig or exc).__name__}") from exc
         except TransientError as exc:
             # Nothing could be decided now (a DNS failure authenticating the sender): the savepoint undid
-            # the intake's work, and the row stays pending under a lease, tried again when it runs out.
-            row.claimed_until = now + retry_after(row.attempts)
+            # the intake's work, and the row stays pending, unclaimed but not to be tried before then.
+            row.claimed_by, row.claimed_until = None, now + retry_after(row.attempts)
             outcome = Outcome("deferred", detail=f"{exc}; tried again after {row.claimed_until:%H:%M:%S} UTC")
             row.trail = ended(row.trail, "deferred", outcome.detail or "")
         except Exception as exc:  # a bug or hostile input: keep the message, record why, go on
@@ -107,7 +117,7 @@ class Processor:
         return outcome
 
     def _claim(self, session: Session, limit: int | None = None) -> list[InboundMessage]:
-        return inbound_store.claim_pending(session, self.clock.now(), LEASE, limit or self.batch)
+        return inbound_store.claim_pending(session, self.clock.now(), LEASE, limit or self.batch, self.owner)
 
     def _read_one(self, row: InboundMessage) -> Read:
         """What the intake reads of a row; None where reading failed (the isolated run says why)."""
@@ -120,6 +130,11 @@ class Processor:
         return [self._read_one(row) for row in rows]
 
     def _decide(self, session: Session, rows: list[InboundMessage], readings: list[Read]) -> list[Outcome]:
+        held = inbound_store.still_held(session, [row.id for row in rows], self.owner)
+        if len(held) < len(rows):
+            log.warning("%d claimed inbound message(s) were taken over by another instance", len(rows) - len(held))
+            kept = [(row, read) for row, read in zip(rows, readings, strict=True) if row.id in held]
+            rows, readings = [row for row, _ in kept], [read for _, read in kept]
         for row in rows:
             session.add(row)  # claimed in a transaction of its own
         if None not in readings:  # else a message could not even be read: each runs isolated at once
@@ -223,8 +238,15 @@ class Processor:
             self._readers = None
         self._reading.clear()
 
+    def stop(self, within: float) -> None:
+        """Make `run` return once nothing is pending, or after its batch in hand once `within` seconds passed."""
+        self._stop_at = time.monotonic() + within
+        self._wake.set()
+
     async def run(self, sweep: float = 5.0) -> None:
-        """Process whatever is pending whenever woken (a door stored something), and every `sweep` seconds."""
+        """Process whatever is pending whenever woken (a door stored something), and every `sweep` seconds;
+        until stopped: then what is pending is processed too, in order, and no batch is cut short (its rows
+        would wait out their lease, and later mail would become tickets first)."""
         while True:
             # Cleared before the batch, not after: a message stored while the batch runs wakes the next one.
             self._wake.clear()
@@ -236,6 +258,10 @@ class Processor:
             for outcome in outcomes:
                 if self.on_outcome:
                     self.on_outcome(outcome)
+            if self._stop_at is not None:  # the doors are closed: a pass that finds nothing has drained it all
+                if (not outcomes and not self._reading) or time.monotonic() >= self._stop_at:
+                    return  # what is left is pending, and what is still claimed the daemon gives back
+                continue
             if len(outcomes) >= self.batch:
                 continue  # more is waiting
             await self._sleep(sweep)

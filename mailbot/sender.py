@@ -2,7 +2,9 @@
 
 Each due item is claimed with a lease before sending, so several instances on one database never send the
 same item; a crash after the relay accepted but before we recorded it is the one case that sends twice, and
-then it is the very same message (same Message-ID), which mail clients merge.
+then it is the very same message (same Message-ID), which mail clients merge. The lease is short and
+renewed while the instance lives (mailbot.leases); `stop` ends every drain after the message in hand and
+gives back the items it claimed but did not send.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
@@ -22,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from mailbot.clock import Clock
 from mailbot.config import OutboundConfig, read_secret
+from mailbot.leases import LEASE
 from mailbot.outbox import is_permanent, retry_delay
 from mailbot.signing import DkimSigner
 from mailbot.store import Database
@@ -32,7 +36,6 @@ if TYPE_CHECKING:
     from mailbot.metrics import Metrics
 
 log = logging.getLogger("mailbot.sender")
-LEASE = timedelta(minutes=2)
 
 
 class DeliveryError(Exception):
@@ -133,6 +136,7 @@ class Sender:
         retry_cap: timedelta = timedelta(seconds=60),
         worker: str | None = None,
         metrics: Metrics | None = None,
+        current: Callable[[], bool] = lambda: True,
     ) -> None:
         self.db = db
         self.metrics = metrics  # set by the daemon when it serves /metrics
@@ -140,7 +144,9 @@ class Sender:
         self.clock = clock
         self.signer = signer
         self.retry_cap = retry_cap
-        self.worker = worker or f"{socket.gethostname()}:{os.getpid()}"
+        self.worker = worker or f"{socket.gethostname()}:{os.getpid()}"  # the name its claims carry
+        self.current = current  # whether its claims are surely still its own (mailbot.leases.Leases.current)
+        self._stopping = False
 
     async def finish(self, item: OutboxItem) -> bytes:
         """The bytes that go on the wire: Date set now, then the DKIM signature over everything
@@ -149,14 +155,23 @@ class Sender:
         return await asyncio.to_thread(self.signer.sign, message) if self.signer else message
 
     async def drain(self) -> int:
-        """Send everything due now; returns how many went out."""
+        """Send everything due now (until stopped); returns how many went out."""
         sent = 0
-        while True:
+        while not self._stopping and self.current():
             items = await self.db.run(outbox_store.claim_due, self.clock.now(), self.worker, LEASE)
             if not items:
-                return sent
-            for item in items:
+                break
+            for done, item in enumerate(items):
+                if self._stopping or not self.current():
+                    await self.db.run(outbox_store.release, [i.id for i in items[done:]], self.worker)
+                    return sent
                 sent += await self._send(item)
+        return sent
+
+    def stop(self) -> None:
+        """Every drain ends after the message in hand; what it claimed beyond is given back unsent (as when
+        its claims may have been taken over: another instance sends those)."""
+        self._stopping = True
 
     async def _send(self, item: OutboxItem) -> int:
         try:

@@ -6,7 +6,7 @@ stored together or not at all (the outbox is the promise, written down).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email.headerregistry import Address
@@ -14,9 +14,10 @@ from email.parser import BytesHeaderParser
 from email.policy import compat32
 from typing import Protocol, TypeVar
 
+from sqlalchemy import event
 from sqlalchemy.orm import Session, object_session
 
-from mailbot import promises
+from mailbot import promises, sla
 from mailbot.compose import (
     Composer,
     File,
@@ -87,6 +88,8 @@ def within_limit(attachments: Sequence[A], limit: int) -> tuple[list[A], list[A]
             left_out.append(attachment)
     return attached, left_out
 
+_ARMED = "mailbot.workflow.armed"  # session.info: the earliest SLA instant of the tickets started in it
+
 
 def address_of(addr_spec: str, name: str = "") -> Address:
     username, _, domain = addr_spec.rpartition("@")
@@ -122,6 +125,9 @@ class Workflow:
             "attachments_limit": promises.size_words(attachments_limit),
             "support_address": composer.identity.address,
         }
+        # Told, once the transaction that starts a ticket's clock committed, the first instant its SLA verdict
+        # can change (its automatic assignment, an at-risk instant): the daemon's sweep runs then.
+        self.deadlines: Callable[[datetime], None] | None = None
 
     def local_time(self, instant: datetime) -> str:
         """An instant as people read it, in mail as on the command line: '2026-11-30 11:00 -05:00'."""
@@ -325,6 +331,20 @@ class Workflow:
         if self.answer(session, ticket, "confirmation", now=now, deadline=due, opening=opening) is None:
             # Nothing is promised to a machine or an unverifiable sender (a withheld one is still owed).
             ticket.confirmation_due_at = None
+        self._arm(session, ticket, now)
+
+    def _arm(self, session: Session, ticket: Ticket, now: datetime) -> None:
+        """Wake the sweep at this ticket's next SLA instant once it is stored (before, it would find nothing):
+        the earliest of the transaction's new tickets, told once after its commit."""
+        tell = self.deadlines
+        at = sla.next_check(sla_store.promise(ticket, {}), now, self.sla.at_risk_margin) if tell else None
+        if tell is None or at is None:
+            return
+        first = session.info.get(_ARMED)
+        if first is None:
+            event.listen(session, "after_commit", lambda done: tell(done.info.pop(_ARMED)), once=True)
+        if first is None or at < first:
+            session.info[_ARMED] = at
 
     def open_ticket(
         self,

@@ -14,7 +14,7 @@ CORE = ["parse", "quotes", "authn", "entitlement", "plans", "addresses", "thread
         "trail", "identity", "newlines"]
 # Modules and libraries that touch sockets, the database, the disk or the event loop.
 SHELL = {"mailbot.store", "mailbot.listener", "mailbot.imap", "mailbot.imap_door", "mailbot.sender",
-         "mailbot.scheduler", "mailbot.daemon", "mailbot.cli", "mailbot.door", "mailbot.processor",
+         "mailbot.scheduler", "mailbot.daemon", "mailbot.leases", "mailbot.cli", "mailbot.door", "mailbot.processor",
          "mailbot.intake", "mailbot.workflow", "mailbot.app", "mailbot.notify", "sqlalchemy", "alembic", "aiosmtpd",
          "aioimaplib", "aiosmtplib", "apscheduler", "asyncio", "socket", "smtplib", "dns.resolver"}
 

@@ -25,7 +25,7 @@ from mailbot.clock import FrozenClock
 from mailbot.config import SecurityConfig
 from mailbot.dns import FixedResolver
 from mailbot.plans import Plan, Product
-from mailbot.processor import LEASE
+from mailbot.processor import DEFERRED_RETRY
 from mailbot.store import inbound as inbound_store
 from mailbot.store import registry
 from mailbot.store import tickets as ticket_store
@@ -377,11 +377,11 @@ class TestTemporaryDnsFailure:
         [outcome] = app.processor.run_once()
         row = app.db.call(lambda s: s.get_one(InboundMessage, inbound_id))
         assert outcome.action == "deferred" and "DNS" in (outcome.detail or "")
-        assert (row.status, row.ticket_id, row.claimed_until) == ("pending", None, clock.now() + LEASE)
+        assert (row.status, row.ticket_id, row.claimed_until) == ("pending", None, clock.now() + DEFERRED_RETRY)
         assert app.db.call(lambda s: ticket_store.listing(s)) == []
         assert app.processor.run_once() == []  # leased: not tried again at once
         app.gate.resolver = dns  # DNS is back
-        clock.advance(LEASE + timedelta(seconds=1))
+        clock.advance(DEFERRED_RETRY + timedelta(seconds=1))
         [outcome] = app.processor.run_once()
         assert outcome.action == "created"
         assert app.db.call(lambda s: s.get_one(Ticket, outcome.ticket_id).entitlement) == "entitled"

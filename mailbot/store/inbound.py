@@ -96,16 +96,18 @@ _CANDIDATES = (
 _CLAIM = (
     update(InboundMessage)
     .where(InboundMessage.id.in_(bindparam("ids", expanding=True)), _CLAIMABLE)
-    .values(claimed_until=bindparam("until"), attempts=InboundMessage.attempts + 1)
+    .values(claimed_by=bindparam("owner"), claimed_until=bindparam("until"), attempts=InboundMessage.attempts + 1)
     .returning(InboundMessage)
     .execution_options(synchronize_session=False, populate_existing=True)
 )
 
 
-def claim_pending(session: Session, now: datetime, lease: timedelta, limit: int) -> list[InboundMessage]:
-    """Take up to `limit` pending messages for processing; a lease keeps other instances off them.
+def claim_pending(
+    session: Session, now: datetime, lease: timedelta, limit: int, owner: str | None = None
+) -> list[InboundMessage]:
+    """Take up to `limit` pending messages for processing as `owner`; a lease keeps other instances off them.
 
-    A lease that ran out (its holder died) makes the message claimable again. The conditional UPDATE is the
+    A lease that ran out (its holder died, its renewals stopped) makes the message claimable again. The conditional UPDATE is the
     lock: with several instances on one database, each row goes to exactly one of them (one statement for
     the whole batch; its RETURNING gives the rows this instance won, with their new leases). On PostgreSQL
     the candidates are read FOR UPDATE SKIP LOCKED: rows another instance is processing right now are passed
@@ -114,8 +116,25 @@ def claim_pending(session: Session, now: datetime, lease: timedelta, limit: int)
     candidates = session.scalars(_CANDIDATES, {"now": now, "limit": limit}).all()
     if not candidates:
         return []
-    claimed = session.scalars(_CLAIM, {"ids": list(candidates), "now": now, "until": now + lease}).all()
+    values = {"ids": list(candidates), "now": now, "until": now + lease, "owner": owner}
+    claimed = session.scalars(_CLAIM, values).all()
     return sorted(claimed, key=lambda row: row.id)
+
+
+def still_held(session: Session, ids: Sequence[int], owner: str) -> set[int]:
+    """Which of these rows `owner` still holds, pending, locked for this transaction: a holder whose lease
+    ran out while it worked (stalled, cut off from the database) finds another instance took them over."""
+    return set(
+        session.scalars(
+            select(InboundMessage.id)
+            .where(
+                InboundMessage.id.in_(ids),
+                InboundMessage.status == "pending",
+                InboundMessage.claimed_by == owner,
+            )
+            .with_for_update()
+        )
+    )
 
 
 def release(session: Session, ids: Sequence[int]) -> None:
@@ -123,7 +142,7 @@ def release(session: Session, ids: Sequence[int]) -> None:
     session.execute(
         update(InboundMessage)
         .where(InboundMessage.id.in_(ids), InboundMessage.status == "pending")
-        .values(claimed_until=None)
+        .values(claimed_by=None, claimed_until=None)
         .execution_options(synchronize_session=False)
     )
 
@@ -151,7 +170,7 @@ def requeue(session: Session, ids: Sequence[int] = ()) -> list[int]:
     else:
         statement = statement.where(InboundMessage.status == "failed")
     result = session.execute(
-        statement.values(status="pending", claimed_until=None, error=None).returning(InboundMessage.id)
+        statement.values(status="pending", claimed_by=None, claimed_until=None, error=None).returning(InboundMessage.id)
     )
     return sorted(result.scalars())
 

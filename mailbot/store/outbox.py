@@ -98,6 +98,16 @@ def mark_attempt_failed(session: Session, item_id: int, error: str, retry_at: da
     return item
 
 
+def release(session: Session, ids: list[int], owner: str) -> None:
+    """Give back items `owner` claimed and did not send: due again at once, for any instance."""
+    session.execute(
+        update(OutboxItem)
+        .where(OutboxItem.id.in_(ids), OutboxItem.status == "pending", OutboxItem.claimed_by == owner)
+        .values(claimed_by=None, claimed_until=None)
+        .execution_options(synchronize_session=False)
+    )
+
+
 def next_due(session: Session) -> datetime | None:
     """When the earliest pending item becomes due (to wake the sender then)."""
     return session.scalar(select(func.min(OutboxItem.next_attempt_at)).where(OutboxItem.status == "pending"))

@@ -118,6 +118,7 @@ class InboundMessage(Base):
     action: Mapped[str | None] = mapped_column(String(20))  # created | threaded | held | duplicate | ignored | bounce
     error: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    claimed_by: Mapped[str | None] = mapped_column(String(100))  # the instance processing it (mailbot.leases)
     claimed_until: Mapped[datetime | None]
     processed_at: Mapped[datetime | None]
     message_id: Mapped[str | None] = mapped_column(String(998), index=True)
