@@ -34,7 +34,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email import message_from_binary_file
 from pathlib import Path
@@ -45,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from corpus import SUPPORT, customer_message, register_senders, sender
-from processing import private_postgres
+from processing import database
 
 from mailbot.app import App
 from mailbot.config import load
@@ -279,15 +278,6 @@ def scenario(url: str, workdir: Path, args: argparse.Namespace) -> dict[str, obj
         "twice_tickets": twice[0],
         "twice_sent": twice[1],
     }
-
-
-@contextmanager
-def database(kind: str, workdir: Path) -> Iterator[str]:
-    if kind == "sqlite":
-        yield f"sqlite:///{workdir / 'mailbot.db'}"
-    else:
-        with private_postgres() as url:
-            yield url
 
 
 def main() -> None:
