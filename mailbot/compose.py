@@ -33,7 +33,15 @@ from typing import Any
 from urllib.parse import quote
 
 import idna
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateNotFound, select_autoescape
+from jinja2 import (
+    Environment,
+    FileSystemLoader,
+    StrictUndefined,
+    TemplateError,
+    TemplateNotFound,
+    TemplateSyntaxError,
+    select_autoescape,
+)
 from markupsafe import Markup
 
 from mailbot import richtext
@@ -338,6 +346,18 @@ class Composer:
         )
         self._env.filters["paragraphs"] = lambda text: Markup(richtext.from_text(text))  # plain text in HTML
         self._from = _mailboxes([identity.header()])  # the same on every message
+
+    def check_templates(self) -> list[str]:
+        """Each template of the folder that does not compile, one line each (`check-config`, `run`): a typo
+        there would otherwise fail every message that needs it, at the intake."""
+        problems = []
+        for name in self._env.list_templates(extensions=("txt", "html")):
+            try:
+                self._env.get_template(name)
+            except TemplateError as exc:
+                line = f" line {exc.lineno}" if isinstance(exc, TemplateSyntaxError) else ""
+                problems.append(f"template {name}{line}: {exc.message or type(exc).__name__}")
+        return problems
 
     def compose(
         self,

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 FORMAT_VARIABLE = "MAILBOT_LOG_FORMAT"
 FORMATS = ("text", "journal", "json")
-NOISY = ("mail.log", "apscheduler", "aioimaplib")
+NOISY = ("mail.log", "apscheduler", "aioimaplib", "alembic")  # alembic: a line per plugin on every upgrade
 
 
 def priority(levelno: int) -> int:

@@ -43,6 +43,7 @@ def _checks(config: Config) -> Iterator[Callable[[], object]]:
         yield lambda: _tls(config)
     if (templates := config.support.templates) is not None:
         yield lambda: _folder("support.templates", templates)
+    yield lambda: _templates(config)
 
 
 def _secret(key: str, path: Path) -> None:
@@ -67,3 +68,16 @@ def _tls(config: Config) -> None:
 def _folder(key: str, path: Path) -> None:
     if not path.is_dir():
         raise ConfigError(f"{key}: {path} is not a readable folder")
+
+
+def _templates(config: Config) -> None:
+    """Every template compiles (the shipped ones, or `support.templates`), as the composer will read them."""
+    from mailbot.app import shipped_templates
+    from mailbot.compose import Composer, Identity
+
+    folder = config.support.templates or shipped_templates()
+    if not folder.is_dir():
+        return  # said by the folder check
+    broken = Composer(folder, Identity.parse(config.support.from_), loop_secret=b"").check_templates()
+    if broken:
+        raise ConfigError("support.templates: " + "; ".join(broken))

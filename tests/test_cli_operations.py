@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import stat
 import subprocess
@@ -14,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from mailbot.cli import main
+from tests.conftest import run_cli
 from tests.mailers import message
-from tests.test_cli import CONFIG, CUSTOMER
+from tests.test_cli import CONFIG, CUSTOMER, ROOT
 
 # Nested 600 deep: past the parser's limits, read degraded (a ticket all the same).
 UNPARSEABLE = b"From: x@lincoln.example\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n" + (
@@ -46,9 +48,7 @@ def config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
 
 
 def cli(capsys: pytest.CaptureFixture[str], config: Path, *argv: str) -> tuple[int, str, str]:
-    code = main(["--config", str(config), *argv])
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_cli(capsys, "--config", str(config), *argv)
 
 
 def ingest(capsys: pytest.CaptureFixture[str], config: Path, raw: bytes) -> dict[str, object]:
@@ -258,3 +258,41 @@ class TestDocumented:
 
         walk(build_parser(), ())
         assert missing == [], missing
+
+
+class TestSetupMistakes:
+    """What a wrong path or a typo in a template would break later is one line now, and changes nothing."""
+
+    def test_a_sqlite_file_that_is_not_there_is_refused_not_created(
+        self, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        config = tmp_path / "config.toml"
+        config.write_text('[database]\nurl = "sqlite:///var/mailbot.db"\n')
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        monkeypatch.chdir(elsewhere)  # the relative path is read from here, where no database is
+        for argv in (("status",), ("ticket", "list"), ("run",)):
+            code, _, err = cli(capsys, config, *argv)
+            assert code == 1 and f"{elsewhere / 'var' / 'mailbot.db'} does not exist" in err, (argv, err)
+            assert "a relative path, read from the working directory" in err
+        assert not (elsewhere / "var").exists()
+        assert cli(capsys, config, "db", "upgrade")[0] == 0  # the one command that creates it
+        assert (elsewhere / "var" / "mailbot.db").exists()
+        assert cli(capsys, config, "status")[0] == 0
+
+    def test_a_template_that_does_not_compile_is_refused_at_start(
+        self, capsys: pytest.CaptureFixture[str], tmp_path: Path
+    ) -> None:
+        templates = tmp_path / "templates"
+        shutil.copytree(ROOT / "templates", templates)
+        with (templates / "confirmation.txt").open("a") as broken:
+            broken.write("{{ broken\n")
+        config = tmp_path / "config.toml"
+        config.write_text(
+            f'[database]\nurl = "sqlite:///{tmp_path / "m.db"}"\n[support]\ntemplates = "{templates}"\n'
+        )
+        code, _, err = cli(capsys, config, "check-config")
+        assert code == 1 and err.startswith("mailbot: support.templates: template confirmation.txt line ")
+        assert len(err.splitlines()) == 1
+        (templates / "confirmation.txt").write_text((ROOT / "templates" / "confirmation.txt").read_text())
+        assert cli(capsys, config, "check-config")[0] == 0

@@ -152,6 +152,11 @@ class TestEnvironment:
 
     def test_sqlite_without_schema(self, capsys: pytest.CaptureFixture[str], config_file: Path) -> None:
         code, _, err = cli(capsys, "--config", str(config_file), "ticket", "list")
+        assert code == 1 and "does not exist" in one_line(err) and "run `mailbot db upgrade`" in err
+        database = config_file.parent / "mailbot.db"
+        assert not database.exists()  # not created by the refusal
+        database.touch()  # a file that is no mailbot database
+        code, _, err = cli(capsys, "--config", str(config_file), "ticket", "list")
         assert code == 1 and "no such table" in one_line(err) and "run `mailbot db upgrade`" in err
 
     def test_server_down_is_temporary_and_says_why(self, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -61,19 +61,19 @@ class Context:
 
 
 class VersionAction(argparse.Action):
-    """`--version`: read from the installed package's metadata only when asked."""
+    """`--version`: the package's own constant, so it loads nothing (importlib.metadata loads `email`)."""
 
     def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: object) -> None:
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help="print the version and exit")
 
     def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
-        from importlib.metadata import PackageNotFoundError, version
+        from mailbot import __version__
 
         try:
-            number = version("mailbot")
-        except PackageNotFoundError:  # run from a checkout that was never installed
-            number = "unknown"
-        print(f"mailbot {number}")
+            print(f"mailbot {__version__}", flush=True)
+        except BrokenPipeError:
+            quiet_stdout()
+            parser.exit(EX_SIGPIPE)
         parser.exit()
 
 

@@ -36,7 +36,10 @@ def _oldest(seconds: float | None) -> str:
 
 
 def _local(instant: datetime | None, context: Any) -> str:
-    return instant.astimezone(context.app.hours.zone).isoformat(timespec="seconds") if instant else "never"
+    """As people read times everywhere (mailbot.hours.shown); "never" for none."""
+    from mailbot.hours import shown
+
+    return shown(instant, context.app.hours.zone) if instant else "never"
 
 
 def cmd_status(args: argparse.Namespace, context: Any) -> int:
@@ -89,7 +92,8 @@ def cmd_inbound_show(args: argparse.Namespace, context: Any) -> int:
         return 0
     ticket = f", ticket {shown['ticket']}" if shown["ticket"] else ""
     print(f"inbound {shown['id']}: {shown['status']}, {shown['action'] or 'not decided yet'}{ticket}")
-    print(f"  from {shown['envelope_from'] or '-'} by {shown['door']}, received {shown['received_at']}, "
+    received = _local(datetime.fromisoformat(shown["received_at"]), context)
+    print(f"  from {shown['envelope_from'] or '-'} by {shown['door']}, received {received}, "
           f"attempts {shown['attempts']}")
     if not shown["steps"]:
         print("  no decision trail recorded (not processed yet, or processed before the trail was kept)")

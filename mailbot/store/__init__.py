@@ -49,12 +49,6 @@ def _sqlite_pragmas(lock_timeout: float) -> Callable[[Any, Any], None]:
 
 def make_engine(url: str, lock_timeout: float = 10.0) -> Engine:
     if url.startswith("sqlite"):
-        path = url.split(":///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            # Raw mail and the site's secret live here: the owner's alone, whatever the umask. SQLite gives its
-            # -wal and -shm files the database file's permissions.
-            os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": lock_timeout})
         event.listen(engine, "connect", _sqlite_pragmas(lock_timeout))
         # pysqlite's own transaction handling defers BEGIN; take the write lock at BEGIN instead so two writers
@@ -81,12 +75,36 @@ class Database:
     def is_sqlite(self) -> bool:
         return self.engine.dialect.name == "sqlite"
 
+    @property
+    def sqlite_file(self) -> Path | None:
+        """The SQLite database's file (None: PostgreSQL, or SQLite in memory)."""
+        path = self.engine.url.database if self.is_sqlite else None
+        return Path(path) if path and path != ":memory:" else None
+
+    def _create_file(self) -> None:
+        """`db upgrade` alone creates a SQLite database: raw mail and the site's secret live there, so it is
+        the owner's alone whatever the umask (SQLite gives its -wal and -shm files the same permissions)."""
+        if (path := self.sqlite_file) is not None and not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+
+    def _require_file(self) -> None:
+        """Any other command on a SQLite file that is not there is a mistake (a relative path read from another
+        working directory): said in one line, never papered over with a new empty database."""
+        if (path := self.sqlite_file) is not None and not path.exists():
+            where = "" if path.is_absolute() else f" (a relative path, read from the working directory {Path.cwd()})"
+            raise ConfigError(
+                f"database.url: {path.absolute()} does not exist{where}: run `mailbot db upgrade` to create it, "
+                "or name the existing one"
+            )
+
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Session]:
         """A session whose work commits on success and rolls back on any error.
 
         Database errors surface as TransientStoreError: the caller answers 451 / exit 75 / retries later.
         """
+        self._require_file()
         try:
             with self.sessions.begin() as session:
                 yield session
@@ -127,6 +145,7 @@ class Database:
         from alembic.script import ScriptDirectory
 
         cfg = self._alembic()
+        self._create_file()
         try:
             with self.engine.connect() as connection, self._patient(connection), connection.begin():
                 if not self.is_sqlite:
@@ -158,6 +177,7 @@ class Database:
         from alembic.script import ScriptDirectory
 
         head = ScriptDirectory.from_config(self._alembic()).get_current_head()
+        self._require_file()
         try:
             with self.engine.connect() as connection:
                 current = MigrationContext.configure(connection).get_current_revision()
