@@ -24,6 +24,9 @@ from mailbot.store import registry
 # Fixture plugins: a private Dovecot (dovecot, account); a running daemon and its SMTP relay (world, relay).
 pytest_plugins = ["tests.dovecot", "tests.world"]
 
+# The commands' audit lines (mailbot.cli.audit) never reach this machine's syslog from a test run: a path that
+# is no socket means stderr only; tests/test_audit.py points the variable at a socket of its own.
+os.environ["MAILBOT_SYSLOG_SOCKET"] = os.devnull
 PG_ADMIN_URL = os.environ.get("MAILBOT_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 # Tuesday 2026-12-01 10:00 US Eastern: inside business hours.
 TUESDAY_10_ET = datetime(2026, 12, 1, 15, 0, tzinfo=UTC)

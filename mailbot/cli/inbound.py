@@ -123,15 +123,12 @@ def cmd_retry(args: argparse.Namespace, context: Any) -> int:
 
     ids = app.db.call(requeue)
     results = [{"id": inbound_id, **app.processor.process_one(inbound_id).to_json()} for inbound_id in ids]
-    if args.json:
-        dump(results)
-    elif not results:
-        print("no failed messages to retry")
-    else:
-        for result in results:
-            ticket = f" ticket {result['ticket']}" if result["ticket"] else ""
-            detail = f": {' '.join(result['detail'].split())}" if result.get("detail") else ""
-            print(f"inbound {result['id']}: {result['action']}{ticket}{detail}")
+    lines = []
+    for result in results:
+        ticket = f" ticket {result['ticket']}" if result["ticket"] else ""
+        detail = f": {' '.join(result['detail'].split())}" if result.get("detail") else ""
+        lines.append(f"inbound {result['id']}: {result['action']}{ticket}{detail}")
+    report(args, results, "\n".join(lines) or "no failed messages to retry")
     actions = {result["action"] for result in results}
     return EX_FAILED_AGAIN if "failed" in actions else EX_TEMPFAIL if "deferred" in actions else 0
 

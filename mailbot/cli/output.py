@@ -17,7 +17,11 @@ def dump(data: Any) -> None:
 
 
 def report(args: argparse.Namespace, data: Any, prose: str) -> None:
-    """What a command did: `data` as JSON with --json, else the sentence."""
+    """What a changing command did: `data` as JSON with --json, else the sentence; and the sentence in the
+    system log (mailbot.cli.audit), first, so a reader gone away cannot keep a done change out of it."""
+    from mailbot.cli import audit
+
+    audit.record(args, prose)
     if getattr(args, "json", False):
         dump(data)
     else:
