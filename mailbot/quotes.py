@@ -40,7 +40,7 @@ _SENT_FROM = re.compile(
 )
 _RULE = re.compile(r"[_\-=*]{8,}")
 # A "-- " line followed by more than this many lines is a separator in the text, not a signature.
-_MAX_SIGNATURE_LINES = 20
+MAX_SIGNATURE_LINES = 20
 
 
 def split_reply(text: str) -> tuple[str, str]:
@@ -112,7 +112,7 @@ def _trailing_quote_start(lines: list[str], end: int) -> int:
 
 def _signature_start(lines: list[str], end: int) -> int:
     """Where the signature of lines[:end] begins: the last "-- " line, or a "Sent from my ..." footer."""
-    for index in range(end - 1, max(end - 1 - _MAX_SIGNATURE_LINES, -1), -1):
+    for index in range(end - 1, max(end - 1 - MAX_SIGNATURE_LINES, -1), -1):
         if lines[index].rstrip() == "--":
             return index
     last = next((i for i in range(end - 1, -1, -1) if lines[i].strip()), None)

@@ -50,6 +50,54 @@ class TestHistory:
         assert relayed("<div><br></div>&nbsp;", "Hi", text_had_history=False, hide=hide) == "<p>Hi</p>"
 
 
+CITED = '<div class="moz-cite-prefix">On 01/12/2026 Ana wrote:<br></div><blockquote type="cite">old</blockquote>'
+
+
+class TestSignature:
+    @pytest.mark.parametrize(
+        ("client", "signed"),
+        [
+            ("thunderbird", f'<div class="moz-signature">-- <br>Sam Lee | Hero Support | 555-0100</div>{CITED}'),
+            ("thunderbird, below the quote", f'{CITED}<div class="moz-signature">-- <br>Sam Lee | 555-0100</div>'),
+            ("by hand", "<div>-- <br>Sam Lee<br>Hero Support<br>555-0100</div>"),
+            ("by hand, no space, in its own paragraph", "<p>--</p><p>Sam Lee</p><p>555-0100</p>"),
+            ("by hand, in a span, above the quote", f"<p><span>--&nbsp;</span><br>Sam Lee 555-0100</p>{CITED}"),
+            ("gmail", ('<div dir="ltr">Thanks<br clear="all"><br><span class="gmail_signature_prefix">-- </span><br>'
+                       '<div dir="ltr" class="gmail_signature" data-smartmail="gmail_signature">Sam Lee | 555-0100'
+                       "</div></div>")),
+            ("outlook web", '<div id="Signature"><p>Sam Lee</p><p>555-0100</p></div>'),
+            ("outlook windows", '<p class="MsoNormal"><a name="_MailAutoSig">Sam Lee</a><br>555-0100</p>'),
+            ("ios mail", '<div id="AppleMailSignature" dir="ltr">Sent from my iPhone 555-0100</div>'),
+        ],
+    )
+    def test_cut_at_the_signature(self, client: str, signed: str) -> None:
+        html = relayed(f"<div>{NEW}<br>{signed}</div>", "x", text_had_history=True, hide=hide)
+        assert "clear the cache" in html
+        for gone in ("555-0100", "Sam Lee", "--", "old"):
+            assert gone not in html, gone
+        assert not html.endswith(("<br></div>", "<p></p>"))  # no blank lines left where the signature was
+
+    @pytest.mark.parametrize(
+        ("shape", "source"),
+        [
+            ("a dash in a sentence", "<p>Press A -- or B.<br>Then -- as before -- wait.</p>"),
+            ("dashes after text on the line", "<p>Values:<br>A --<br>B</p>"),
+            ("an empty value in a table", "<table><tr><td>Fee</td><td>--</td></tr><tr><td>Tax</td><td>5</td></tr></table>"),
+            ("a separator between long parts", "<p>Part one</p><p>--</p>" + "<p>step</p>" * 21),
+            ("a longer rule", "<p>Part one</p><p>-----</p><p>Part two</p>"),
+        ],
+    )
+    def test_ordinary_dashes_are_kept(self, shape: str, source: str) -> None:
+        assert cut_history(source) == (source, False)
+        assert relayed(source, "x", text_had_history=False, hide=hide).count("--") == source.count("--")
+
+    def test_a_short_signature_after_a_long_separated_text_is_still_cut(self) -> None:
+        """Only the last "--" line that opens a short end is a signature; an earlier one is text."""
+        source = "<p>Part one</p><p>--</p>" + "<p>step</p>" * 21 + "<p>-- <br>Sam Lee</p>"
+        cut, marked = cut_history(source)
+        assert marked and cut.count("step") == 21 and "Sam Lee" not in cut
+
+
 class TestSanitize:
     def test_nothing_active_survives(self) -> None:
         dirty = (

@@ -322,6 +322,36 @@ class TestPlainText:
         assert "Sam\r\n\r\nSam Lee" not in plain(relay)  # the signature stays out
 
 
+class TestSignature:
+    @pytest.mark.parametrize(
+        "signed",
+        [
+            '<div class="moz-signature">-- <br>Sam Lee | Hero Support | 555-0100</div>',  # Thunderbird
+            "-- <br>Sam Lee | Hero Support | 555-0100",  # typed by hand
+            ('<br clear="all"><br><span class="gmail_signature_prefix">-- </span><br><div dir="ltr" '
+             'class="gmail_signature" data-smartmail="gmail_signature">Sam Lee | Hero Support | 555-0100</div>'),
+        ],
+        ids=["thunderbird", "by hand", "gmail"],
+    )
+    async def test_the_specialists_signature_stays_out_of_the_html(self, desk: Desk, signed: str) -> None:
+        """Ana reads Sam's words signed once, by the relay's own signature, without his phone number."""
+        await desk.deliver(
+            written(sender=CUSTOMER, recipient=SUPPORT, subject="Grades", text="The grades page is empty."),
+            CUSTOMER,
+        )
+        desk.app.sla.claim(1, SAM)
+        assignment = next(m for m in await desk.sent() if to(m) == SAM)
+        [relay] = await desk.deliver(
+            answer(assignment, f"Sam Lee <{SAM}>", "Please press Refresh.\n\n-- \nSam Lee | Hero Support | 555-0100\n",
+                   html_body=f'<div dir="ltr">Please <i>press Refresh</i>.<br>{signed}</div>'),
+            SAM,
+        )
+        relayed = html(relay)
+        assert "Please <i>press Refresh</i>." in relayed
+        assert "555-0100" not in relayed and "--" not in relayed and "555-0100" not in plain(relay)
+        assert relayed.count("Sam Lee") == 1 and relayed.count("Hero Support") == 1
+
+
 class TestLimits:
     async def test_attachments_over_the_limit_are_named_not_attached(self, world: Any, tmp_path: Path) -> None:
         """`support.max_attachments_size`: what fits goes along; the rest is named with how to save it."""
