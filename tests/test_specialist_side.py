@@ -164,7 +164,7 @@ class TestByEmailAlone:
         assert to(introduction) == CUSTOMER and to(assignment) == SAM
 
         # Sam reads the customer's message and her attachment in his mail, threaded with the ticket.
-        assert "is yours now: by turn" in plain(assignment) and "is introduced to you by email now" in plain(assignment)
+        assert "is yours now: by turn" in plain(assignment) and "We are introducing you to Ana Diaz by email now" in plain(assignment)
         assert "I cannot log in since this morning." in plain(assignment) and "error.png" in plain(assignment)
         assert files(assignment) == {"error.png": PNG}
         assert "I cannot log in since this morning." in html(assignment) and "<table" not in html(assignment)
