@@ -23,6 +23,7 @@ from mailbot.trail import Trail
 from tests.mailers import message
 from tests.test_cli import run
 from tests.test_entitlement_flow import SECURE, key, signed  # noqa: F401  (key: the module's RSA key fixture)
+from tests.test_status import cfg  # noqa: F401  (the fixture: a migrated database with the test customer)
 
 NEW_TICKET_STEPS = ["reading", "authentication", "automatic mail", "duplicate", "threading", "entitlement", "decision"]
 
@@ -156,20 +157,10 @@ class TestDeferred:
 
 
 class TestInboundShow:
-    @pytest.fixture
-    def cfg(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[str, str]:
-        from tests.test_cli import CONFIG, CUSTOMER
-
-        path = tmp_path / "config.toml"
-        path.write_text(CONFIG.format(db=tmp_path / "mailbot.db", port=0, sent=tmp_path / "sent"))
-        cfg = ("--config", str(path))
-        assert run(capsys, *cfg, "db", "upgrade")[0] == 0
-        for argv in CUSTOMER:
-            assert run(capsys, *cfg, *argv)[0] == 0
-        return cfg
+    """Through the command line, on a migrated database with Lincoln High and Ana (tests.test_status.cfg)."""
 
     def test_json_as_the_interface_shows_it(
-        self, cfg: tuple[str, str], capsys: pytest.CaptureFixture[str], tmp_path: Path
+        self, cfg: tuple[str, str], capsys: pytest.CaptureFixture[str], tmp_path: Path  # noqa: F811
     ) -> None:
         path = tmp_path / "m.eml"
         path.write_bytes(message(message_id="<show@lincoln.example>"))
@@ -185,7 +176,7 @@ class TestInboundShow:
         assert all(set(s) >= {"step", "verdict", "detail"} for s in shown["steps"])
 
     def test_text_has_one_line_per_step(
-        self, cfg: tuple[str, str], capsys: pytest.CaptureFixture[str], tmp_path: Path
+        self, cfg: tuple[str, str], capsys: pytest.CaptureFixture[str], tmp_path: Path  # noqa: F811
     ) -> None:
         path = tmp_path / "m.eml"
         path.write_bytes(message(sender="zoe@elsewhere.example"))
@@ -198,7 +189,7 @@ class TestInboundShow:
         step, rest = lines[-1].split(maxsplit=1)
         assert step == "decision" and rest.startswith("held: ticket 1; the sender is not a named contact")
 
-    def test_a_message_not_processed_yet(self, cfg: tuple[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    def test_a_message_not_processed_yet(self, cfg: tuple[str, str], capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
         app = App(load(cfg[1]))
         store(app, message())  # stored by a door; no intake ran
         app.close()
@@ -210,6 +201,6 @@ class TestInboundShow:
         assert out.splitlines()[0] == "inbound 1: pending, not decided yet"
         assert "no decision trail recorded" in out
 
-    def test_no_such_message(self, cfg: tuple[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    def test_no_such_message(self, cfg: tuple[str, str], capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
         code, out, err = run(capsys, *cfg, "inbound", "show", "42")
         assert (code, out, err) == (1, "", "mailbot: no inbound message 42\n")
