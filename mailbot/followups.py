@@ -241,6 +241,7 @@ class Followups:
             subject=parsed.subject,
             now=now,
             held=(refusal.value, detail),
+            opening=parsed.message,
         )
         self._store(session, ticket, inbound, reading, now, kind="customer")
         return Decided("held", ticket.id, detail)

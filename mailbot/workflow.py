@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email.headerregistry import Address
+from email.message import Message
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from typing import Protocol, TypeVar
@@ -91,6 +92,12 @@ def within_limit(attachments: Sequence[A], limit: int) -> tuple[list[A], list[A]
 _ARMED = "mailbot.workflow.armed"  # session.info: the earliest SLA instant of the tickets started in it
 
 
+def _outlook_block(message: Message) -> bytes | None:
+    """The conversation header block of the Thread-Index an Outlook client wrote on `message`, if any."""
+    value = message.get("Thread-Index")
+    return thread_index_header(str(value)) if value else None
+
+
 def address_of(addr_spec: str, name: str = "") -> Address:
     username, _, domain = addr_spec.rpartition("@")
     return Address(display_name=one_line(name), username=username, domain=domain)  # a name is customer text
@@ -160,13 +167,13 @@ class Workflow:
 
     def _customer_index(self, ticket: Ticket) -> bytes | None:
         """The Thread-Index header block of the customer's first message, when their client (Outlook) wrote
-        one: our replies continue their conversation instead of starting one beside it."""
+        one: our replies continue their conversation instead of starting one beside it. Kept on the ticket
+        when it was opened; a ticket opened before that was kept reads it from its stored opening message."""
+        if ticket.customer_thread_index is not None:
+            return ticket.customer_thread_index or None
         session = object_session(ticket)
         head = ticket_store.opening_head(session, ticket) if session is not None else None
-        if not head:
-            return None
-        value = BytesHeaderParser(policy=compat32).parsebytes(head).get("Thread-Index")
-        return thread_index_header(str(value)) if value else None
+        return _outlook_block(BytesHeaderParser(policy=compat32).parsebytes(head)) if head else None
 
     def requester_address(self, session: Session, ticket: Ticket) -> Address:
         """The requester as we write to them: by the name registered with `contact add --name`, else the
@@ -357,10 +364,12 @@ class Workflow:
         organization_id: int | None = None,
         held: tuple[str, str] | None = None,
         parent_id: int | None = None,
+        opening: Message | None = None,
     ) -> Ticket:
         """A new ticket: held (reason, detail) ones wait without a clock; the others start it now.
 
-        `parent_id`: the resolved ticket this one continues (a reply after the reopen window).
+        `parent_id`: the resolved ticket this one continues (a reply after the reopen window). `opening`: the
+        customer's message that opens it, parsed (its Outlook Thread-Index is kept for our replies).
         """
         ticket = Ticket(
             id=ticket_store.allocate_id(session),
@@ -372,6 +381,7 @@ class Workflow:
             requester_name=requester_name,
             organization_id=organization_id,
             parent_id=parent_id,
+            customer_thread_index=(_outlook_block(opening) or b"") if opening is not None else None,
             created_at=now,
             updated_at=now,
             messages=[],  # a new ticket has none: without this, its first message costs a SELECT to find out
