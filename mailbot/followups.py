@@ -309,13 +309,14 @@ class Followups:
         html = richtext.relayed(
             None if said else parsed.html, text, text_had_history=bool(message.quoted), hide=hide
         )
+        requester, context = self.workflow.addressed(session, ticket)
         relay = self.workflow.composer.compose(
             "relay",
-            to=[self.workflow.requester_address(session, ticket)],
+            to=[requester],
             subject=ticket_subject(ticket.id, ticket.subject),
             thread=self.workflow.thread_of(ticket),
             context={
-                **self.workflow.context(ticket, session),
+                **context,
                 "specialist_name": specialist.name,
                 "text": text,
                 "html": html,

@@ -175,14 +175,14 @@ class Workflow:
         head = ticket_store.opening_head(session, ticket) if session is not None else None
         return _outlook_block(BytesHeaderParser(policy=compat32).parsebytes(head)) if head else None
 
-    def requester_address(self, session: Session, ticket: Ticket) -> Address:
-        """The requester as we write to them: by the name registered with `contact add --name`, else the
-        display name of their mail."""
-        return address_of(ticket.requester, self.greeting_name(session, ticket))
+    def addressed(self, session: Session, ticket: Ticket) -> tuple[Address, dict[str, object]]:
+        """The requester as we write to them, by the name registered with `contact add --name`, else the
+        display name of their mail; and what templates know of the ticket, greeting them so (read once)."""
+        name = self.greeting_name(session, ticket)
+        return address_of(ticket.requester, name), {**self.context(ticket), "requester_name": name}
 
     def greeting_name(self, session: Session, ticket: Ticket) -> str:
-        contact = registry.find_contact(session, ticket.requester)
-        return contact.name if contact is not None and contact.name else ticket.requester_name
+        return registry.contact_name(session, ticket.requester) or ticket.requester_name
 
     def files(self, session: Session, attachments: Sequence[Attachment]) -> Passed:
         """Stored attachments to pass on within `support.max_attachments_size`, with their bytes."""
@@ -296,12 +296,13 @@ class Workflow:
         return self.send(session, ticket, outgoing, now=now, deadline=deadline, opening=opening)
 
     def to_requester(self, session: Session, ticket: Ticket, kind: str, *, now: datetime, **extra: object) -> Outgoing:
+        requester, context = self.addressed(session, ticket)
         return self.composer.compose(
             kind,
-            to=[self.requester_address(session, ticket)],
+            to=[requester],
             subject=ticket_subject(ticket.id, ticket.subject),
             thread=self.thread_of(ticket),
-            context={**self.context(ticket, session), **extra},
+            context={**context, **extra},
             reply_to=self.reply_to(ticket),
         )
 
@@ -424,12 +425,13 @@ class Workflow:
             ticket.status = "open"
         introduced = any(m.kind == "introduction" for m in ticket.messages)
         taking_over = previous.name if introduced and previous is not None else None
+        requester, context = self.addressed(session, ticket)
         introduction = self.composer.compose(
             "introduction",
-            to=[self.requester_address(session, ticket)],
+            to=[requester],
             subject=ticket_subject(ticket.id, ticket.subject),
             thread=self.thread_of(ticket),
-            context={**self.context(ticket, session), "specialist_name": specialist.name, "previous_name": taking_over},
+            context={**context, "specialist_name": specialist.name, "previous_name": taking_over},
             from_name=self.signed_by(specialist),
             reply_to=self.reply_to(ticket),
         )
@@ -491,13 +493,14 @@ class Workflow:
             raise RefusedError(f"ticket {ticket.id} is {ticket.status}; only a new or open ticket can be resolved")
         ticket.status, ticket.resolved_at, ticket.updated_at = "resolved", now, now
         specialist = session.get(Specialist, ticket.specialist_id) if ticket.specialist_id else None
+        requester, context = self.addressed(session, ticket)
         resolution = self.composer.compose(
             "resolution",
-            to=[self.requester_address(session, ticket)],
+            to=[requester],
             subject=ticket_subject(ticket.id, ticket.subject),
             thread=self.thread_of(ticket),
             context={
-                **self.context(ticket, session),
+                **context,
                 "note": note.strip(),
                 "specialist_name": specialist.name if specialist else None,
             },
