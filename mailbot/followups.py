@@ -241,6 +241,7 @@ class Followups:
             subject=parsed.subject,
             now=now,
             held=(refusal.value, detail),
+            opening=parsed.message,
         )
         self._store(session, ticket, inbound, reading, now, kind="customer")
         return Decided("held", ticket.id, detail)
@@ -308,13 +309,14 @@ class Followups:
         html = richtext.relayed(
             None if said else parsed.html, text, text_had_history=bool(message.quoted), hide=hide
         )
+        requester, context = self.workflow.addressed(session, ticket)
         relay = self.workflow.composer.compose(
             "relay",
-            to=[self.workflow.requester_address(session, ticket)],
+            to=[requester],
             subject=ticket_subject(ticket.id, ticket.subject),
             thread=self.workflow.thread_of(ticket),
             context={
-                **self.workflow.context(ticket, session),
+                **context,
                 "specialist_name": specialist.name,
                 "text": text,
                 "html": html,

@@ -202,6 +202,7 @@ class Intake:
             organization_id=admission.organization_id if admission else None,
             held=held,
             parent_id=parent_id,
+            opening=parsed.message,
         )
         ticket_store.add_message(
             session,

@@ -24,7 +24,7 @@ from mailbot.parse import Attachment, ParsedMessage, ParseLimits, UnparseableMes
 # The top-level fields mailbot reads (addresses, threading, automatic-mail and loop marks).
 _KEPT = re.compile(
     rb"(from|sender|reply-to|to|cc|subject|date|message-id|in-reply-to|references|return-path|mime-version|"
-    rb"auto-submitted|precedence|list-[a-z-]+|x-auto[a-z-]*|x-mail-autoreply|x-mailbot-loop)[ \t]*:",
+    rb"thread-index|auto-submitted|precedence|list-[a-z-]+|x-auto[a-z-]*|x-mail-autoreply|x-mailbot-loop)[ \t]*:",
     re.IGNORECASE,
 )
 _MAX_SAME_NAME = 50  # fields of one name kept (a long Received chain is not read; To and Cc rarely repeat)

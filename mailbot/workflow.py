@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email.headerregistry import Address
+from email.message import Message
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from typing import Protocol, TypeVar
@@ -91,6 +92,12 @@ def within_limit(attachments: Sequence[A], limit: int) -> tuple[list[A], list[A]
 _ARMED = "mailbot.workflow.armed"  # session.info: the earliest SLA instant of the tickets started in it
 
 
+def _outlook_block(message: Message) -> bytes | None:
+    """The conversation header block of the Thread-Index an Outlook client wrote on `message`, if any."""
+    value = message.get("Thread-Index")
+    return thread_index_header(str(value)) if value else None
+
+
 def address_of(addr_spec: str, name: str = "") -> Address:
     username, _, domain = addr_spec.rpartition("@")
     return Address(display_name=one_line(name), username=username, domain=domain)  # a name is customer text
@@ -160,22 +167,22 @@ class Workflow:
 
     def _customer_index(self, ticket: Ticket) -> bytes | None:
         """The Thread-Index header block of the customer's first message, when their client (Outlook) wrote
-        one: our replies continue their conversation instead of starting one beside it."""
+        one: our replies continue their conversation instead of starting one beside it. Kept on the ticket
+        when it was opened; a ticket opened before that was kept reads it from its stored opening message."""
+        if ticket.customer_thread_index is not None:
+            return ticket.customer_thread_index or None
         session = object_session(ticket)
         head = ticket_store.opening_head(session, ticket) if session is not None else None
-        if not head:
-            return None
-        value = BytesHeaderParser(policy=compat32).parsebytes(head).get("Thread-Index")
-        return thread_index_header(str(value)) if value else None
+        return _outlook_block(BytesHeaderParser(policy=compat32).parsebytes(head)) if head else None
 
-    def requester_address(self, session: Session, ticket: Ticket) -> Address:
-        """The requester as we write to them: by the name registered with `contact add --name`, else the
-        display name of their mail."""
-        return address_of(ticket.requester, self.greeting_name(session, ticket))
+    def addressed(self, session: Session, ticket: Ticket) -> tuple[Address, dict[str, object]]:
+        """The requester as we write to them, by the name registered with `contact add --name`, else the
+        display name of their mail; and what templates know of the ticket, greeting them so (read once)."""
+        name = self.greeting_name(session, ticket)
+        return address_of(ticket.requester, name), {**self.context(ticket), "requester_name": name}
 
     def greeting_name(self, session: Session, ticket: Ticket) -> str:
-        contact = registry.find_contact(session, ticket.requester)
-        return contact.name if contact is not None and contact.name else ticket.requester_name
+        return registry.contact_name(session, ticket.requester) or ticket.requester_name
 
     def files(self, session: Session, attachments: Sequence[Attachment]) -> Passed:
         """Stored attachments to pass on within `support.max_attachments_size`, with their bytes."""
@@ -289,12 +296,13 @@ class Workflow:
         return self.send(session, ticket, outgoing, now=now, deadline=deadline, opening=opening)
 
     def to_requester(self, session: Session, ticket: Ticket, kind: str, *, now: datetime, **extra: object) -> Outgoing:
+        requester, context = self.addressed(session, ticket)
         return self.composer.compose(
             kind,
-            to=[self.requester_address(session, ticket)],
+            to=[requester],
             subject=ticket_subject(ticket.id, ticket.subject),
             thread=self.thread_of(ticket),
-            context={**self.context(ticket, session), **extra},
+            context={**context, **extra},
             reply_to=self.reply_to(ticket),
         )
 
@@ -357,10 +365,12 @@ class Workflow:
         organization_id: int | None = None,
         held: tuple[str, str] | None = None,
         parent_id: int | None = None,
+        opening: Message | None = None,
     ) -> Ticket:
         """A new ticket: held (reason, detail) ones wait without a clock; the others start it now.
 
-        `parent_id`: the resolved ticket this one continues (a reply after the reopen window).
+        `parent_id`: the resolved ticket this one continues (a reply after the reopen window). `opening`: the
+        customer's message that opens it, parsed (its Outlook Thread-Index is kept for our replies).
         """
         ticket = Ticket(
             id=ticket_store.allocate_id(session),
@@ -372,6 +382,7 @@ class Workflow:
             requester_name=requester_name,
             organization_id=organization_id,
             parent_id=parent_id,
+            customer_thread_index=(_outlook_block(opening) or b"") if opening is not None else None,
             created_at=now,
             updated_at=now,
             messages=[],  # a new ticket has none: without this, its first message costs a SELECT to find out
@@ -414,12 +425,13 @@ class Workflow:
             ticket.status = "open"
         introduced = any(m.kind == "introduction" for m in ticket.messages)
         taking_over = previous.name if introduced and previous is not None else None
+        requester, context = self.addressed(session, ticket)
         introduction = self.composer.compose(
             "introduction",
-            to=[self.requester_address(session, ticket)],
+            to=[requester],
             subject=ticket_subject(ticket.id, ticket.subject),
             thread=self.thread_of(ticket),
-            context={**self.context(ticket, session), "specialist_name": specialist.name, "previous_name": taking_over},
+            context={**context, "specialist_name": specialist.name, "previous_name": taking_over},
             from_name=self.signed_by(specialist),
             reply_to=self.reply_to(ticket),
         )
@@ -481,13 +493,14 @@ class Workflow:
             raise RefusedError(f"ticket {ticket.id} is {ticket.status}; only a new or open ticket can be resolved")
         ticket.status, ticket.resolved_at, ticket.updated_at = "resolved", now, now
         specialist = session.get(Specialist, ticket.specialist_id) if ticket.specialist_id else None
+        requester, context = self.addressed(session, ticket)
         resolution = self.composer.compose(
             "resolution",
-            to=[self.requester_address(session, ticket)],
+            to=[requester],
             subject=ticket_subject(ticket.id, ticket.subject),
             thread=self.thread_of(ticket),
             context={
-                **self.context(ticket, session),
+                **context,
                 "note": note.strip(),
                 "specialist_name": specialist.name if specialist else None,
             },

@@ -399,3 +399,26 @@ class TestOutlookThreads:
             index = base64.b64decode(str(ours["Thread-Index"]))
             assert index[:22] == hers and len(index) == 27
         assert thread_key(assignment) != hers
+
+    async def test_a_ticket_opened_before_the_block_was_kept_reads_it_from_the_stored_message(
+        self, world: Any, db_url: str
+    ) -> None:
+        """Tickets opened before migration 0005 have no Thread-Index block kept (NULL): our replies still
+        continue the customer's conversation, read from the stored opening message."""
+        service: World = await world(db=db_url)
+        service.app.db.call(registry.add_specialist, SAM, "Sam Lee", service.app.clock.now())
+        desk = Desk(service)
+        hers = base64.b64decode("AQHbN0x2Zm9vYmFyYmF6cXV4MTIzNA==")
+        opening = written(sender=CUSTOMER, recipient=SUPPORT, subject="Grades", text="The grades page is empty.")
+        opening = opening.replace(b"Subject: Grades", b"Thread-Index: " + base64.b64encode(hers) + b"\r\nSubject: Grades")
+        await desk.deliver(opening, CUSTOMER)
+
+        def forget(session: Any) -> None:
+            ticket = session.get(Ticket, 1)
+            assert ticket.customer_thread_index == hers  # kept when the ticket was opened
+            ticket.customer_thread_index = None
+
+        service.app.db.call(forget)
+        desk.app.sla.claim(1, SAM)
+        introduction, _ = sorted(await desk.sent(), key=to)
+        assert base64.b64decode(str(introduction["Thread-Index"]))[:22] == hers

@@ -121,20 +121,22 @@ def claim_pending(
     return sorted(claimed, key=lambda row: row.id)
 
 
+_STILL_HELD = (
+    select(InboundMessage.id)
+    .where(
+        InboundMessage.id.in_(bindparam("ids", expanding=True)),
+        InboundMessage.status == "pending",
+        InboundMessage.claimed_by == bindparam("owner"),
+    )
+    .with_for_update()
+)
+
+
 def still_held(session: Session, ids: Sequence[int], owner: str) -> set[int]:
     """Which of these rows `owner` still holds, pending, locked for this transaction: a holder whose lease
-    ran out while it worked (stalled, cut off from the database) finds another instance took them over."""
-    return set(
-        session.scalars(
-            select(InboundMessage.id)
-            .where(
-                InboundMessage.id.in_(ids),
-                InboundMessage.status == "pending",
-                InboundMessage.claimed_by == owner,
-            )
-            .with_for_update()
-        )
-    )
+    ran out while it worked (stalled, cut off from the database) finds another instance took them over.
+    Once a batch, built once and run on the connection (131 -> 33 µs: bench/RESULTS.md, section 6)."""
+    return set(session.connection().scalars(_STILL_HELD, {"ids": list(ids), "owner": owner}))
 
 
 def release(session: Session, ids: Sequence[int]) -> None:

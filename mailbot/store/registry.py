@@ -375,6 +375,7 @@ class ContactRecord:
 # the ORM longer loading entities, than SQLite spends running it (740 µs built per call, 80 µs loading
 # ORM entities, 23 µs as here for _CONTACT_FACTS; bench/RESULTS.md).
 _CONTACT = select(Contact).where(Contact.address == bindparam("key"))
+_CONTACT_NAME = select(Contact.name).where(Contact.address == bindparam("key"))
 _EARLIER = aliased(Contact)
 _RANK = (
     select(func.count())
@@ -418,6 +419,15 @@ def find_contact(session: Session, address: str) -> Contact | None:
     """The named contact a sender's address belongs to (by the normalized address), if any."""
     key = _sender_key(address)
     return session.scalars(_CONTACT, {"key": key}).one_or_none() if key is not None else None
+
+
+def contact_name(session: Session, address: str) -> str | None:
+    """The name registered for the named contact a sender's address belongs to (`contact add --name`);
+    None when it is no contact or has no name. Read on the connection: see _CONTACT_FACTS."""
+    key = _sender_key(address)
+    if key is None:
+        return None
+    return session.connection().scalar(_CONTACT_NAME, {"key": key}) or None
 
 
 def contact_record(session: Session, address: str) -> ContactRecord | None:

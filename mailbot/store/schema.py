@@ -165,6 +165,9 @@ class Ticket(Base):
     sla_breach: Mapped[str | None] = mapped_column(Text)
     sla_breached_at: Mapped[datetime | None]
     auto_reply_refused: Mapped[str | None] = mapped_column(Text)  # why no confirmation/explanation (mailbot.loops)
+    # The Thread-Index header block of the customer's first message (mailbot.workflow.thread_of), read when the
+    # ticket is opened: empty when their client wrote none, NULL on tickets opened before it was kept.
+    customer_thread_index: Mapped[bytes | None] = mapped_column(LargeBinary(22))
 
     messages: Mapped[list[TicketMessage]] = relationship(
         back_populates="ticket", order_by="TicketMessage.id", cascade="all, delete-orphan"
