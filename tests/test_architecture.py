@@ -38,7 +38,7 @@ def test_core_module_imports_no_shell(module: str) -> None:
 
 
 TESTS = Path(__file__).resolve().parent
-WALL_CLOCK = ("datetime.now(", "date.today(", "time.time()", "SystemClock(")
+WALL_CLOCK = ("datetime.now(", "date.today(", "time.time()", "SystemClock(")  # wall clock ok: what is refused
 
 
 def test_tests_take_time_from_an_injected_clock() -> None:
