@@ -38,6 +38,16 @@ def clock() -> FrozenClock:
     return FrozenClock(TUESDAY_10_ET)
 
 
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    """A configuration file for the commands: SQLite and the sent maildir in tmp_path (tests.test_cli.CONFIG)."""
+    from tests.test_cli import CONFIG
+
+    path = tmp_path / "config.toml"
+    path.write_text(CONFIG.format(db=tmp_path / "mailbot.db", port=0, sent=tmp_path / "sent"))
+    return path
+
+
 def run_cli(
     capsys: pytest.CaptureFixture[str], *argv: str, clock: FrozenClock | None = None
 ) -> tuple[int, str, str]:

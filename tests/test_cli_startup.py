@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from mailbot.cli import main
-from tests.conftest import PG_ADMIN_URL
+from tests.conftest import PG_ADMIN_URL, run_cli
 from tests.test_cli import CONFIG
 
 HEAVY = ("sqlalchemy", "alembic", "pydantic", "aiosmtpd", "aiosmtplib", "aioimaplib", "dkim", "jinja2",
@@ -46,17 +46,8 @@ def one_line(err: str) -> str:
     return err
 
 
-@pytest.fixture
-def config_file(tmp_path: Path) -> Path:
-    path = tmp_path / "config.toml"
-    path.write_text(CONFIG.format(db=tmp_path / "mailbot.db", port=0, sent=tmp_path / "sent"))
-    return path
-
-
 def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_cli(capsys, *argv)
 
 
 class TestStartupCost:
