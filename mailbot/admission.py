@@ -30,9 +30,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy.orm import Session
 
-from mailbot.addresses import same_person
 from mailbot.authn import AuthVerdict, authenticate, trusted_path
-from mailbot.automatic import header_addresses
 from mailbot.config import SecurityConfig
 from mailbot.dns import Resolver
 from mailbot.entitlement import ENTITLED, Entitled, Held, decide
@@ -141,11 +139,6 @@ class Gate:
             return AuthVerdict(False, "none", None, "the From header names no single well-formed mailbox")
         if not self.security.require_sender_auth:
             return trusted_path(sender)
-        authors = header_addresses(parsed.message, "From")
-        if len(authors) != 1 or not same_person(authors[0].addr_spec, sender):
-            # Alignment is judged on the one From mailbox (RFC 7489 section 6.6.1); a Reply-To or Sender
-            # standing in for a missing From is never authenticated.
-            return AuthVerdict(False, "none", None, "the From header does not name exactly one mailbox")
         if self.security.trust_local_submission and submitted_locally(inbound):
             return AuthVerdict(
                 True,

@@ -30,12 +30,11 @@ from sqlalchemy.orm import Session
 
 from mailbot import commands, promises, richtext, threads
 from mailbot.authn import AuthVerdict
-from mailbot.automatic import automatic_reason
 from mailbot.compose import ticket_subject
 from mailbot.errors import RefusedError, TransientDNSError
 from mailbot.parse import Attachment as ReadAttachment
 from mailbot.parse import ParsedMessage
-from mailbot.quotes import split_reply, unflow
+from mailbot.quotes import split_reply
 from mailbot.reading import Reading
 from mailbot.redact import hide_addresses
 from mailbot.sla import RUNNING
@@ -78,9 +77,10 @@ class Followups:
         self.auth_retry_for = auth_retry_for
 
     def follow(
-        self, session: Session, inbound: InboundMessage, reading: Reading, now: datetime
+        self, session: Session, inbound: InboundMessage, reading: Reading, now: datetime, *, automatic: bool
     ) -> Decided | Continues | None:
-        """What the message does to the ticket it names; None when it names none (a new ticket)."""
+        """What the message does to the ticket it names; None when it names none (a new ticket).
+        `automatic`: the intake's verdict that a machine wrote it (mailbot.automatic), worked out once."""
         parsed = reading.parsed
         clues = self.clues(inbound, parsed)
         found = self._match(session, clues, parsed)
@@ -97,7 +97,6 @@ class Followups:
             authenticated=authenticated,
             speaks_for=clues.speaks_for(ticket.id),
         )
-        automatic = automatic_reason(parsed.message, inbound.envelope_from) is not None
         if admitted is Refusal.NOT_A_PARTICIPANT and authenticated and not automatic:
             taker = self._taker(session, sender, ticket, found, parsed)
             if taker is not None:  # a colleague's `#take`: the ticket is theirs now
@@ -172,7 +171,7 @@ class Followups:
         active one and the ticket can be taken (new or open). Anything else: None (the usual rules hold it)."""
         if found.how is How.FORGED_TOKEN or ticket.status not in RUNNING:
             return None
-        said, _ = commands.read(split_reply(_as_typed(parsed))[0])
+        said, _ = commands.read(split_reply(parsed.text)[0])
         if not said or said[0].verb != "take":
             return None
         specialist = registry.find_specialist(session, sender)
@@ -199,7 +198,7 @@ class Followups:
     ) -> TicketMessage:
         """The message on the ticket: the new text shown, the quoted history and signature kept apart."""
         parsed = reading.parsed
-        text, quoted = split_reply(_as_typed(parsed))
+        text, quoted = split_reply(parsed.text)
         sender = parsed.from_
         return ticket_store.add_message(
             session,
@@ -362,13 +361,3 @@ class Followups:
             return Decided("threaded", ticket.id, f"joined {found.describe()}; #{command.verb} refused: {refused}")
         return Decided("threaded", ticket.id, f"joined {found.describe()}; {done}")
 
-
-def _as_typed(parsed: ParsedMessage) -> str:
-    """The message's text with format=flowed soft line breaks undone (Thunderbird, Apple Mail, many phones
-    send it), so it is relayed and shown as paragraphs, not as lines broken mid-sentence."""
-    part = next(
-        (p for p in parsed.message.walk() if p.get_content_type() == "text/plain" and not p.is_attachment()), None
-    )
-    if part is None or str(part.get_param("format", "")).lower() != "flowed":
-        return parsed.text
-    return unflow(parsed.text, delsp=str(part.get_param("delsp", "")).lower() == "yes")

@@ -158,7 +158,7 @@ class Intake:
             log.warning("inbound %s: %s", inbound.id, inbound.collision)
         else:
             trail.add("duplicate", "new", "")
-        followup = self.followups.follow(session, inbound, reading, now)
+        followup = self.followups.follow(session, inbound, reading, now, automatic=automatic is not None)
         if isinstance(followup, Decided):
             trail.add("threading", followup.action, followup.detail)
             return Outcome(followup.action, followup.ticket_id, followup.detail)

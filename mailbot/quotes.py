@@ -123,24 +123,3 @@ def _signature_start(lines: list[str], end: int) -> int:
 
 def _quoted(line: str) -> bool:
     return line.lstrip().startswith(">")
-
-
-def unflow(text: str, *, delsp: bool = False) -> str:
-    """format=flowed text (RFC 3676) as the paragraphs its writer typed: a line ending in a space continues on
-    the next line of the same quote depth (without that space when DelSp=yes); space-stuffing is undone; the
-    signature separator "-- " stays a line of its own."""
-    out: list[tuple[int, str]] = []  # (quote depth, text) of each line as written
-    joining = False
-    for line in text.replace("\r\n", "\n").split("\n"):
-        depth = len(line) - len(line.lstrip(">"))
-        body = line[depth:]
-        body = body.removeprefix(" ")  # stuffed (4.4), or the space after quote marks
-        soft = body.endswith(" ") and body != "-- "
-        if soft and delsp:
-            body = body[:-1]
-        if joining and out and out[-1][0] == depth:
-            out[-1] = (depth, out[-1][1] + body)
-        else:
-            out.append((depth, body))
-        joining = soft
-    return "\n".join((">" * depth + " " if depth else "") + body for depth, body in out)

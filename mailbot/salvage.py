@@ -19,6 +19,7 @@ import re
 from dataclasses import replace
 
 from mailbot.headerblock import HEADER_LINE, repair
+from mailbot.newlines import normalise
 from mailbot.parse import Attachment, ParsedMessage, ParseLimits, UnparseableMessage, parse
 
 # The top-level fields mailbot reads (addresses, threading, automatic-mail and loop marks).
@@ -47,7 +48,7 @@ def read(raw: bytes, limits: ParseLimits | None = None) -> ParsedMessage:
 
 def salvage(raw: bytes, limits: ParseLimits, reason: str) -> ParsedMessage:
     """The degraded reading (see the module docstring); `reason` is why the full reading was refused."""
-    block = repair(raw[: limits.max_bytes])
+    block = repair(normalise(raw[: limits.max_bytes]))  # one reading: the line ends parse and DKIM use
     fields, body_start, all_from = _top_fields(block.raw, limits)
     text_fields, text = _first_text(block.raw, body_start)
     small = b"".join(fields) + b"".join(text_fields) + b"\r\n" + text

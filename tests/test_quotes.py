@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mailbot.parse import parse
-from mailbot.quotes import split_reply, unflow
+from mailbot.quotes import split_reply
 
 DATA = Path(__file__).parent / "data"
 
@@ -166,16 +166,3 @@ class TestOwnRules:
         long_attribution = "On " + "a " * 30_000 + "wrote:"
         text = "Hi\n" + "\n" * 200_000 + long_attribution + "\n> q\n"
         assert split_reply(text) == ("Hi", f"{long_attribution}\n> q")
-
-
-class TestUnflow:
-    """format=flowed (RFC 3676) back into the paragraphs that were typed."""
-
-    def test_soft_breaks_join_hard_breaks_stay(self) -> None:
-        flowed = "Please clear the cache and try \nagain today.\nThanks,\n\n-- \nSam \nSupport"
-        assert unflow(flowed) == "Please clear the cache and try again today.\nThanks,\n\n-- \nSam Support"
-
-    def test_delsp_quotes_and_stuffing(self) -> None:
-        assert unflow("long\u00a0wo \nrd", delsp=True) == "long\u00a0word"
-        assert unflow(">> deep \n>> quote \n> shallow") == ">> deep quote \n> shallow"
-        assert unflow(" From the start\n >still text") == "From the start\n>still text"
