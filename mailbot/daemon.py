@@ -78,7 +78,7 @@ class Daemon:
                 log.info("listening for %s on %s", self.config.smtp.protocol.upper(), sock.getsockname()[:2])
         self.intake = asyncio.create_task(app.processor.run(), name="intake")
         self.tasks.append(self.intake)
-        sink, cursors = ImapSink(self.door, app.processor, app.db), DatabaseCursors(app.db, app.clock)
+        sink, cursors = ImapSink(self.door, app.processor), DatabaseCursors(app.db, app.clock)
         for mailbox in self.config.imap:
             watcher = MailboxWatcher(mailbox, sink, cursors, log=logging.getLogger(f"mailbot.imap.{mailbox.username}"))
             self.watchers.append(watcher)

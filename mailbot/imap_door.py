@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from mailbot.clock import Clock
@@ -20,14 +21,14 @@ class ImapSink:
     """Stores a fetched message through the door, then runs the intake on it at once, so the watcher knows
     whether it belongs in the failed folder (and IMAP mail becomes a ticket without waiting for a sweep)."""
 
-    def __init__(self, door: Door, processor: Processor, db: Database) -> None:
+    def __init__(self, door: Door, processor: Processor) -> None:
         self.door = door
         self.processor = processor
-        self.db = db
 
     async def accept(self, raw: bytes, *, source: str) -> Stored:
         inbound_id = await self.door.accept(raw, source=source)
-        outcome = await self.db.offload(self.processor.process_one, inbound_id)
+        # Off the database's thread: process_one reads (parse, DNS) before it opens its transaction.
+        outcome = await asyncio.to_thread(self.processor.process_one, inbound_id)
         return Stored(inbound_id, parse_failed=outcome.action == "failed")
 
 

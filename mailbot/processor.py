@@ -159,7 +159,7 @@ class Processor:
     def _give_back(self, rows: list[InboundMessage]) -> None:
         """After a database failure: the claimed rows are pending again at once, not when their lease ends."""
         try:
-            self.db.call(inbound_store.release, [row.id for row in rows])
+            self.db.call(inbound_store.release, [row.id for row in rows], self.owner)
         except TransientStoreError as exc:
             log.warning("claimed inbound messages wait for their lease to run out: %s", exc)
 
@@ -176,7 +176,10 @@ class Processor:
             raise
 
     def process_one(self, inbound_id: int) -> Outcome:
-        """Process one stored message now (the CLI's ingest, the IMAP door)."""
+        """Process one stored message now (the CLI's ingest, the IMAP door). Read first, outside any
+        transaction, as the runner does: parsing and DNS never hold the write lock."""
+        stored = self.db.call(inbound_store.get, inbound_id)
+        reading = self._read_one(stored) if stored is not None and stored.status == "pending" else None
 
         def work(session: Session) -> tuple[Outcome, bool]:
             row = inbound_store.get(session, inbound_id, lock=True)  # the sweep may be on it too
@@ -184,7 +187,7 @@ class Processor:
                 raise LookupError(f"no inbound message {inbound_id}")
             if row.status != "pending":
                 return Outcome(row.action or row.status, row.ticket_id, row.error), False
-            return self.process_row(session, row), True
+            return self.process_row(session, row, reading), True
 
         outcome, decided_now = self.db.call(work)
         return self._committed([outcome])[0] if decided_now else outcome

@@ -472,7 +472,6 @@ class Workflow:
             previous_name=previous.name if previous is not None else None,
             messages=[self.message_view(m) for m in said],
             left_out=[(name, promises.size_words(size)) for name, size in passed.left_out],
-            introduction_due=self.local_time(ticket.introduction_due_at) if ticket.introduction_due_at else None,
             introduced=introduced_before,
         )
         self.send(session, ticket, assignment, now=now)

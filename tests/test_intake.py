@@ -74,7 +74,7 @@ class TestIntake:
         assert failed.error and "a bug in the reader" in failed.error and failed.raw == raw
         assert [o.action for o in app.processor.run_once()] == []  # failed rows wait for a person
         monkeypatch.undo()
-        assert app.db.call(inbound_store.retry_failed, []) == 1
+        assert len(app.db.call(inbound_store.requeue, [])) == 1
         assert [o.action for o in app.processor.run_once()] == ["created"]
         assert app.db.call(lambda s: s.scalar(select(func.count()).select_from(InboundMessage))) == 1
 

@@ -93,7 +93,7 @@ class TestInbound:
 
         db.call(fail)
         assert [r.id for r in db.call(inbound_store.failed)] == [row_id]
-        assert db.call(inbound_store.retry_failed, [row_id]) == 1
+        assert len(db.call(inbound_store.requeue, [row_id])) == 1
         assert db.call(lambda s: inbound_store.get(s, row_id).status) == "pending"
 
 

@@ -66,6 +66,7 @@ class Database:
         self.url = url
         self.lock_timeout = lock_timeout
         self.engine = make_engine(url, lock_timeout)
+        self._file_seen = False  # SQLite: the database file was there once (mailbot.store.Database._require_file)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         # SQLite has one writer at a time: one worker thread serializes writes without lock contention.
         workers = threads or (1 if self.is_sqlite else 4)
@@ -90,13 +91,17 @@ class Database:
 
     def _require_file(self) -> None:
         """Any other command on a SQLite file that is not there is a mistake (a relative path read from another
-        working directory): said in one line, never papered over with a new empty database."""
+        working directory): said in one line, never papered over with a new empty database. Looked at until
+        the file is seen once, not on every transaction after."""
+        if self._file_seen:
+            return
         if (path := self.sqlite_file) is not None and not path.exists():
             where = "" if path.is_absolute() else f" (a relative path, read from the working directory {Path.cwd()})"
             raise ConfigError(
                 f"database.url: {path.absolute()} does not exist{where}: run `mailbot db upgrade` to create it, "
                 "or name the existing one"
             )
+        self._file_seen = True
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Session]:

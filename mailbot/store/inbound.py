@@ -139,11 +139,12 @@ def still_held(session: Session, ids: Sequence[int], owner: str) -> set[int]:
     return set(session.connection().scalars(_STILL_HELD, {"ids": list(ids), "owner": owner}))
 
 
-def release(session: Session, ids: Sequence[int]) -> None:
-    """Give claimed rows back (their processing failed for the database's sake): pending again at once."""
+def release(session: Session, ids: Sequence[int], owner: str) -> None:
+    """Give `owner`'s claimed rows back (their processing failed for the database's sake): pending again at
+    once. Rows another instance took over meanwhile keep its claim."""
     session.execute(
         update(InboundMessage)
-        .where(InboundMessage.id.in_(ids), InboundMessage.status == "pending")
+        .where(InboundMessage.id.in_(ids), InboundMessage.status == "pending", InboundMessage.claimed_by == owner)
         .values(claimed_by=None, claimed_until=None)
         .execution_options(synchronize_session=False)
     )
@@ -159,13 +160,9 @@ def get(session: Session, inbound_id: int, *, lock: bool = False) -> InboundMess
 RETRYABLE = ("failed", "discarded")
 
 
-def retry_failed(session: Session, ids: Sequence[int] = ()) -> int:
-    """Put failed messages back in the queue (all failed ones, or the failed or discarded ids given)."""
-    return len(requeue(session, ids))
-
-
 def requeue(session: Session, ids: Sequence[int] = ()) -> list[int]:
-    """Like retry_failed; returns the ids put back, in order."""
+    """Put failed messages back in the queue (all failed ones, or the failed or discarded ids given); the ids
+    put back, in order."""
     statement = update(InboundMessage)
     if ids:
         statement = statement.where(InboundMessage.id.in_(ids), InboundMessage.status.in_(RETRYABLE))

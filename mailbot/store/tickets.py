@@ -103,9 +103,9 @@ def listing(session: Session, status: str | None = None, *, breached: bool = Fal
 
 
 def specialist_address(session: Session, specialist_id: int | None) -> str | None:
-    if specialist_id is None:
-        return None
-    return session.scalar(select(Specialist.address).where(Specialist.id == specialist_id))
+    """Through the session's identity map: the caller's next `session.get` of the specialist costs nothing."""
+    specialist = session.get(Specialist, specialist_id) if specialist_id is not None else None
+    return specialist.address if specialist is not None else None
 
 
 def blobs(session: Session, sha256s: Sequence[str]) -> dict[str, bytes]:
