@@ -221,3 +221,15 @@ class TestSlaColumns:
         assert datetime.fromisoformat(row["sla_breached_at"]).utcoffset() is not None
         code, out, _ = run(capsys, maildir_config, "ticket", "show", "2")
         assert "sla breach" in out and "BREACHED: introduction late" in out and "sla breached at" in out
+
+
+class TestTicketJson:
+    def test_the_organization_is_the_contacts(
+        self, capsys: pytest.CaptureFixture[str], maildir_config: Path, tmp_path: Path
+    ) -> None:
+        """INTERFACE.md's `organization`: the named contact's organization; none for a stranger's held ticket."""
+        ingest(capsys, maildir_config, tmp_path, message())
+        ingest(capsys, maildir_config, tmp_path, message(sender="eve@elsewhere.example", subject="Spam"))
+        code, out, _ = run(capsys, maildir_config, "ticket", "list", "--json")
+        assert code == 0 and [t["organization"] for t in json.loads(out)] == ["Lincoln High", None]
+        assert json.loads(run(capsys, maildir_config, "ticket", "show", "1", "--json")[1])["organization"] == "Lincoln High"

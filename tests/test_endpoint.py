@@ -95,6 +95,21 @@ class TestConfig:
 
 
 class TestMetrics:
+    async def test_each_outcome_is_counted_under_its_action(self, world: Start) -> None:
+        """A reply threads, the same message again is a duplicate, a stranger's is held: one count each."""
+        service: World = await world(METRICS)
+        first = message(message_id="<o1@lincoln.example>")
+        await service.send(first)
+        await service.settle()
+        await service.send(first)  # an MTA's redelivery
+        await service.send(message(message_id="<o2@lincoln.example>", headers={"In-Reply-To": "<o1@lincoln.example>"}))
+        await service.send(message(sender="Eve <eve@elsewhere.example>", subject="Hi"), mail_from="eve@elsewhere.example")
+        await service.settle()
+        samples = await scrape(service.daemon)
+        counts = {a: value(samples, "mailbot_intake_outcomes_total", action=a) for a in
+                  ("created", "threaded", "duplicate", "held", "failed")}
+        assert counts == {"created": 1, "threaded": 1, "duplicate": 1, "held": 1, "failed": 0}
+
     async def test_mail_in_and_out_is_counted(self, world: Start) -> None:
         service: World = await world(METRICS)
         await service.send(message())
