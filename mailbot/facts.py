@@ -164,9 +164,13 @@ class Facts:
         self._on.values[ticket.id] = []
 
     def recorded(self, message: TicketMessage, ticket_id: int) -> None:
-        """A message stored on a ticket: its Message-ID is in use."""
+        """A message stored on a ticket: its Message-ID is in use. One of ours was minted just now, at
+        random (mailbot.compose.mint_message_id): nothing stored carries it, so the store is not asked."""
         use = Use(message.identity, ticket_id, message.from_address, message.direction)
-        self.uses(message.message_id).append(use)
+        if message.direction == "out" and message.message_id not in self._uses.values:
+            self._uses.values[message.message_id] = [use]
+        else:
+            self.uses(message.message_id).append(use)
 
     def queued(self, item: OutboxItem) -> None:
         """Mail planned: it counts against its recipient and its ticket."""

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session
 
 from mailbot.app import App
@@ -107,6 +108,38 @@ class TestFacts:
             return before_flush, facts.sent_to("ana+x@lincoln.example", {"confirmation"}, now - timedelta(hours=1))
 
         assert app.db.call(queue_one) == (2, 2)
+
+    def test_the_batch_s_questions_ask_the_store_nothing_more(self, make_app: Callable[..., App], db_url: str) -> None:
+        """Loaded for a batch, the facts answer every question its rules ask about its messages from memory."""
+        app = make_app(db=db_url)
+        now = app.clock.now()
+        reply = plain("<q2@x.example>", "Re: [Ticket #7] Login broken", extra="In-Reply-To: <q1@x.example>\r\n")
+        raws = [plain("<q1@x.example>"), reply]
+        ids = app.db.call(inbound_store.insert_many, [RawMessage(r, "test", "ana@lincoln.example") for r in raws], now)
+        rows = app.db.call(lambda s: [inbound_store.get(s, inbound_id) for inbound_id in ids])
+        readings = [app.intake.read(row) for row in rows]
+
+        def ask(session: Session) -> list[str]:
+            facts = app.intake.facts(session, readings, now)
+            statements: list[str] = []
+
+            def seen(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+                statements.append(statement)
+
+            event.listen(app.db.engine, "before_cursor_execute", seen)
+            try:
+                for r in readings:
+                    facts.uses(r.key)
+                    facts.owners(r.clues.message_ids)
+                    facts.existing(r.clues.ticket_ids())
+                    facts.contact(r.sender)
+                    facts.contact(r.requester)
+                    facts.sent_to(r.requester, {"confirmation"}, now - timedelta(hours=1))
+            finally:
+                event.remove(app.db.engine, "before_cursor_execute", seen)
+            return statements
+
+        assert app.db.call(ask) == []
 
     def test_counts_before_what_was_read_are_refused(self, make_app: Callable[..., App], db_url: str) -> None:
         """A count over a window longer than the facts reach would be silently short: it raises instead."""

@@ -6,12 +6,26 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from mailbot.identity import Use
 from mailbot.store import chunks, registry
 from mailbot.store.schema import Contact, Ticket, TicketMessage
+
+# Built once, run on the session's connection for plain values (see mailbot.store.registry).
+_USES = (
+    select(
+        TicketMessage.message_id,
+        TicketMessage.identity,
+        TicketMessage.ticket_id,
+        TicketMessage.from_address,
+        TicketMessage.direction,
+    )
+    .where(TicketMessage.message_id.in_(bindparam("ids", expanding=True)))
+    .order_by(TicketMessage.id)
+)
+_EXISTING = select(Ticket.id).where(Ticket.id.in_(bindparam("ids", expanding=True)))
 
 
 def uses(session: Session, message_ids: Collection[str]) -> dict[str, list[Use]]:
@@ -19,17 +33,7 @@ def uses(session: Session, message_ids: Collection[str]) -> dict[str, list[Use]]
     stored under none is left out. A Message-ID proves nothing: several messages may carry one."""
     found: dict[str, list[Use]] = {}
     for some in chunks(message_ids):
-        rows = session.execute(
-            select(
-                TicketMessage.message_id,
-                TicketMessage.identity,
-                TicketMessage.ticket_id,
-                TicketMessage.from_address,
-                TicketMessage.direction,
-            )
-            .where(TicketMessage.message_id.in_(some))
-            .order_by(TicketMessage.id)
-        )
+        rows = session.connection().execute(_USES, {"ids": some})
         for message_id, identity, ticket_id, from_address, direction in rows:
             found.setdefault(message_id, []).append(Use(identity, ticket_id, from_address, direction))
     return found
@@ -37,7 +41,7 @@ def uses(session: Session, message_ids: Collection[str]) -> dict[str, list[Use]]
 
 def existing(session: Session, ticket_ids: Collection[int]) -> set[int]:
     """Which of `ticket_ids` are stored tickets."""
-    return {found for some in chunks(ticket_ids) for found in session.scalars(select(Ticket.id).where(Ticket.id.in_(some)))}
+    return {found for some in chunks(ticket_ids) for found in session.connection().scalars(_EXISTING, {"ids": some})}
 
 
 def colleagues(session: Session, ticket: Ticket) -> list[str]:

@@ -13,8 +13,14 @@ from sqlalchemy.orm import Session
 from mailbot.store import chunks
 from mailbot.store.schema import InboundMessage, OutboxItem, Ticket
 
-# Built once with a bound parameter: the intake asks it of every bounce (see mailbot.store.registry).
+# Built once with bound parameters (see mailbot.store.registry).
 _BY_MESSAGE_ID = select(OutboxItem).where(OutboxItem.message_id == bindparam("message_id"))
+_TO = select(OutboxItem.recipient, OutboxItem.kind, OutboxItem.created_at, OutboxItem.status).where(
+    OutboxItem.recipient.in_(bindparam("keys", expanding=True)), OutboxItem.created_at >= bindparam("since")
+)
+_ON = select(OutboxItem.ticket_id, OutboxItem.kind, OutboxItem.created_at, OutboxItem.status).where(
+    OutboxItem.ticket_id.in_(bindparam("keys", expanding=True)), OutboxItem.created_at >= bindparam("since")
+)
 
 
 @dataclass(frozen=True)
@@ -37,10 +43,7 @@ def sent_to(session: Session, recipients: Collection[str], since: datetime) -> d
     each address's recent rows, whatever its history)."""
     found: dict[str, list[Sent]] = {}
     for some in chunks(recipients):
-        rows = session.execute(
-            select(OutboxItem.recipient, OutboxItem.kind, OutboxItem.created_at, OutboxItem.status)
-            .where(OutboxItem.recipient.in_(some), OutboxItem.created_at >= since)
-        )
+        rows = session.connection().execute(_TO, {"keys": some, "since": since})
         for recipient, kind, at, status in rows:
             found.setdefault(cast(str, recipient), []).append(Sent(kind, at, status == "withheld"))
     return found
@@ -50,10 +53,7 @@ def sent_on(session: Session, ticket_ids: Collection[int], since: datetime) -> d
     """The mail planned since `since` on each of `ticket_ids`."""
     found: dict[int, list[Sent]] = {}
     for some in chunks(ticket_ids):
-        rows = session.execute(
-            select(OutboxItem.ticket_id, OutboxItem.kind, OutboxItem.created_at, OutboxItem.status)
-            .where(OutboxItem.ticket_id.in_(some), OutboxItem.created_at >= since)
-        )
+        rows = session.connection().execute(_ON, {"keys": some, "since": since})
         for ticket_id, kind, at, status in rows:
             found.setdefault(cast(int, ticket_id), []).append(Sent(kind, at, status == "withheld"))
     return found
