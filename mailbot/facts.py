@@ -88,8 +88,10 @@ class Facts:
         self._on = _Cache[int, list[Sent]](session, lambda ids: deliveries.sent_on(session, ids, self._since()), list)
         self._opened: dict[int, Ticket] = {}
         self._last_ticket_id: int | None = None
-        # Attachments by hash: stored before (None), or stored by this batch (their bytes): add_message's.
-        self.blobs: dict[str, bytes | None] = {}
+        self._stored_blobs = _Cache[str, bool](
+            session, lambda hashes: dict.fromkeys(ticket_store.stored_blobs(session, hashes), True), bool
+        )
+        self._new_blobs: dict[str, bytes] = {}  # attachments this batch stores, by hash
 
     @classmethod
     def load(cls, session: Session, readings: Iterable[Reading], *, since: datetime) -> Facts:
@@ -103,8 +105,7 @@ class Facts:
         facts._to.fill(key_of(r.requester) for r in readings if r.requester)
         threaded = {u.ticket_id for uses in facts._uses.values.values() for u in uses}
         facts._on.fill(threaded | {t for t in named if facts._exists.values[t]})
-        hashes = {a.sha256 for r in readings for a in r.parsed.attachments}
-        facts.blobs.update(dict.fromkeys(ticket_store.stored_blobs(session, hashes) if hashes else ()))
+        facts._stored_blobs.fill(a.sha256 for r in readings for a in r.parsed.attachments)
         return facts
 
     # --- questions -----------------------------------------------------------------------------------------
@@ -145,9 +146,13 @@ class Facts:
         since = self._checked(since)
         return sum(1 for s in self._on.get(ticket_id) if s.kind in kinds and s.at >= since)
 
+    def known(self, sha256: str) -> bool:
+        """Whether an attachment's bytes are stored, or being stored by this batch (ticket_store.Blobs)."""
+        return sha256 in self._new_blobs or self._stored_blobs.get(sha256)
+
     def blob_data(self, sha256s: Collection[str]) -> dict[str, bytes]:
         """Attachment bytes by hash: stored by this batch, else as stored before."""
-        found = {sha256: data for sha256 in sha256s if (data := self.blobs.get(sha256)) is not None}
+        found = {sha256: data for sha256 in sha256s if (data := self._new_blobs.get(sha256)) is not None}
         with self.session.no_autoflush:
             return found | ticket_store.blobs(self.session, set(sha256s) - found.keys())
 
@@ -179,6 +184,10 @@ class Facts:
             self._to.get(item.recipient).append(sent)
         if item.ticket_id is not None:
             self._on.get(item.ticket_id).append(sent)
+
+    def adding(self, sha256: str, data: bytes) -> None:
+        """An attachment's bytes stored by this batch (ticket_store.Blobs)."""
+        self._new_blobs[sha256] = data
 
     def bounced(self, address: str) -> None:
         """The named contact at `address` is marked bouncing now."""

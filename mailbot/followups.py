@@ -214,7 +214,7 @@ class Followups:
             text=text,
             quoted=quoted,
             attachments=parsed.attachments,
-            stored_blobs=facts.blobs,
+            blobs=facts,
         )
         facts.recorded(message, ticket.id)
         return message

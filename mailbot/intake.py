@@ -261,7 +261,7 @@ class Intake:
             at=now,
             text=parsed.text,
             attachments=parsed.attachments,
-            stored_blobs=facts.blobs,
+            blobs=facts,
         )
         facts.recorded(message, ticket.id)
         # What the guard on automatic replies reads (mailbot.loops rule 4), already in hand.

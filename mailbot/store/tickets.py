@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, selectinload
@@ -17,6 +17,13 @@ if TYPE_CHECKING:  # a type only: `ticket list` need not load the mail parser
 
 _LAST_ID = select(func.max(Ticket.id))
 _NEXT_ID_POSTGRESQL = text("SELECT nextval(pg_get_serial_sequence('tickets', 'id'))")
+
+
+class Blobs(Protocol):
+    """What a transaction knows of attachment bytes: stored, or being stored by it (not written yet)."""
+
+    def known(self, sha256: str) -> bool: ...
+    def adding(self, sha256: str, data: bytes) -> None: ...
 
 
 def next_id(session: Session, after: int | None) -> int:
@@ -49,11 +56,10 @@ def add_message(
     inbound_id: int | None = None,
     attachments: Sequence[ParsedAttachment] = (),
     identity: str | None = None,
-    stored_blobs: dict[str, bytes | None] | None = None,
+    blobs: Blobs | None = None,
 ) -> TicketMessage:
     """`identity`: what makes a received message the same one (mailbot.identity); ours are their Message-ID.
-    `stored_blobs`: the attachments known to be stored (hash -> None) or being stored in this transaction
-    (hash -> bytes), to which this adds its own (mailbot.facts); without it, each is looked up."""
+    `blobs`: which attachments are stored or being stored (mailbot.facts); without it, each is looked up."""
     message = TicketMessage(
         direction=direction,
         kind=kind,
@@ -71,11 +77,11 @@ def add_message(
     )
     ticket.messages.append(message)
     for parsed in attachments:
-        known = parsed.sha256 in stored_blobs if stored_blobs is not None else session.get(Blob, parsed.sha256)
+        known = blobs.known(parsed.sha256) if blobs is not None else session.get(Blob, parsed.sha256) is not None
         if not known:
             session.add(Blob(sha256=parsed.sha256, size=parsed.size, data=parsed.data))
-            if stored_blobs is not None:
-                stored_blobs[parsed.sha256] = parsed.data
+            if blobs is not None:
+                blobs.adding(parsed.sha256, parsed.data)
         message.attachments.append(
             Attachment(
                 filename=parsed.filename,
