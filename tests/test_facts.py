@@ -152,3 +152,33 @@ class TestFacts:
         with pytest.raises(ValueError, match="since"):
             app.db.call(too_far)
 
+
+
+@pytest.mark.parametrize("db_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True)
+def test_a_message_stored_by_another_instance_meanwhile_is_seen_with_facts_read_again(
+    make_app: Callable[..., App], db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One message decided alone: another instance stores the same message after this one's facts were read
+    and before its write; the unique index refuses the write, and the decision is made again with facts read
+    again, which see it: a duplicate. (PostgreSQL: on SQLite the first writer holds the lock throughout.)"""
+    app, other = make_app(db=db_url), make_app(db=db_url)
+    now = app.clock.now()
+    raw = plain("<m1@x.example>")
+    [mine] = app.db.call(inbound_store.insert_many, [RawMessage(raw, "test", "ana@lincoln.example")], now)
+    [theirs] = other.db.call(inbound_store.insert_many, [RawMessage(raw, "test", "ana@lincoln.example")], now)
+    read_facts = app.intake.facts
+    reads: list[int] = []
+
+    def then_the_other_instance(session: Session, readings: Any, at: Any) -> Facts:
+        facts = read_facts(session, readings, at)
+        reads.append(len(readings))
+        if len(reads) == 1:
+            assert other.processor.process_one(theirs).action == "created"
+        return facts
+
+    monkeypatch.setattr(app.intake, "facts", then_the_other_instance)
+    assert app.processor.process_one(mine).action == "duplicate"
+    assert reads == [1, 1] and count(app, Ticket) == 1
+    trail = app.db.call(lambda s: inbound_store.get(s, mine).trail)
+    [duplicate] = [step for step in trail if step["step"] == "duplicate"]
+    assert duplicate["detail"] == "<m1@x.example> is already stored, the same message"
