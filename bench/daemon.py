@@ -11,8 +11,9 @@ Servers:
            per-address limits lifted (corpus.SECURITY); outgoing mail to a maildir in the folder.
 Load: --sessions concurrent SMTP sessions send --messages messages of about --size bytes from the named
 contacts, with bench/listener.py's asyncio client (it times each message's 250); with --smtp-source also with
-Postfix's smtp-source (C, far cheaper for the load generator; one named contact sends everything, and it
-reports no latencies). Each round, the servers take turns with each load generator; then the medians.
+Postfix's smtp-source (C, far cheaper for the load generator; one process per session, each from a named
+contact of its own, other contacts each round; it reports no latencies). Each round, the servers take turns
+with each load generator; then the medians.
 
 Columns:
   msgs/s   accepted messages per second, from the first MAIL to the last 250
@@ -214,11 +215,12 @@ def measure(kind: str, null: Server, workdir: Path, args: argparse.Namespace, nu
         first = numbers.take(messages)
         return lambda: asyncio.run(load(port, template, messages, args.sessions, first))
 
-    def postfix(port: int) -> Callable[[], Run]:
-        return lambda: smtp_source(port, args.size, args.messages, args.sessions)
+    def postfix(port: int, n: int) -> Callable[[], Run]:
+        first_sender = n * args.sessions % SENDERS  # other customers each round
+        return lambda: smtp_source(port, args.size, args.messages, args.sessions, first_sender)
 
-    generators: dict[str, Callable[[int], Callable[[], Run]]] = {
-        "client": lambda port: client(port, args.messages)
+    generators: dict[str, Callable[[int, int], Callable[[], Run]]] = {
+        "client": lambda port, n: client(port, args.messages)
     }
     if args.smtp_source:
         generators["smtp-source"] = postfix
@@ -233,8 +235,10 @@ def measure(kind: str, null: Server, workdir: Path, args: argparse.Namespace, nu
             runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
             for n in range(args.rounds):
                 for generator, make in generators.items():
-                    null_run = null_round(null, make(null.port))
-                    mailbot_run = daemon_round(instance, watcher, make(instance.port), args.messages, args.give_up)
+                    null_run = null_round(null, make(null.port, n))
+                    mailbot_run = daemon_round(
+                        instance, watcher, make(instance.port, n), args.messages, args.give_up
+                    )
                     for server, result in (("null", null_run), ("mailbot", mailbot_run)):
                         runs.setdefault((generator, server), []).append(result)
                         print(row(kind, f"{generator} {n + 1}", server, combined([result]), null_run), flush=True)
