@@ -25,6 +25,8 @@ Columns:
   ms cpu   CPU per message of the server's whole process tree (`mailbot run` and every process it started,
            bench/instance.py), from the start of the load until every confirmation is sent
   cores    that CPU as a share of one core over the same time
+  send ms  CPU of the tree per confirmation sent once every confirmation was queued (the intake done, the
+           sender working off the rest): what sending one costs, when enough were left to send
   db ms    (PostgreSQL) CPU per message of the database server's backends serving mailbot; approximate (a
            backend that exits meanwhile is not counted)
   procs    processes in the tree when the round ended
@@ -135,7 +137,7 @@ def daemon_round(
         waited = time.perf_counter() - sent
         done = watcher.progress() - start
         if queued_after is None and done.queued >= messages:
-            queued_after = waited
+            queued_after, (queued_cpu, _), sent_then = waited, instance.cpu(), done.sent
         if queued_after is not None and done.sent >= messages:
             break
         if done.stored >= messages and not done.pending and done.created < messages:
@@ -144,8 +146,8 @@ def daemon_round(
             raise SystemExit(f"gave up {give_up:g} s after the last 250: {done}")
         time.sleep(POLL)
     assert queued_after is not None
-    spent, procs = instance.cpu()
-    spent -= cpu
+    total, procs = instance.cpu()
+    spent = total - cpu
     after = watcher.backends()
     all_sent = run.seconds + waited
     result = {
@@ -158,6 +160,8 @@ def daemon_round(
         "procs": procs,
         "client_cpu": run.client_cpu / run.seconds,
     }
+    if messages - sent_then >= messages / 10:  # enough sending left after the intake for a figure
+        result["send_per_message"] = (total - queued_cpu) / (messages - sent_then)
     if after:
         result["db_per_message"] = sum(cpu - backends.get(pid, 0.0) for pid, cpu in after.items()) / messages
     return result
@@ -179,7 +183,7 @@ def null_round(server: Server, send: Callable[[], Run]) -> dict[str, Any]:
 
 HEADER = (
     f"{'database':<10} {'load':<13} {'server':<7} {'msgs/s':>7} {'/null':>5} {'p50 ms':>6} {'p99 ms':>6}"
-    f" {'e2e/s':>6} {'sent s':>6} {'ms cpu':>6} {'cores':>5} {'db ms':>5} {'procs':>5} {'cli cpu':>7}"
+    f" {'e2e/s':>6} {'sent s':>6} {'ms cpu':>6} {'cores':>5} {'send ms':>7} {'db ms':>5} {'procs':>5} {'cli cpu':>7}"
 )
 
 
@@ -192,7 +196,7 @@ def row(database: str, generator: str, kind: str, result: dict[str, Any], null: 
         f"{database:<10} {generator:<13} {kind:<7} {result['rate']:>7,.0f} {ratio:>5}"
         f" {shown('p50', '.1f'):>6} {shown('p99', '.1f'):>6} {shown('end_to_end', ',.0f'):>6}"
         f" {shown('all_sent', '.1f'):>6} {shown('cpu_per_message', '.2f', 1000):>6} {result['cores']:>5.0%}"
-        f" {shown('db_per_message', '.2f', 1000):>5} {result['procs']:>5.0f} {result['client_cpu']:>7.0%}"
+        f" {shown('send_per_message', '.2f', 1000):>7} {shown('db_per_message', '.2f', 1000):>5} {result['procs']:>5.0f} {result['client_cpu']:>7.0%}"
     )
 
 

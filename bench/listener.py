@@ -377,9 +377,11 @@ def scenario(server: Server, template: Template, messages: int, sessions: int, f
 
 
 def combined(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Rounds of one scenario: the median of each figure, latency percentiles over every message (if any)."""
+    """Rounds of one scenario: the median of each figure over the rounds that have it, latency percentiles over
+    every message (if any)."""
     latencies = [latency for run in runs for latency in run["latencies"]]
-    result = {key: statistics.median(run[key] for run in runs) for key in runs[0] if key != "latencies"}
+    keys = dict.fromkeys(key for run in runs for key in run if key != "latencies")
+    result = {key: statistics.median(run[key] for run in runs if key in run) for key in keys}
     if len(latencies) < 2:  # smtp-source does not report them
         return result
     cuts = statistics.quantiles(latencies, n=100, method="inclusive")
