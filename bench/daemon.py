@@ -131,10 +131,10 @@ def daemon_round(
     was sent; the figures of the module docstring."""
     start, (cpu, _), backends = watcher.progress(), instance.cpu(), watcher.backends()
     run = send()
-    sent = time.perf_counter()
+    loaded = time.perf_counter()
     queued_after: float | None = None
     while True:
-        waited = time.perf_counter() - sent
+        waited = time.perf_counter() - loaded
         done = watcher.progress() - start
         if queued_after is None and done.queued >= messages:
             queued_after, (queued_cpu, _), sent_then = waited, instance.cpu(), done.sent
@@ -163,7 +163,7 @@ def daemon_round(
     if messages - sent_then >= messages / 10:  # enough sending left after the intake for a figure
         result["send_per_message"] = (total - queued_cpu) / (messages - sent_then)
     if after:
-        result["db_per_message"] = sum(cpu - backends.get(pid, 0.0) for pid, cpu in after.items()) / messages
+        result["db_per_message"] = sum(t - backends.get(pid, 0.0) for pid, t in after.items()) / messages
     return result
 
 
@@ -183,7 +183,8 @@ def null_round(server: Server, send: Callable[[], Run]) -> dict[str, Any]:
 
 HEADER = (
     f"{'database':<10} {'load':<13} {'server':<7} {'msgs/s':>7} {'/null':>5} {'p50 ms':>6} {'p99 ms':>6}"
-    f" {'e2e/s':>6} {'sent s':>6} {'ms cpu':>6} {'cores':>5} {'send ms':>7} {'db ms':>5} {'procs':>5} {'cli cpu':>7}"
+    f" {'e2e/s':>6} {'sent s':>6} {'ms cpu':>6} {'cores':>5} {'send ms':>7} {'db ms':>5} {'procs':>5}"
+    f" {'cli cpu':>7}"
 )
 
 
@@ -196,7 +197,8 @@ def row(database: str, generator: str, kind: str, result: dict[str, Any], null: 
         f"{database:<10} {generator:<13} {kind:<7} {result['rate']:>7,.0f} {ratio:>5}"
         f" {shown('p50', '.1f'):>6} {shown('p99', '.1f'):>6} {shown('end_to_end', ',.0f'):>6}"
         f" {shown('all_sent', '.1f'):>6} {shown('cpu_per_message', '.2f', 1000):>6} {result['cores']:>5.0%}"
-        f" {shown('send_per_message', '.2f', 1000):>7} {shown('db_per_message', '.2f', 1000):>5} {result['procs']:>5.0f} {result['client_cpu']:>7.0%}"
+        f" {shown('send_per_message', '.2f', 1000):>7} {shown('db_per_message', '.2f', 1000):>5}"
+        f" {result['procs']:>5.0f} {result['client_cpu']:>7.0%}"
     )
 
 
@@ -245,7 +247,8 @@ def measure(kind: str, null: Server, workdir: Path, args: argparse.Namespace, nu
                     )
                     for server, result in (("null", null_run), ("mailbot", mailbot_run)):
                         runs.setdefault((generator, server), []).append(result)
-                        print(row(kind, f"{generator} {n + 1}", server, combined([result]), null_run), flush=True)
+                        line = row(kind, f"{generator} {n + 1}", server, combined([result]), null_run)
+                        print(line, flush=True)
             print(f"medians of {args.rounds} rounds:")
             for generator in generators:
                 medians = {server: combined(runs[generator, server]) for server in ("null", "mailbot")}
@@ -268,13 +271,17 @@ def interrupted(signum: int, frame: FrameType | None) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--database", nargs="+", choices=["sqlite", "postgresql"], default=["sqlite"])
     parser.add_argument("--messages", type=int, default=3000, help="messages per round and server")
     parser.add_argument("--size", type=int, default=2000, help="bytes per message")
     parser.add_argument("--sessions", type=int, default=10, help="concurrent SMTP sessions")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of turns (medians reported)")
-    parser.add_argument("--smtp-source", action="store_true", help="also load both with Postfix's smtp-source")
+    parser.add_argument(
+        "--smtp-source", action="store_true", help="also load both with Postfix's smtp-source"
+    )
     parser.add_argument("--give-up", type=float, default=600.0, help="seconds to wait after the last 250")
     args = parser.parse_args()
     if args.smtp_source and shutil.which("smtp-source") is None:

@@ -322,7 +322,8 @@ def smtp_source(port: int, size: int, messages: int, sessions: int, first_sender
 
     cpu, begin = children_cpu(), time.perf_counter()
     processes = [
-        subprocess.Popen(command(k), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for k in range(sessions)
+        subprocess.Popen(command(k), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for k in range(sessions)
     ]
     for process in processes:
         _, stderr = process.communicate()
@@ -377,8 +378,8 @@ def scenario(server: Server, template: Template, messages: int, sessions: int, f
 
 
 def combined(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Rounds of one scenario: the median of each figure over the rounds that have it, latency percentiles over
-    every message (if any)."""
+    """Rounds of one scenario: the median of each figure over the rounds that have it, latency percentiles
+    over every message (if any)."""
     latencies = [latency for run in runs for latency in run["latencies"]]
     keys = dict.fromkeys(key for run in runs for key in run if key != "latencies")
     result = {key: statistics.median(run[key] for run in runs if key in run) for key in keys}
