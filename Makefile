@@ -66,8 +66,10 @@ command.revision(c, message='initial schema', autogenerate=True, rev_id='0001')"
 	rm -f var/alembic-dev.db
 
 # The benchmarks of bench/RESULTS.md: the listener against a null SMTP handler, then the intake runner
-# (SQLite, and PostgreSQL at 127.0.0.1:5432 in a private database), and the command's start-up time.
+# (SQLite, and PostgreSQL at 127.0.0.1:5432 in a private database), the whole `mailbot run` against a null
+# handler (SQLite), and the command's start-up time.
 bench: setup
 	$(BIN)/python bench/listener.py
 	$(BIN)/python bench/processing.py
+	$(BIN)/python bench/daemon.py
 	$(BIN)/python bench/startup.py

@@ -32,6 +32,7 @@ import argparse
 import asyncio
 import multiprocessing
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -48,7 +49,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
-from corpus import SECURITY, SUPPORT, Template, register_senders
+from corpus import SUPPORT, Template, register_senders, sender
+from instance import HOST, HOSTNAME, settings
 from sqlalchemy import func, select
 
 from mailbot import listener
@@ -59,23 +61,12 @@ from mailbot.door import Door
 from mailbot.store.inbound import RawMessage
 from mailbot.store.schema import InboundMessage
 
-HOST = "127.0.0.1"
-HOSTNAME = "mx.bench.example"
 SERVER_CPU, CLIENT_CPU = 0, 1
 SERVERS = ("null", "mailbot", "daemon")
 
 
 def bench_config(workdir: Path) -> Config:
-    return from_mapping(
-        {
-            "database": {"url": f"sqlite:///{workdir / 'mailbot.db'}"},
-            "support": {"addresses": [SUPPORT], "from": f"Hero Support <{SUPPORT}>"},
-            "smtp": {"host": HOST, "port": 0, "hostname": HOSTNAME},
-            "outbound": {"transport": "maildir", "maildir": str(workdir / "sent")},
-            "security": SECURITY,
-        },
-        "bench",
-    )
+    return from_mapping(settings(f"sqlite:///{workdir / 'mailbot.db'}", workdir / "sent", port=0), "bench")
 
 
 class NullHandler:
@@ -316,30 +307,35 @@ async def load(port: int, template: Template, messages: int, sessions: int, firs
     return Run(sent, time.perf_counter() - begin, time.process_time() - cpu, latencies)
 
 
-def smtp_source(server: Server, size: int, messages: int, sessions: int) -> float:
-    """Postfix's smtp-source (C) against the same server: messages per second (wall clock)."""
-    command = [
-        "smtp-source",
-        "-d",
-        "-s",
-        str(sessions),
-        "-m",
-        str(messages),
-        "-l",
-        str(size),
-        "-f",
-        "loadgen@bench.example",
-        "-t",
-        SUPPORT,
-        "-M",
-        "loadgen.bench.example",
-        f"{HOST}:{server.port}",
+def smtp_source(port: int, size: int, messages: int, sessions: int, first_sender: int = 0) -> Run:
+    """Postfix's smtp-source (C) against a server: one process per session, each sending its share of the
+    messages on one connection, from a named contact of its own (senders first_sender, first_sender + 1, ...:
+    one customer's ticket history does not grow `sessions` times faster than in our client's load). The time
+    until the last one finished, and their CPU; no latencies (it does not report them)."""
+
+    def command(k: int) -> list[str]:
+        share = messages // sessions + (k < messages % sessions)
+        return [
+            "smtp-source", "-d", "-s", "1", "-m", str(share), "-l", str(size),
+            "-f", sender(first_sender + k)[1], "-t", SUPPORT, "-M", "loadgen.bench.example", f"{HOST}:{port}",
+        ]
+
+    cpu, begin = children_cpu(), time.perf_counter()
+    processes = [
+        subprocess.Popen(command(k), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for k in range(sessions)
     ]
-    begin = time.perf_counter()
-    subprocess.run(command, check=True, capture_output=True)
-    rate = messages / (time.perf_counter() - begin)
-    server.settle()
-    return rate
+    for process in processes:
+        _, stderr = process.communicate()
+        if process.returncode:
+            raise SystemExit(f"smtp-source failed: {stderr.decode(errors='replace')}")
+    return Run(messages, time.perf_counter() - begin, children_cpu() - cpu, [])
+
+
+def children_cpu() -> float:
+    """CPU used by this process's finished child processes (user and system)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 # ---- the run -----------------------------------------------------------------------------------------
@@ -382,10 +378,14 @@ def scenario(server: Server, template: Template, messages: int, sessions: int, f
 
 
 def combined(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Rounds of one scenario: the median of each figure, latency percentiles over every message."""
+    """Rounds of one scenario: the median of each figure over the rounds that have it, latency percentiles
+    over every message (if any)."""
     latencies = [latency for run in runs for latency in run["latencies"]]
+    keys = dict.fromkeys(key for run in runs for key in run if key != "latencies")
+    result = {key: statistics.median(run[key] for run in runs if key in run) for key in keys}
+    if len(latencies) < 2:  # smtp-source does not report them
+        return result
     cuts = statistics.quantiles(latencies, n=100, method="inclusive")
-    result = {key: statistics.median(run[key] for run in runs) for key in runs[0] if key != "latencies"}
     return {**result, "p50": cuts[49] * 1000, "p99": cuts[98] * 1000}
 
 
@@ -472,7 +472,10 @@ def measure(servers: dict[str, Server], args: argparse.Namespace, kinds: list[st
             for kind in kinds:
                 print_row(size, sessions, kind, combined(runs[kind]), null)
             if args.smtp_source:
-                rates = {k: smtp_source(servers[k], size, messages, sessions) for k in kinds}
+                rates = {}
+                for kind in kinds:
+                    rates[kind] = smtp_source(servers[kind].port, size, messages, sessions).rate
+                    servers[kind].settle()
                 summary = ", ".join(f"{k} {rate:,.0f}/s" for k, rate in rates.items())
                 print(
                     f"{size:>7} {sessions:>4}  smtp-source: {summary}, mailbot/null "

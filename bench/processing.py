@@ -44,7 +44,8 @@ import sqlalchemy as sa
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from corpus import SECURITY, SUPPORT, customer_message, register_senders, sender
+from corpus import SUPPORT, customer_message, register_senders, sender
+from instance import settings
 
 from mailbot.app import App
 from mailbot.clock import FrozenClock
@@ -61,16 +62,7 @@ TUESDAY_10_ET = datetime(2026, 12, 1, 15, 0, tzinfo=UTC)  # inside business hour
 
 
 def make_app(url: str, workdir: Path) -> App:
-    config = from_mapping(
-        {
-            "database": {"url": url},
-            "support": {"addresses": [SUPPORT], "from": f"Hero Support <{SUPPORT}>"},
-            "outbound": {"transport": "maildir", "maildir": str(workdir / "sent")},
-            "security": SECURITY,
-        },
-        "bench",
-    )
-    app = App(config, FrozenClock(TUESDAY_10_ET))
+    app = App(from_mapping(settings(url, workdir / "sent"), "bench"), FrozenClock(TUESDAY_10_ET))
     app.db.upgrade()
     return app
 

@@ -24,10 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import smtplib
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -43,78 +40,11 @@ import sqlalchemy as sa
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from corpus import SUPPORT, customer_message, register_senders, sender
+from corpus import SUPPORT, customer_message, sender
+from instance import Instance
 from processing import database
 
-from mailbot.app import App
-from mailbot.config import load
 from mailbot.store.schema import InboundMessage, OutboxItem, Ticket
-
-ROOT = Path(__file__).resolve().parent.parent
-CONFIG = """
-[database]
-url = "{url}"
-[support]
-addresses = ["{support}"]
-from = "Hero Support <{support}>"
-[smtp]
-host = "127.0.0.1"
-port = {port}
-[outbound]
-transport = "maildir"
-maildir = "{sent}"
-[security]
-require_sender_auth = true
-trust_local_submission = true
-auto_reply_limit = 1000000000
-contact_mail_limit = 1000000000
-"""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Instance:
-    """One `mailbot run` with a configuration of its own (its port, its maildir), restartable."""
-
-    def __init__(self, workdir: Path, url: str, n: int) -> None:
-        self.port = free_port()
-        self.config = workdir / f"instance{n}.toml"
-        self.sent = workdir / f"sent{n}"
-        self.config.write_text(CONFIG.format(url=url, support=SUPPORT, port=self.port, sent=self.sent))
-        self.log = workdir / f"instance{n}.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def command(self, *argv: str) -> list[str]:
-        return [sys.executable, "-m", "mailbot", "--config", str(self.config), *argv]
-
-    def start(self) -> None:
-        with self.log.open("a") as log:
-            self.process = subprocess.Popen(self.command("run"), cwd=ROOT, stderr=log, stdout=log)
-        while not self.listening():
-            if self.process.poll() is not None:
-                raise SystemExit(f"mailbot run exited: see {self.log}")
-            time.sleep(0.01)
-
-    def listening(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                return True
-        except OSError:
-            return False
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            self.process.wait(timeout=120)
 
 
 @dataclass
@@ -219,10 +149,7 @@ def doubles(engine: sa.Engine, instances: list[Instance]) -> tuple[int, int]:
 
 def scenario(url: str, workdir: Path, args: argparse.Namespace) -> dict[str, object]:
     instances = [Instance(workdir, url, n) for n in range(args.instances)]
-    subprocess.run(instances[0].command("db", "upgrade"), cwd=ROOT, check=True, capture_output=True)
-    app = App(load(instances[0].config))
-    register_senders(app, args.senders)
-    app.close()
+    instances[0].prepare(args.senders)
     for instance in instances:
         instance.start()
     load_ = Load(instances, args.size, args.senders)
