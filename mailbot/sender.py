@@ -45,6 +45,9 @@ log = logging.getLogger("mailbot.sender")
 # Some relays end a session after so many messages; a fresh connection now and then also lets a relay
 # behind a load balancer spread a long drain over its members.
 MESSAGES_PER_CONNECTION = 100
+# A drain delivers on while fewer than this many of its deliveries wait for their record: so a crash sends
+# again at most this many messages (the one in hand included), whatever the relay's and the disk's speeds.
+MAX_UNRECORDED = 4
 Deliver = Callable[[str, list[str], bytes], Awaitable[None]]  # envelope from, recipients, the bytes
 
 
@@ -189,23 +192,26 @@ class _Records:
         self.db = db
         self.metrics = metrics
         self._waiting: list[Delivered] = []
+        self._unrecorded = 0  # waiting, or in the commit under way
         self._writer: asyncio.Task[None] | None = None
+
+    async def turn(self) -> None:
+        """Before the next delivery: wait for the records when MAX_UNRECORDED are due; raise at once what the
+        database raised when a record failed (a message sent now could not be recorded either)."""
+        if self._unrecorded >= MAX_UNRECORDED or (self._writer is not None and self._writer.done()):
+            await self.flush()
 
     def add(self, delivered: Delivered) -> None:
         self._waiting.append(delivered)
-        if self._writer is None or (self._writer.done() and not self.broken):
+        self._unrecorded += 1
+        if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write(), name="mailbot-sent")
-
-    @property
-    def broken(self) -> bool:
-        """A record could not be written (`flush` raises why): what is sent from now on could not be either."""
-        writer = self._writer
-        return writer is not None and writer.done() and not writer.cancelled() and writer.exception() is not None
 
     async def _write(self) -> None:
         while self._waiting:
             batch, self._waiting = self._waiting, []
             await self.db.run(outbox_store.record_sent, batch)
+            self._unrecorded -= len(batch)
             if self.metrics:
                 for delivered in batch:
                     self.metrics.sent.labels(delivered.item.kind).inc()
@@ -262,8 +268,7 @@ class Sender:
             if not items:
                 break
             for done, item in enumerate(items):
-                if records.broken:
-                    return sent  # sent from now on, a message could not be recorded: it would go out twice
+                await records.turn()
                 if self._stopping or not self.current():
                     await self.db.run(outbox_store.release, [i.id for i in items[done:]], self.worker)
                     return sent
