@@ -9,8 +9,8 @@ gives back the items it claimed but did not send.
 A drain is cheap per message: a batch is claimed in two statements, the relay is reached over one
 connection for the drain's messages, and deliveries are recorded by group commit (`_Records`): the next
 message goes out while the previous one's record commits, and the records that pile up meanwhile share the
-next commit. No record waits for anything but the commit before it, so a crash leaves unrecorded (to be
-sent again) only what was delivered during one commit.
+next commit. No record waits for anything but the commit before it, and a drain stops delivering while
+MAX_UNRECORDED of its deliveries are unrecorded: a crash sends again at most that many messages.
 """
 
 from __future__ import annotations
@@ -174,8 +174,6 @@ class MaildirTransport:
                 os.close(directory)
         except OSError as exc:
             raise DeliveryError(f"cannot write to {self.path}: {exc.strerror}") from exc
-
-
 
 
 def make_transport(config: OutboundConfig) -> Transport:

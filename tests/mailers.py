@@ -47,7 +47,9 @@ class SinkHandler:
 
 
 class SmtpSink:
-    def __init__(self) -> None:
+    def __init__(self, **options: Any) -> None:
+        """`options`: more of aiosmtpd's SMTP settings (an authenticator, for a relay that wants a login)."""
+        self.options = options
         self.handler = SinkHandler()
         self.server: asyncio.Server | None = None
         self.port = 0
@@ -55,7 +57,7 @@ class SmtpSink:
 
     def _session(self) -> SMTP:
         self.connections += 1
-        return SMTP(self.handler, hostname="sink.test", enable_SMTPUTF8=True)
+        return SMTP(self.handler, hostname="sink.test", enable_SMTPUTF8=True, **self.options)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()

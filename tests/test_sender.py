@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 from sqlalchemy import event, select
 
 from mailbot.app import App
@@ -121,6 +121,26 @@ class TestRelayConnection:
         assert relay.connections == 1
         assert await app.sender.drain() == 0
         assert relay.connections == 1  # nothing due: no connection opened
+
+    @pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")  # loopback only
+    async def test_the_relay_login_is_made_once_for_a_drain(self, make_app) -> None:
+        """AUTH as configured, once for the drain's connection (STARTTLS, where set, comes before it)."""
+        logins: list[tuple[bytes, bytes]] = []
+
+        def check(_server: SMTP, _session: Session, _envelope: Envelope, _mechanism: str, login: Any) -> AuthResult:
+            logins.append((login.login, login.password))
+            return AuthResult(success=login.password == b"s3cret")
+
+        relay = SmtpSink(authenticator=check, auth_required=True, auth_require_tls=False)
+        await relay.start()
+        try:
+            outbound = {"transport": "smtp", "host": "127.0.0.1", "port": relay.port}
+            app = make_app({"outbound": {**outbound, "username": "mailbot", "password": "s3cret"}})
+            plan(app, *(queued(n) for n in range(3)))
+            assert await app.sender.drain() == 3
+        finally:
+            await relay.stop()
+        assert logins == [(b"mailbot", b"s3cret")] and relay.connections == 1 and len(relay.messages) == 3
 
     @pytest.mark.parametrize(
         ("reply", "status"), [("550 5.1.1 no such user", "failed"), ("451 4.3.0 try again later", "pending")]
