@@ -9,7 +9,7 @@ import sqlite3
 import sys
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from email import message_from_bytes, policy
 from pathlib import Path
@@ -38,8 +38,8 @@ def relayed_app(make_app: Callable[..., App], relay: SmtpSink, db: str | None = 
     return make_app({"outbound": {"transport": "smtp", "host": "127.0.0.1", "port": relay.port}}, db=db)
 
 
-def plan(app: App, *outgoing: Outgoing) -> None:
-    app.db.call(lambda s: [outbox_store.plan(s, o, ticket_id=None, now=app.clock.now()) for o in outgoing])
+def plan(app: App, *outgoing: Outgoing, ticket_id: int | None = None) -> None:
+    app.db.call(lambda s: [outbox_store.plan(s, o, ticket_id=ticket_id, now=app.clock.now()) for o in outgoing])
 
 
 def message_ids(relay: SmtpSink) -> list[str]:
@@ -169,7 +169,6 @@ class TestRecords:
         plan(app, *(queued(n) for n in range(3)))
         first, second, third = app.db.call(outbox_store.claim_due, clock.now(), app.sender.worker, LEASE)
         recorded: list[int] = []  # the deliveries each UPDATE of the outbox to "sent" carried
-
         began = threading.Event()
 
         def seen(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, executemany: bool) -> None:
@@ -190,6 +189,20 @@ class TestRecords:
         writer.close()
         await records.flush()
         assert recorded == [1, 2]
+        assert set(statuses(app).values()) == {"sent"}
+
+    def test_a_ticket_keeps_when_its_first_confirmation_went_out(self, app: App, clock: FrozenClock) -> None:
+        """A second confirmation (sent again by hand) changes nothing; the introduction sets its own time."""
+        ticket_id = ingest(app, message())
+        [confirmation] = app.db.call(outbox_store.claim_due, clock.now(), app.sender.worker, LEASE)
+        app.db.call(outbox_store.record_sent, [Delivered(confirmation, clock.now())])
+        first_sent = clock.now()
+        clock.advance(timedelta(minutes=5))
+        plan(app, replace(queued(1), kind="confirmation"), replace(queued(2), kind="introduction"), ticket_id=ticket_id)
+        claimed = app.db.call(outbox_store.claim_due, clock.now(), app.sender.worker, LEASE)
+        app.db.call(outbox_store.record_sent, [Delivered(item, clock.now()) for item in claimed])
+        ticket = app.db.call(lambda s: s.get_one(Ticket, ticket_id))
+        assert (ticket.confirmation_sent_at, ticket.introduction_sent_at) == (first_sent, clock.now())
         assert set(statuses(app).values()) == {"sent"}
 
 
