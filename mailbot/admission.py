@@ -1,7 +1,8 @@
 """The intake's entitlement step: is a new ticket's sender who they claim to be, and are they entitled?
 
 `Gate.authenticate` authenticates the From address (the intake does it before it opens a database
-transaction: it may wait on DNS); `Gate.judge` looks the sender up in the registry and decides with
+transaction: it may wait on DNS); `Gate.judge` looks the sender up in the batch's facts (mailbot.facts: the
+registry's named contacts, read once per batch) and decides with
 `mailbot.entitlement.decide` (today being the date in the business time zone). Authentication is, by the
 configuration's `[security]`:
 
@@ -33,11 +34,13 @@ from sqlalchemy.orm import Session
 from mailbot.authn import AuthVerdict, authenticate, trusted_path
 from mailbot.config import SecurityConfig
 from mailbot.dns import Resolver
-from mailbot.entitlement import ENTITLED, Entitled, Held, decide
+from mailbot.entitlement import ENTITLED, Entitled, decide
 from mailbot.errors import TransientDNSError
+from mailbot.facts import Facts
+from mailbot.held import Held
 from mailbot.loops import Opening
 from mailbot.parse import ParsedMessage
-from mailbot.store import registry
+from mailbot.reading import Reading
 from mailbot.store.registry import ContactRecord
 from mailbot.store.schema import InboundMessage, Ticket
 from mailbot.workflow import Workflow
@@ -59,11 +62,9 @@ class Admission:
         return self.contact.organization_id if self.contact is not None and self.auth.authenticated else None
 
     @property
-    def held(self) -> tuple[str, str] | None:
-        """(reason, detail) for workflow.open_ticket, or None when entitled."""
-        if isinstance(self.decision, Held):
-            return self.decision.reason.value, self.decision.detail
-        return None
+    def held(self) -> Held | None:
+        """Why the ticket is held, or None when entitled."""
+        return self.decision if isinstance(self.decision, Held) else None
 
 
 def submitted_locally(inbound: InboundMessage) -> bool:
@@ -112,16 +113,14 @@ class Gate:
         self.workflow = workflow
         self.resolver = resolver
 
-    def judge(
-        self, session: Session, inbound: InboundMessage, parsed: ParsedMessage, now: datetime, verdict: AuthVerdict
-    ) -> Admission:
-        """Look the sender of a new ticket up and decide, with `verdict` from `authenticate`;
-        TransientDNSError: try later."""
-        sender = parsed.author.address if parsed.author else ""  # whom it trusts, never whom it shows
+    def judge(self, inbound: InboundMessage, reading: Reading, now: datetime, facts: Facts) -> Admission:
+        """Look the sender of a new ticket up in the batch's facts and decide, with the reading's verdict
+        from `authenticate`; TransientDNSError: try later."""
+        verdict = reading.verdict
         temporary = verdict.temporary and not verdict.authenticated
         if temporary and now - inbound.received_at < self.security.auth_retry_for:
             raise TransientDNSError(verdict.reason)
-        contact = registry.contact_record(session, sender)
+        contact = facts.contact(reading.sender)  # whom it trusts, never whom it shows
         decision = decide(
             contact=contact.facts if contact is not None else None,
             authenticated=verdict.authenticated,
@@ -156,17 +155,20 @@ class Gate:
         )
 
     def record(
-        self, session: Session, ticket: Ticket, admission: Admission, now: datetime, opening: Opening
+        self, session: Session, ticket: Ticket, admission: Admission, now: datetime, opening: Opening, facts: Facts
     ) -> None:
         """Store the decision on the new ticket; explain a hold to its sender when that is allowed."""
-        ticket.entitlement = ENTITLED if admission.held is None else admission.held[0]
+        held = admission.held
+        ticket.entitlement = ENTITLED if held is None else held.reason
         auth = admission.auth
         ticket.sender_auth = (
             f"{auth.method}: {auth.reason}" if auth.authenticated else f"failed: {auth.reason}"
         )
-        if admission.held is None or not auth.authenticated or not self.security.require_sender_auth:
+        if held is None or not auth.authenticated or not self.security.require_sender_auth:
             # Entitled; or the From may be forged (no backscatter), which is every From when the site
             # believes them all without a check (`require_sender_auth = false`).
             return
         # The loop governor has the last word (mailbot.governor: explanations_per_day, loops, limits).
-        self.workflow.answer(session, ticket, EXPLANATION, now=now, opening=opening, reason=admission.held[0])
+        self.workflow.answer(
+            session, ticket, EXPLANATION, now=now, opening=opening, facts=facts, reason=str(held.reason)
+        )

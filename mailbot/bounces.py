@@ -64,8 +64,11 @@ _RETURNED_COPY = re.compile(
     re.IGNORECASE | re.MULTILINE,
 )
 _REPLY_START = re.compile(r"([2-5]\d\d)[ -](?:([245]\.\d{1,3}\.\d{1,3}) +)?")
-_MESSAGE_ID_LINE = re.compile(r"^Message-ID:[ \t]*(?:\r?\n[ \t]+)?(<[^<>\s]+>)", re.IGNORECASE | re.MULTILINE)
-_MESSAGE_ID = re.compile(r"<[^<>\s]+>")
+# A Message-ID is printable US-ASCII (RFC 5322 section 3.6.4), as every one mailbot mints is: a raw 8-bit byte
+# in a returned copy (read as a surrogate) names no message of ours, and no database takes it as text.
+_ID = r"<[\x21-\x3b\x3d\x3f-\x7e]+>"
+_MESSAGE_ID_LINE = re.compile(rf"^Message-ID:[ \t]*(?:\r?\n[ \t]+)?({_ID})", re.IGNORECASE | re.MULTILINE)
+_MESSAGE_ID = re.compile(_ID)
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,8 @@
 A message is entitled when its sender is authenticated (when the configuration requires it), is a named
 contact of an organization that is not suspended, whose plan is valid today, the contact's scope is one
 the plan has (school contacts only on district-gold), and the contact is within the plan's limit for
-that scope. Anything else is held, never dropped; `Held.reason` is one of `HeldReason`, the code stored
-on the ticket, and `Held.detail` a sentence for the support team.
+that scope. Anything else is held, never dropped: a `Held`, in the one vocabulary of held reasons
+(mailbot.held), the code stored on the ticket with a sentence for the support team.
 
 The checks run in a fixed order, and the first that fails is the reason:
 
@@ -21,26 +21,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime
-from enum import StrEnum
 
+from mailbot.held import Held, HeldReason
 from mailbot.plans import OrgFacts, Plan, contact_limit, school_contact_limit
 
 __all__ = ["ENTITLED", "ContactFacts", "Entitled", "Held", "HeldReason", "OrgFacts", "decide"]
 
 ENTITLED = "entitled"  # stored on a ticket whose sender was entitled (`Ticket.entitlement`; else the held reason)
-
-
-class HeldReason(StrEnum):
-    """Why a message is held; the values are stored on the ticket and shown as `held_reason`."""
-
-    UNKNOWN_SENDER = "unknown-sender"
-    PLAN_EXPIRED = "plan-expired"
-    PLAN_NOT_STARTED = "plan-not-started"
-    OVER_LIMIT = "over-plan-limit"
-    NOT_AUTHENTICATED = "not-authenticated"
-    AUTH_TEMPORARY = "auth-temporarily-unavailable"
-    ORG_SUSPENDED = "organization-suspended"
-    SCHOOL_NOT_ALLOWED = "school-contact-not-allowed"
 
 
 @dataclass(frozen=True)
@@ -62,14 +49,6 @@ class Entitled:
     """The sender may open tickets: the message enters the normal flow."""
 
     contact: ContactFacts
-
-
-@dataclass(frozen=True)
-class Held:
-    """The message is kept as a held ticket for `reason`; `detail` says it in words."""
-
-    reason: HeldReason
-    detail: str
 
 
 def decide(

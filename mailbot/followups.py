@@ -32,6 +32,8 @@ from mailbot import commands, promises, richtext, threads
 from mailbot.authn import AuthVerdict
 from mailbot.compose import ticket_subject
 from mailbot.errors import RefusedError, TransientDNSError
+from mailbot.facts import Facts
+from mailbot.held import Held, HeldReason
 from mailbot.parse import Attachment as ReadAttachment
 from mailbot.parse import ParsedMessage
 from mailbot.quotes import split_reply
@@ -41,7 +43,7 @@ from mailbot.sla import RUNNING
 from mailbot.store import conversations, registry
 from mailbot.store import tickets as ticket_store
 from mailbot.store.schema import InboundMessage, Specialist, Ticket, TicketMessage
-from mailbot.threads import Continuation, How, Match, Refusal, Role
+from mailbot.threads import Continuation, How, Match, Role
 from mailbot.tokens import ReplyTokens
 from mailbot.workflow import Workflow
 
@@ -77,52 +79,50 @@ class Followups:
         self.auth_retry_for = auth_retry_for
 
     def follow(
-        self, session: Session, inbound: InboundMessage, reading: Reading, now: datetime, *, automatic: bool
+        self, session: Session, inbound: InboundMessage, reading: Reading, now: datetime, facts: Facts
     ) -> Decided | Continues | None:
         """What the message does to the ticket it names; None when it names none (a new ticket).
-        `automatic`: the intake's verdict that a machine wrote it (mailbot.automatic), worked out once."""
-        parsed = reading.parsed
-        clues = self.clues(inbound, parsed)
-        found = self._match(session, clues, parsed)
+        Its thread clues and whether a machine wrote it are the reading's, worked out once."""
+        parsed, sender, automatic = reading.parsed, reading.sender, reading.automatic is not None
+        found = self._match(session, facts, reading.clues, sender)
         if found is None:
             return None
-        ticket = ticket_store.get(session, found.ticket_id)
+        ticket = facts.ticket(found.ticket_id)
         assert ticket is not None  # threads.match names only tickets the store has
-        sender = parsed.author.address if parsed.author else ""  # whom it trusts, never whom it shows
         authenticated = self._authenticated(inbound, reading.verdict, now)
         admitted = threads.admit(
             sender,
             found,
             self._people(session, ticket),
             authenticated=authenticated,
-            speaks_for=clues.speaks_for(ticket.id),
+            speaks_for=reading.clues.speaks_for(ticket.id),
         )
-        if admitted is Refusal.NOT_A_PARTICIPANT and authenticated and not automatic:
+        if admitted is HeldReason.NOT_A_PARTICIPANT and authenticated and not automatic:
             taker = self._taker(session, sender, ticket, found, parsed)
             if taker is not None:  # a colleague's `#take`: the ticket is theirs now
-                self.workflow.assign(session, ticket, taker, now, how="taken by email")
+                self.workflow.assign(session, ticket, taker, now, how="taken by email", facts=facts)
                 # Nothing of it reaches the customer: speaking as the team needs the specialist token, which
                 # the assignment mail just queued for the taker carries (mailbot.threads.admit).
-                self._store(session, ticket, inbound, reading, now, kind="specialist")
+                self._store(session, ticket, inbound, reading, now, facts, kind="specialist")
                 return Decided("threaded", ticket.id, f"joined {found.describe()}; taken by {taker.address}")
-        if isinstance(admitted, Refusal):
-            return self._hold(session, inbound, reading, now, admitted, found)
+        if isinstance(admitted, HeldReason):
+            return self._hold(session, inbound, reading, now, facts, admitted, found)
         if automatic:
             # mailbot.loops rule 3: kept on its ticket, automatic mail relays, notifies and reopens nothing,
             # so a customer's and a specialist's out-of-office replies cannot answer each other through us.
             kind = "specialist" if admitted is Role.SPECIALIST else "customer"
-            self._store(session, ticket, inbound, reading, now, kind=kind)
+            self._store(session, ticket, inbound, reading, now, facts, kind=kind)
             return Decided("threaded", ticket.id, f"joined {found.describe()}; automatic mail, nothing sent")
         if admitted is Role.SPECIALIST:
-            return self._from_specialist(session, ticket, inbound, reading, now, found)
+            return self._from_specialist(session, ticket, inbound, reading, now, facts, found)
         step = threads.continuation(ticket.status, ticket.resolved_at, now, self.reopen_within)
         if step is Continuation.NEW:
             return Continues(ticket.id)
         if step is Continuation.REOPEN:
             self.workflow.reopen(ticket, now)
-        message = self._store(session, ticket, inbound, reading, now, kind="customer")
+        message = self._store(session, ticket, inbound, reading, now, facts, kind="customer")
         self._notify(
-            session, ticket, message, now, reopened=step is Continuation.REOPEN, attachments=parsed.attachments
+            session, ticket, message, now, facts, reopened=step is Continuation.REOPEN, attachments=parsed.attachments
         )
         return Decided("threaded", ticket.id, f"joined {found.describe()}")
 
@@ -137,23 +137,19 @@ class Followups:
         )
 
     def find(self, session: Session, inbound: InboundMessage, parsed: ParsedMessage) -> Match | None:
-        """The ticket the message names, by the most trusted of its clues (mailbot.threads)."""
-        return self._match(session, self.clues(inbound, parsed), parsed)
+        """The ticket a stored message names, by the most trusted of its clues (mailbot.threads)."""
+        sender = parsed.author.address if parsed.author else ""
+        return self._match(session, Facts(session), self.clues(inbound, parsed), sender)
 
-    def _match(self, session: Session, clues: threads.Clues, parsed: ParsedMessage) -> Match | None:
-        if clues.message_ids or clues.ticket_ids():
-            session.flush()  # the ticket it names may have been opened earlier in this batch, not written yet
-        sender = parsed.author.address if parsed.author else ""  # whom it trusts
+    def _match(self, session: Session, facts: Facts, clues: threads.Clues, sender: str) -> Match | None:
+        """`sender`: whom the message trusts (mailbot.senders)."""
 
         def joins(ticket_id: int) -> bool:  # asked only of a Message-ID that several tickets use
-            ticket = ticket_store.get(session, ticket_id)
+            ticket = facts.ticket(ticket_id)
             return ticket is not None and self._people(session, ticket).role_of(sender) is not None
 
         return threads.match(
-            clues,
-            owners=conversations.owners(session, clues.message_ids),
-            existing=conversations.existing(session, clues.ticket_ids()),
-            joins=joins,
+            clues, owners=facts.owners(clues.message_ids), existing=facts.existing(clues.ticket_ids()), joins=joins
         )
 
     def _people(self, session: Session, ticket: Ticket) -> threads.Participants:
@@ -193,6 +189,7 @@ class Followups:
         inbound: InboundMessage,
         reading: Reading,
         now: datetime,
+        facts: Facts,
         *,
         kind: str,
     ) -> TicketMessage:
@@ -200,7 +197,7 @@ class Followups:
         parsed = reading.parsed
         text, quoted = split_reply(parsed.text)
         sender = parsed.from_
-        return ticket_store.add_message(
+        message = ticket_store.add_message(
             session,
             ticket,
             direction="in",
@@ -208,7 +205,7 @@ class Followups:
             message_id=reading.key,
             identity=reading.identity,
             inbound_id=inbound.id,
-            from_address=sender.address.lower() if sender else (inbound.envelope_from or "").lower(),
+            from_address=reading.requester,
             from_name=sender.name if sender else "",
             to=[a.address for a in parsed.to],
             cc=[a.address for a in parsed.cc],
@@ -217,7 +214,10 @@ class Followups:
             text=text,
             quoted=quoted,
             attachments=parsed.attachments,
+            blobs=facts,
         )
+        facts.recorded(message, ticket.id)
+        return message
 
     def _hold(
         self,
@@ -225,24 +225,24 @@ class Followups:
         inbound: InboundMessage,
         reading: Reading,
         now: datetime,
-        refusal: Refusal,
+        facts: Facts,
+        refusal: HeldReason,
         found: Match,
     ) -> Decided:
         """A new held ticket for a message that named a ticket it may not join; the detail names the attempt."""
-        parsed = reading.parsed
-        sender = parsed.from_
-        requester = sender.address.lower() if sender else (inbound.envelope_from or "").lower()
+        parsed, requester = reading.parsed, reading.requester
         detail = threads.refusal_detail(requester, found, refusal)
         ticket = self.workflow.open_ticket(
             session,
             requester=requester,
-            requester_name=sender.name if sender else "",
+            requester_name=parsed.from_.name if parsed.from_ else "",
             subject=parsed.subject,
             now=now,
-            held=(refusal.value, detail),
+            facts=facts,
+            held=Held(refusal, detail),
             opening=parsed.message,
         )
-        self._store(session, ticket, inbound, reading, now, kind="customer")
+        self._store(session, ticket, inbound, reading, now, facts, kind="customer")
         return Decided("held", ticket.id, detail)
 
     def _notify(
@@ -251,6 +251,7 @@ class Followups:
         ticket: Ticket,
         message: TicketMessage,
         now: datetime,
+        facts: Facts,
         *,
         reopened: bool,
         attachments: Sequence[ReadAttachment] = (),
@@ -271,7 +272,7 @@ class Followups:
             left_out=[(name, promises.size_words(size)) for name, size in passed.left_out],
             reopened=reopened,
         )
-        self.workflow.send(session, ticket, notification, now=now)
+        self.workflow.send(session, ticket, notification, now=now, facts=facts)
 
     def _from_specialist(
         self,
@@ -280,12 +281,13 @@ class Followups:
         inbound: InboundMessage,
         reading: Reading,
         now: datetime,
+        facts: Facts,
         found: Match,
     ) -> Decided:
         """Store the specialist's message; carry out its commands, else relay its new text, formatting and
         attachments to the customer on their thread."""
         parsed = reading.parsed
-        message = self._store(session, ticket, inbound, reading, now, kind="specialist")
+        message = self._store(session, ticket, inbound, reading, now, facts, kind="specialist")
         specialist = session.get_one(Specialist, ticket.specialist_id)
         # The team's addresses, and the support addresses' plus forms: the specialist's reply address (its
         # token) is theirs alone, even when they quote it.
@@ -301,14 +303,14 @@ class Followups:
         if command is not None:
             if command.verb == "resolve":  # "#resolve Fixed." on one line: the note starts on it
                 text = hide(f"{command.argument}\n{rest}".strip())
-            return self._command(session, ticket, specialist, command, text, now, found)
+            return self._command(session, ticket, specialist, command, text, now, facts, found)
         passed = self.workflow.files_read(parsed.attachments)
         if not text.strip() and not passed.files:
             return Decided("threaded", ticket.id, f"joined {found.describe()}; nothing new to relay")
         html = richtext.relayed(
             None if said else parsed.html, text, text_had_history=bool(message.quoted), hide=hide
         )
-        requester, context = self.workflow.addressed(session, ticket)
+        requester, context = self.workflow.addressed(session, ticket, facts)
         relay = self.workflow.composer.compose(
             "relay",
             to=[requester],
@@ -326,7 +328,7 @@ class Followups:
             auto_submitted="auto-generated",
             files=passed.files,
         )
-        self.workflow.send(session, ticket, relay, now=now)
+        self.workflow.send(session, ticket, relay, now=now, facts=facts)
         return Decided("threaded", ticket.id, f"joined {found.describe()}; relayed to {ticket.requester}")
 
     def _command(
@@ -337,27 +339,28 @@ class Followups:
         command: commands.Command,
         text: str,
         now: datetime,
+        facts: Facts,
         found: Match,
     ) -> Decided:
         """`#resolve` (the text is the note) or `#assign EMAIL` (the text goes to the colleague); a command
         that cannot be carried out is explained to the specialist, and nothing reaches the customer."""
         try:
             if command.verb == "resolve":
-                self.workflow.resolve(session, ticket, now, text)
+                self.workflow.resolve(session, ticket, now, text, facts)
                 done = "resolved by email"
             else:
                 colleague = registry.find_specialist(session, command.argument)
                 if colleague is None:
                     raise RefusedError(f"{command.argument or '(nobody)'} is not a specialist of the team")
                 how = f"handed over by {specialist.name}"
-                self.workflow.assign(session, ticket, colleague, now, how=how, note=text)
+                self.workflow.assign(session, ticket, colleague, now, how=how, note=text, facts=facts)
                 done = f"handed over to {colleague.address} by email"
         except RefusedError as refused:
             notice = self.workflow.to_specialist(
                 session, ticket, "notice", specialist, command=f"#{command.verb} {command.argument}".strip(),
                 problem=str(refused),
             )
-            self.workflow.send(session, ticket, notice, now=now)
+            self.workflow.send(session, ticket, notice, now=now, facts=facts)
             return Decided("threaded", ticket.id, f"joined {found.describe()}; #{command.verb} refused: {refused}")
         return Decided("threaded", ticket.id, f"joined {found.describe()}; {done}")
 

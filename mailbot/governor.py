@@ -25,8 +25,10 @@ so the SLA check reports the ticket at risk at once and breached at the deadline
 genuine issue that ever meets a cap is a recorded breach, not a silence. Any other refusal composes nothing
 and the ticket keeps the reason (`auto_reply_refused`). Every limit hit is logged with its reason.
 
-The counts read an index (`outbox.recipient`, `created_at`), so they cost the same whatever an address's
-history; rows the caller's session holds but has not written yet count too (a batch of the intake).
+The counts are the batch's facts (mailbot.facts): read once per batch on an index (`outbox.recipient`,
+`created_at`), so they cost the same whatever an address's history, and kept up to date as the batch plans
+mail, so what an earlier message of the batch queued counts though it is not written yet. A caller outside
+the intake (a command, the SLA sweep) gives none: they are read for the one message.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from sqlalchemy.orm import Session
 from mailbot.addresses import key_of
 from mailbot.config import SecurityConfig
 from mailbot.entitlement import ENTITLED
+from mailbot.facts import Facts
 from mailbot.loops import Opening, refusal
 from mailbot.store import deliveries, registry
 from mailbot.store.schema import Ticket
@@ -77,6 +80,17 @@ class Governor:
         self.security = security
         self.own = frozenset(key_of(address) for address in own_addresses)
 
+    @property
+    def horizon(self) -> timedelta:
+        """The longest window a rule counts planned mail over: how far back the facts must reach."""
+        return max(self.security.auto_reply_window, EXPLANATION_WINDOW, TICKET_WINDOW)
+
+    def facts(self, session: Session, now: datetime) -> Facts:
+        """Facts for a caller outside the intake's batches (a command, the SLA sweep), read as the rules ask:
+        what its transaction planned so far is written first, so the counts read it."""
+        session.flush()
+        return Facts(session, since=now - self.horizon)
+
     def limit(
         self,
         session: Session,
@@ -85,14 +99,15 @@ class Governor:
         recipients: Sequence[str],
         now: datetime,
         opening: Opening | None = None,
+        facts: Facts | None = None,
     ) -> Limit | None:
         """Why `kind` mail to `recipients` about `ticket` may not go out now, or None; a limit is logged.
 
         `opening`: the message that opened the ticket, when the caller has it parsed (else read from the
-        store, for answers only)."""
+        store, for answers only). `facts`: the batch's (mailbot.facts), else read for this message."""
         if kind not in GOVERNED:
             return None
-        found = self._rules(session, ticket, kind, recipients, now, opening)
+        found = self._rules(session, ticket, kind, recipients, now, opening, facts or self.facts(session, now))
         if found is not None:
             fate = "withheld (its deadline stands)" if found.withholds else "not sent"
             log.warning(
@@ -108,6 +123,7 @@ class Governor:
         recipients: Sequence[str],
         now: datetime,
         opening: Opening | None,
+        facts: Facts,
     ) -> Limit | None:
         if own := [r for r in recipients if key_of(r) in self.own]:
             return Limit(f"{own[0]} is one of our own support addresses")
@@ -118,27 +134,25 @@ class Governor:
             if (why := refusal(opening, ticket.requester)) is not None:
                 return Limit(why)
         if kind == EXPLANATION:
-            count = deliveries.count_to(session, ticket.requester, {EXPLANATION}, now - EXPLANATION_WINDOW)
+            count = facts.sent_to(ticket.requester, {EXPLANATION}, now - EXPLANATION_WINDOW)
             if count >= (cap := self.security.explanations_per_day):
                 return Limit(f"{cap} explanations already went to {ticket.requester} in 24 hours")
         if kind in COUNTED and recipients:
-            return self._per_address(session, ticket, kind, recipients[0], now)
+            return self._per_address(ticket, kind, recipients[0], now, facts)
         if kind in REACTIVE:
-            count = deliveries.count_on_ticket(session, ticket.id, REACTIVE, now - TICKET_WINDOW)
+            count = facts.sent_on(ticket.id, REACTIVE, now - TICKET_WINDOW)
             if count >= (cap := self.security.ticket_mail_per_hour):
                 return Limit(
                     f"mail loop suspected: {count} notifications and relays in the last hour (the limit is {cap})"
                 )
         return None
 
-    def _per_address(
-        self, session: Session, ticket: Ticket, kind: str, address: str, now: datetime
-    ) -> Limit | None:
+    def _per_address(self, ticket: Ticket, kind: str, address: str, now: datetime, facts: Facts) -> Limit | None:
         """Rule 4; a promised message of a running clock is withheld, not dropped."""
         contact = ticket.entitlement == ENTITLED
         cap = self.security.contact_mail_limit if contact else self.security.auto_reply_limit
         window = self.security.auto_reply_window
-        count = deliveries.count_to(session, address, COUNTED, now - window)
+        count = facts.sent_to(address, COUNTED, now - window)
         if count < cap:
             return None
         whose = "a named contact's issues" if contact else "a sender who is not an entitled named contact"

@@ -26,22 +26,20 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
 from email.message import EmailMessage
 
 from sqlalchemy.orm import Session
 
 from mailbot.addresses import same_person
 from mailbot.automatic import aligned_author, automatic_reason, is_own_mail, loop_mark
-from mailbot.bounces import Bounce, read_bounce
-from mailbot.parse import ParsedMessage
+from mailbot.bounces import Bounce
+from mailbot.facts import Facts
+from mailbot.held import Held, HeldReason
+from mailbot.reading import Reading
 from mailbot.store import deliveries, registry
 from mailbot.store.schema import OutboxItem
 
 log = logging.getLogger("mailbot.loops")
-
-HELD_AUTOMATIC = "automatic"  # the held reason of a ticket opened by automatic mail
-
 
 @dataclass(frozen=True)
 class Ignored:
@@ -51,10 +49,10 @@ class Ignored:
     ticket_id: int | None = None
 
 
-def automatic_hold(reason: str | None) -> tuple[str, str] | None:
-    """(reason, detail) for holding a new ticket opened by automatic mail (`automatic.automatic_reason`
-    gave `reason`), or None for a person's mail."""
-    return (HELD_AUTOMATIC, f"automatic mail: {reason}") if reason is not None else None
+def automatic_hold(reason: str | None) -> Held | None:
+    """Why a new ticket opened by automatic mail is held (`automatic.automatic_reason` gave `reason`), or
+    None for a person's mail."""
+    return Held(HeldReason.AUTOMATIC, f"automatic mail: {reason}") if reason is not None else None
 
 
 def delivery_detail(bounce: Bounce) -> str:
@@ -108,22 +106,23 @@ class MachineMail:
         self.secret = secret
         self.bouncing_after = bouncing_after
 
-    def screen(self, session: Session, parsed: ParsedMessage, now: datetime) -> Ignored | None:
-        """Rules 1 and 2: our own mail and bounces are ignored (bounces recorded); None for anything else."""
+    def screen(self, session: Session, reading: Reading, facts: Facts) -> Ignored | None:
+        """Rules 1 and 2: our own mail and bounces (the reading's, read once) are ignored (bounces recorded,
+        and the batch's facts told of a contact marked bouncing); None for anything else."""
+        parsed, bounce = reading.parsed, reading.bounce
         message_id = parsed.message_id
         if message_id and is_own_mail(parsed.message, loop_mark(self.secret, message_id)):
             item = deliveries.by_message_id(session, message_id)
             return Ignored("our own message came back", item.ticket_id if item else None)
-        bounce = read_bounce(parsed.message)
         if bounce is None:
             return None
         item = deliveries.by_message_id(session, bounce.original_message_id) if bounce.original_message_id else None
         if item is None:
             return Ignored("bounce of a message mailbot did not send")
-        self._record(session, item, bounce)
+        self._record(session, item, bounce, facts)
         return Ignored(f"bounce: {item.kind} {item.message_id} {item.delivery}", item.ticket_id)
 
-    def _record(self, session: Session, item: OutboxItem, bounce: Bounce) -> None:
+    def _record(self, session: Session, item: OutboxItem, bounce: Bounce, facts: Facts) -> None:
         """Rule 2: the delivery of `item` as the bounce tells it, and a hard bounce against its contacts."""
         already_bounced = item.delivery == "bounced"
         if already_bounced and bounce.delayed:
@@ -143,4 +142,5 @@ class MachineMail:
             contact.bounces += 1
             if contact.bounces >= self.bouncing_after and not contact.bouncing:
                 contact.bouncing = True
+                facts.bounced(contact.address)
                 log.warning("contact %s marked bouncing after %d hard bounces", contact.address, contact.bounces)

@@ -35,7 +35,7 @@ from typing import Any, cast
 from lxml.etree import LxmlError
 
 from mailbot.automatic import automatic_reason, header_addresses
-from mailbot.bounces import read_bounce
+from mailbot.bounces import Bounce, read_bounce
 from mailbot.charsets import codec, decode_header_bytes, decode_text, word_charset
 from mailbot.errors import MailbotError
 from mailbot.flowed import unflow
@@ -145,13 +145,26 @@ class ParsedMessage:
     text: str
     html: str | None
     attachments: list[Attachment]
-    auto_submitted: bool
-    bounce: bool
+    bounce_report: Bounce | None  # the delivery report it is (mailbot.bounces), read once
     defects: list[str]
     message: EmailMessage = field(repr=False, compare=False)
     # Why only a degraded reading was possible (mailbot.salvage): the message was over ParseLimits or the
     # standard parser could not read it. None for a full reading.
     degraded: str | None = None
+
+    @property
+    def auto_submitted(self) -> bool:
+        """Written by a program (mailbot.automatic), whatever its envelope; a check that fails on junk
+        headers counts as automatic. For the JSON: the intake works out its own verdict with the envelope
+        sender (mailbot.reading), so parsing never does."""
+        try:
+            return automatic_reason(self.message, None) is not None
+        except _STDLIB_FAILURES:
+            return True
+
+    @property
+    def bounce(self) -> bool:
+        return self.bounce_report is not None
 
     def to_json(self) -> dict[str, Any]:
         """The `mailbot parse FILE` JSON of INTERFACE.md (attachment data and `message` left out)."""
@@ -225,8 +238,7 @@ def parse(raw: bytes, limits: ParseLimits = ParseLimits()) -> ParsedMessage:
         text=body.text,
         html=body.html,
         attachments=body.attachments,
-        auto_submitted=_is_automatic(msg, defects),
-        bounce=_is_bounce(msg, defects),
+        bounce_report=_bounce(msg, defects),
         defects=list(dict.fromkeys(defects + _stdlib_defects(msg))),
         message=msg,
     )
@@ -820,22 +832,13 @@ def _stdlib_defects(msg: EmailMessage) -> list[str]:
 # --- Flags ---------------------------------------------------------------------------------------------
 
 
-def _is_automatic(msg: EmailMessage, defects: list[str]) -> bool:
-    """Written by a program (mailbot.automatic); a check that fails on junk headers counts as automatic."""
+def _bounce(msg: EmailMessage, defects: list[str]) -> Bounce | None:
+    """The delivery failure report it is (mailbot.bounces), if any."""
     try:
-        return automatic_reason(msg, None) is not None
-    except _STDLIB_FAILURES as exc:
-        defects.append(f"automatic-mail check failed ({type(exc).__name__}); treated as automatic")
-        return True
-
-
-def _is_bounce(msg: EmailMessage, defects: list[str]) -> bool:
-    """A delivery failure report (mailbot.bounces)."""
-    try:
-        return read_bounce(msg) is not None
+        return read_bounce(msg)
     except _STDLIB_FAILURES as exc:
         defects.append(f"bounce check failed ({type(exc).__name__})")
-        return False
+        return None
 
 
 # --- Body: text, HTML and attachments ----------------------------------------------------------------

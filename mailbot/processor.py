@@ -6,7 +6,7 @@ DNS wait holds SQLite's write lock, and several runners share the work; then the
 batch inside one savepoint of one transaction. The daemon reads each claimed row on a pool of reader
 threads and decides whichever rows are read: a message whose reading is slow (a slow name server, within
 its DNS budget) is decided in a later batch, so the mail behind it never waits for it (issue 12). When any message of it fails, that savepoint is undone and
-the batch runs again with each message in a savepoint of its own, so failures are recorded on their rows
+the batch runs again with each message in a savepoint of its own (and facts of its own), so failures are recorded on their rows
 (status failed, with the reason), one bad message never blocks the others and nothing is lost:
 `mailbot inbound retry` puts failed rows back. A savepoint per message cost a quarter of the intake's time
 (bench/RESULTS.md), and nearly every batch has no failure at all. A database outage leaves rows pending
@@ -140,14 +140,11 @@ class Processor:
         if None not in readings:  # else a message could not even be read: each runs isolated at once
             now = self.clock.now()
             try:
-                # Written in one flush when the savepoint is released: look-ups that could see this batch's
-                # own writes take pending rows into account (Message-ID uses, the governor's counts, stored
-                # blobs) or flush first (threading); the unique index on message identities is the last guard.
+                # Written in one flush when the savepoint is released: the rules see this batch's own writes
+                # through its facts (mailbot.facts), loaded once for the batch and kept up to date; the unique
+                # index on message identities is the last guard.
                 with session.begin_nested(), session.no_autoflush:
-                    outcomes = [
-                        self.intake.process(session, row, now, isolated=False, reading=reading)
-                        for row, reading in zip(rows, readings, strict=True)
-                    ]
+                    outcomes = self.intake.decide(session, rows, [r for r in readings if r is not None], now)
             except Exception:  # noqa: BLE001, S110 - one message failed (or the database did): isolate each
                 pass
             else:

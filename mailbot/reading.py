@@ -1,12 +1,19 @@
 """What the intake learns from a stored message before it looks at the database (`Intake.read`): work that
-needs no transaction, and may wait on DNS, so the runner does it with none open."""
+needs no transaction, and may wait on DNS, so the runner does it with none open.
+
+Each verdict is worked out here once and carried: whether a machine wrote the message (and why), whether
+it is a bounce (and what it says), which conversation it claims to continue (its thread clues). The rules
+after it (mailbot.intake) only read them.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from mailbot.authn import AuthVerdict
+from mailbot.bounces import Bounce
 from mailbot.parse import ParsedMessage
+from mailbot.threads import Clues
 from mailbot.trail import Step
 
 
@@ -16,4 +23,13 @@ class Reading:
     key: str  # its Message-ID, or a hash of its bytes: what threads it and what others may reuse
     verdict: AuthVerdict  # whether its From address is authenticated (admission.Gate.authenticate)
     identity: str  # what makes a message with the same key the same message (mailbot.identity)
-    steps: tuple[Step, ...] = ()  # the decision trail so far: reading, authentication (mailbot.trail)
+    steps: tuple[Step, ...]  # the decision trail so far: reading, authentication (mailbot.trail)
+    requester: str  # whom a ticket it opens belongs to: From as shown, else the envelope sender, lowercased
+    automatic: str | None  # why a machine wrote it (mailbot.automatic), None for a person's mail
+    bounce: Bounce | None  # the delivery report it is (mailbot.bounces), if it is one
+    clues: Clues  # the conversation it claims to continue (mailbot.threads)
+
+    @property
+    def sender(self) -> str:
+        """Whom it trusts (mailbot.senders): the strict From address, never the lenient one it shows."""
+        return self.parsed.author.address if self.parsed.author else ""

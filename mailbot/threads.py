@@ -34,6 +34,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from mailbot.addresses import normalize
+from mailbot.held import HeldReason
 from mailbot.tokens import Claim, ReplyTokens, Side
 
 MAX_THREAD_IDS = 50  # Message-IDs looked up per message: In-Reply-To plus the newest References
@@ -52,15 +53,6 @@ class Role(StrEnum):
     REQUESTER = "requester"
     CONTACT = "contact"
     SPECIALIST = "specialist"
-
-
-class Refusal(StrEnum):
-    """Why a matched message does not join its ticket; the value is the held ticket's reason."""
-
-    NOT_A_PARTICIPANT = "not-a-participant"
-    NOT_AUTHENTICATED = "not-authenticated"
-    FORGED_TOKEN = "forged-reply-token"
-    NO_SPECIALIST_TOKEN = "no-specialist-token"
 
 
 @dataclass(frozen=True)
@@ -212,7 +204,7 @@ def participants(
 
 def admit(
     sender: str, found: Match, people: Participants, *, authenticated: bool, speaks_for: bool = False
-) -> Role | Refusal:
+) -> Role | HeldReason:
     """Whether `sender` may write on the ticket `found` names: their role, or why not.
 
     `authenticated` is the sender-authentication verdict on the From address (always True where the
@@ -221,24 +213,24 @@ def admit(
     the specialist's role needs on top of an authenticated From.
     """
     if found.how is How.FORGED_TOKEN:
-        return Refusal.FORGED_TOKEN
+        return HeldReason.FORGED_TOKEN
     role = people.role_of(sender)
     if role is None:
-        return Refusal.NOT_A_PARTICIPANT
+        return HeldReason.NOT_A_PARTICIPANT
     if not authenticated:
-        return Refusal.NOT_AUTHENTICATED
+        return HeldReason.NOT_AUTHENTICATED
     if role is Role.SPECIALIST and not speaks_for:
-        return Refusal.NO_SPECIALIST_TOKEN
+        return HeldReason.NO_SPECIALIST_TOKEN
     return role
 
 
-def refusal_detail(sender: str, found: Match, refusal: Refusal) -> str:
+def refusal_detail(sender: str, found: Match, refusal: HeldReason) -> str:
     """The held ticket's detail: who tried to join which ticket, how, and why they may not."""
     why = {
-        Refusal.NOT_A_PARTICIPANT: "the sender is not a participant of that ticket",
-        Refusal.NOT_AUTHENTICATED: "the From address passed no trusted DKIM or DMARC check",
-        Refusal.FORGED_TOKEN: "the reply token was not signed by us",
-        Refusal.NO_SPECIALIST_TOKEN: (
+        HeldReason.NOT_A_PARTICIPANT: "the sender is not a participant of that ticket",
+        HeldReason.NOT_AUTHENTICATED: "the From address passed no trusted DKIM or DMARC check",
+        HeldReason.FORGED_TOKEN: "the reply token was not signed by us",
+        HeldReason.NO_SPECIALIST_TOKEN: (
             "it was not sent to the ticket's specialist reply address (the Reply-To of the mail sent to the "
             "specialist), so it is not relayed to the customer"
         ),

@@ -33,7 +33,9 @@ from mailbot.compose import (
 )
 from mailbot.config import SlaConfig
 from mailbot.errors import RefusedError
+from mailbot.facts import Facts
 from mailbot.governor import Governor
+from mailbot.held import Held
 from mailbot.hours import BusinessHours, shown
 from mailbot.loops import Opening
 from mailbot.parse import Attachment as ReadAttachment
@@ -175,19 +177,27 @@ class Workflow:
         head = ticket_store.opening_head(session, ticket) if session is not None else None
         return _outlook_block(BytesHeaderParser(policy=compat32).parsebytes(head)) if head else None
 
-    def addressed(self, session: Session, ticket: Ticket) -> tuple[Address, dict[str, object]]:
+    def addressed(
+        self, session: Session, ticket: Ticket, facts: Facts | None = None
+    ) -> tuple[Address, dict[str, object]]:
         """The requester as we write to them, by the name registered with `contact add --name`, else the
         display name of their mail; and what templates know of the ticket, greeting them so (read once)."""
-        name = self.greeting_name(session, ticket)
+        name = self.greeting_name(session, ticket, facts)
         return address_of(ticket.requester, name), {**self.context(ticket), "requester_name": name}
 
-    def greeting_name(self, session: Session, ticket: Ticket) -> str:
+    def greeting_name(self, session: Session, ticket: Ticket, facts: Facts | None = None) -> str:
+        """`facts`: the intake's batch (mailbot.facts), which knows its senders' names already."""
+        if facts is not None:
+            contact = facts.contact(ticket.requester)
+            return (contact.name if contact is not None else "") or ticket.requester_name
         return registry.contact_name(session, ticket.requester) or ticket.requester_name
 
-    def files(self, session: Session, attachments: Sequence[Attachment]) -> Passed:
-        """Stored attachments to pass on within `support.max_attachments_size`, with their bytes."""
+    def files(self, session: Session, attachments: Sequence[Attachment], facts: Facts | None = None) -> Passed:
+        """Stored attachments to pass on within `support.max_attachments_size`, with their bytes (`facts`:
+        the intake's batch, whose own attachments are not written yet)."""
         attached, left_out = within_limit(attachments, self.attachments_limit)
-        data = ticket_store.blobs(session, [a.sha256 for a in attached])
+        hashes = [a.sha256 for a in attached]
+        data = facts.blob_data(hashes) if facts is not None else ticket_store.blobs(session, hashes)
         return Passed(
             [File(a.filename, a.content_type, data[a.sha256]) for a in attached],
             [(a.filename, a.size) for a in left_out],
@@ -236,19 +246,21 @@ class Workflow:
         now: datetime,
         deadline: datetime | None = None,
         opening: Opening | None = None,
+        facts: Facts | None = None,
     ) -> OutboxItem | None:
         """Queue mail the loop governor (mailbot.governor) lets go, in the ticket's conversation too.
 
         Refused: nothing is queued, the ticket keeps the reason, None. A promised message refused is queued
         `withheld` instead (never sent; its deadline stands, so the SLA check sees it). `opening`: the
-        message being answered, when the caller has it parsed."""
-        limit = self.governor.limit(session, ticket, outgoing.kind, outgoing.recipients, now, opening)
+        message being answered, when the caller has it parsed. `facts`: the intake's batch (mailbot.facts),
+        which the governor counts with and which learns of what is queued."""
+        limit = self.governor.limit(session, ticket, outgoing.kind, outgoing.recipients, now, opening, facts)
         if limit is None:
-            return self.queue(session, ticket, outgoing, now=now, deadline=deadline)
+            return self.queue(session, ticket, outgoing, now=now, deadline=deadline, facts=facts)
         ticket.auto_reply_refused = limit.reason
         if not limit.withholds:
             return None
-        return self.queue(session, ticket, outgoing, now=now, deadline=deadline, withheld=limit.reason)
+        return self.queue(session, ticket, outgoing, now=now, deadline=deadline, withheld=limit.reason, facts=facts)
 
     def queue(
         self,
@@ -259,10 +271,11 @@ class Workflow:
         now: datetime,
         deadline: datetime | None = None,
         withheld: str | None = None,
+        facts: Facts | None = None,
     ) -> OutboxItem:
         """Queue an outgoing message as it is, and record it in the ticket's conversation, in one transaction:
         a person's mail (a resolution), or what `send` let go."""
-        ticket_store.add_message(
+        message = ticket_store.add_message(
             session,
             ticket,
             direction="out",
@@ -275,9 +288,11 @@ class Workflow:
             at=now,
             text=outgoing.text,
         )
-        return outbox.plan(
-            session, outgoing, ticket_id=ticket.id, now=now, deadline_at=deadline, withheld=withheld
-        )
+        item = outbox.plan(session, outgoing, ticket_id=ticket.id, now=now, deadline_at=deadline, withheld=withheld)
+        if facts is not None:
+            facts.recorded(message, ticket.id)
+            facts.queued(item)
+        return item
 
     def answer(
         self,
@@ -288,15 +303,18 @@ class Workflow:
         now: datetime,
         deadline: datetime | None = None,
         opening: Opening | None = None,
+        facts: Facts | None = None,
         **extra: object,
     ) -> OutboxItem | None:
         """Queue automatic mail to the requester (a confirmation, an explanation: templates/<kind>.*) as the
         loop governor allows (`send`). `opening`: the message being answered, when the caller has it parsed."""
-        outgoing = self.to_requester(session, ticket, kind, now=now, **extra)
-        return self.send(session, ticket, outgoing, now=now, deadline=deadline, opening=opening)
+        outgoing = self.to_requester(session, ticket, kind, now=now, facts=facts, **extra)
+        return self.send(session, ticket, outgoing, now=now, deadline=deadline, opening=opening, facts=facts)
 
-    def to_requester(self, session: Session, ticket: Ticket, kind: str, *, now: datetime, **extra: object) -> Outgoing:
-        requester, context = self.addressed(session, ticket)
+    def to_requester(
+        self, session: Session, ticket: Ticket, kind: str, *, now: datetime, facts: Facts | None = None, **extra: object
+    ) -> Outgoing:
+        requester, context = self.addressed(session, ticket, facts)
         return self.composer.compose(
             kind,
             to=[requester],
@@ -329,14 +347,16 @@ class Workflow:
             files=files,
         )
 
-    def start_clock(self, session: Session, ticket: Ticket, now: datetime, opening: Opening | None = None) -> None:
+    def start_clock(
+        self, session: Session, ticket: Ticket, now: datetime, opening: Opening | None = None, facts: Facts | None = None
+    ) -> None:
         """The promise starts: deadlines set, the confirmation queued to go out at once."""
         ticket.clock_started_at = now
         ticket.confirmation_due_at = now + self.sla.confirmation_within
         ticket.assign_due_at = self.hours.add(now, self.sla.auto_assign_after)
         ticket.introduction_due_at = self.hours.add(now, self.sla.introduction_within)
         due = ticket.confirmation_due_at
-        if self.answer(session, ticket, "confirmation", now=now, deadline=due, opening=opening) is None:
+        if self.answer(session, ticket, "confirmation", now=now, deadline=due, opening=opening, facts=facts) is None:
             # Nothing is promised to a machine or an unverifiable sender (a withheld one is still owed).
             ticket.confirmation_due_at = None
         self._arm(session, ticket, now)
@@ -363,20 +383,23 @@ class Workflow:
         subject: str,
         now: datetime,
         organization_id: int | None = None,
-        held: tuple[str, str] | None = None,
+        facts: Facts | None = None,
+        held: Held | None = None,
         parent_id: int | None = None,
         opening: Message | None = None,
     ) -> Ticket:
-        """A new ticket: held (reason, detail) ones wait without a clock; the others start it now.
+        """A new ticket: held ones wait without a clock; the others start it now.
 
         `parent_id`: the resolved ticket this one continues (a reply after the reopen window). `opening`: the
-        customer's message that opens it, parsed (its Outlook Thread-Index is kept for our replies).
+        customer's message that opens it, parsed (its Outlook Thread-Index is kept for our replies). `facts`:
+        the intake's batch (mailbot.facts), which allocates its id and learns of it.
         """
+        facts = facts or self.governor.facts(session, now)
         ticket = Ticket(
-            id=ticket_store.allocate_id(session),
+            id=facts.next_ticket_id(),
             status="held" if held else "new",
-            held_reason=held[0] if held else None,
-            held_detail=held[1] if held else None,
+            held_reason=held.reason.value if held else None,
+            held_detail=held.detail if held else None,
             subject=subject,
             requester=requester,
             requester_name=requester_name,
@@ -388,6 +411,7 @@ class Workflow:
             messages=[],  # a new ticket has none: without this, its first message costs a SELECT to find out
         )
         session.add(ticket)  # written with the caller's next flush: its id is known already
+        facts.opened(ticket)
         return ticket
 
     def release(self, session: Session, ticket: Ticket, now: datetime) -> None:
@@ -407,6 +431,7 @@ class Workflow:
         *,
         how: str = "claimed",
         note: str = "",
+        facts: Facts | None = None,
     ) -> OutboxItem | None:
         """The specialist takes the ticket (`how`: "claimed", "by turn", "handed over by NAME"): they get the
         conversation so far with its attachments (kind `assignment`), whoever had it before is told (kind
@@ -425,7 +450,7 @@ class Workflow:
             ticket.status = "open"
         introduced = any(m.kind == "introduction" for m in ticket.messages)
         taking_over = previous.name if introduced and previous is not None else None
-        requester, context = self.addressed(session, ticket)
+        requester, context = self.addressed(session, ticket, facts)
         introduction = self.composer.compose(
             "introduction",
             to=[requester],
@@ -436,13 +461,15 @@ class Workflow:
             reply_to=self.reply_to(ticket),
         )
         # Only the first introduction is the promise (its deadline); one that says who takes over is a courtesy.
-        item = self.send(session, ticket, introduction, now=now, deadline=None if introduced else ticket.introduction_due_at)
+        deadline = None if introduced else ticket.introduction_due_at
+        item = self.send(session, ticket, introduction, now=now, deadline=deadline, facts=facts)
         self._tell_assigned(
-            session, ticket, specialist, now, how=how, previous=previous, note=note, introduced_before=introduced
+            session, ticket, specialist, now, how=how, previous=previous, note=note, introduced_before=introduced,
+            facts=facts,
         )
         if previous is not None:
             handover = self.to_specialist(session, ticket, "handover", previous, new_name=specialist.name, how=how)
-            self.send(session, ticket, handover, now=now)
+            self.send(session, ticket, handover, now=now, facts=facts)
         return item
 
     def _tell_assigned(
@@ -456,11 +483,12 @@ class Workflow:
         previous: Specialist | None,
         note: str,
         introduced_before: bool,
+        facts: Facts | None,
     ) -> None:
         """The `assignment` mail: the conversation so far, each message with its attachments, attached within
         the size limit (the rest named, with the command that saves them)."""
         said = [m for m in ticket.messages if m.direction == "in" and m.kind in CONVERSATION_KINDS]
-        passed = self.files(session, [a for m in said for a in m.attachments])
+        passed = self.files(session, [a for m in said for a in m.attachments], facts)
         assignment = self.to_specialist(
             session,
             ticket,
@@ -474,7 +502,7 @@ class Workflow:
             left_out=[(name, promises.size_words(size)) for name, size in passed.left_out],
             introduced=introduced_before,
         )
-        self.send(session, ticket, assignment, now=now)
+        self.send(session, ticket, assignment, now=now, facts=facts)
 
     def message_view(self, message: TicketMessage) -> dict[str, object]:
         """One message of the conversation as templates show it."""
@@ -486,13 +514,15 @@ class Workflow:
             "attachments": [(a.filename, promises.size_words(a.size)) for a in message.attachments],
         }
 
-    def resolve(self, session: Session, ticket: Ticket, now: datetime, note: str = "") -> OutboxItem:
+    def resolve(
+        self, session: Session, ticket: Ticket, now: datetime, note: str = "", facts: Facts | None = None
+    ) -> OutboxItem:
         """The ticket is resolved; the customer is told, with the note, on their thread."""
         if ticket.status in ("held", "resolved"):
             raise RefusedError(f"ticket {ticket.id} is {ticket.status}; only a new or open ticket can be resolved")
         ticket.status, ticket.resolved_at, ticket.updated_at = "resolved", now, now
         specialist = session.get(Specialist, ticket.specialist_id) if ticket.specialist_id else None
-        requester, context = self.addressed(session, ticket)
+        requester, context = self.addressed(session, ticket, facts)
         resolution = self.composer.compose(
             "resolution",
             to=[requester],
@@ -507,7 +537,7 @@ class Workflow:
             reply_to=self.reply_to(ticket),
             auto_submitted="auto-generated",
         )
-        return self.queue(session, ticket, resolution, now=now)
+        return self.queue(session, ticket, resolution, now=now, facts=facts)
 
     def reopen(self, ticket: Ticket, now: datetime) -> None:
         """A resolved ticket is worked on again: open with its specialist, else new (to be assigned)."""

@@ -317,6 +317,13 @@ def test_malformed_message_id_in_the_returned_copy(value: bytes) -> None:
     assert bounce is not None and bounce.status == "5.1.1" and bounce.original_message_id is None
 
 
+def test_a_message_id_with_8_bit_bytes_names_no_message() -> None:
+    """A returned copy whose Message-ID holds a raw 8-bit byte (found by the intake's fuzz test): the bounce
+    is read, naming no message of ours, rather than a value no database accepts as text."""
+    bounce = read_bounce(returned_copy_bounce(b"<a@school.example>: 550 5.1.1 no such user", b"<\xe89Xv3@schoolmint.com>"))
+    assert bounce is not None and bounce.status == "5.1.1" and bounce.original_message_id is None
+
+
 @given(st.binary(max_size=300), st.binary(max_size=60))
 def test_hostile_bounces_never_raise(notice: bytes, returned_header: bytes) -> None:
     """Whatever a forged MAILER-DAEMON message holds, reading it gives a value, not an exception."""

@@ -55,8 +55,14 @@ class TestEntitled:
 
 class TestHeldReasons:
     def test_reason_codes(self) -> None:
-        """The stored codes are these strings."""
+        """The stored codes are these strings: entitlement's, and (one vocabulary, mailbot.held) the intake's
+        and threading's."""
         assert {r.value for r in HeldReason} == {
+            "no-sender-address",
+            "automatic",
+            "not-a-participant",
+            "forged-reply-token",
+            "no-specialist-token",
             "unknown-sender",
             "plan-expired",
             "plan-not-started",

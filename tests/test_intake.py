@@ -141,10 +141,10 @@ class TestBatches:
                     app.clock.now())
         start_clock = app.workflow.start_clock
 
-        def exploding(session, ticket, now, opening=None):  # type: ignore[no-untyped-def]
+        def exploding(session, ticket, now, *rest):  # type: ignore[no-untyped-def]
             if ticket.subject == "explode":  # after the ticket and its first message were written
                 raise RuntimeError("a bug in the workflow")
-            start_clock(session, ticket, now, opening)
+            start_clock(session, ticket, now, *rest)
 
         monkeypatch.setattr(app.workflow, "start_clock", exploding)
         assert [o.action for o in app.processor.run_once()] == ["created", "failed", "created", "duplicate"]

@@ -23,7 +23,8 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from mailbot.automatic import LOOP_HEADER
 from mailbot.cli import tickets as ticket_commands
 from mailbot.clock import FrozenClock
-from mailbot.loops import HELD_AUTOMATIC, Opening, refusal
+from mailbot.held import HeldReason
+from mailbot.loops import Opening, refusal
 from mailbot.store import registry
 from mailbot.store.schema import Contact, InboundMessage, OutboxItem, Ticket
 from tests.mailers import SinkHandler, message
@@ -97,7 +98,7 @@ class TestOutOfOffice:
         await service.send(reply, mail_from="")
         await service.settle()
         ticket = service.ticket(1)
-        assert (ticket.status, ticket.held_reason) == ("held", HELD_AUTOMATIC)
+        assert (ticket.status, ticket.held_reason) == ("held", HeldReason.AUTOMATIC)
         assert service.wire == []
 
 
@@ -177,7 +178,7 @@ class TestOwnMail:
         await service.send(message(subject="Another question", headers={LOOP_HEADER: mark}))
         await service.settle()
         row = service.inbound()[-1]
-        assert row.action == "held" and service.ticket(2).held_reason == HELD_AUTOMATIC
+        assert row.action == "held" and service.ticket(2).held_reason == HeldReason.AUTOMATIC
         assert len(service.wire) == 1
 
 

@@ -6,13 +6,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from mailbot.held import HeldReason
 from mailbot.threads import (
     Clues,
     Continuation,
     How,
     Match,
     Participants,
-    Refusal,
     Role,
     admit,
     continuation,
@@ -182,32 +182,32 @@ class TestAdmit:
         """An authenticated From of the assigned specialist is not enough to speak as the support team."""
         assert (
             admit("sam@schoolmint.com", self.BY_ID, self.PEOPLE, authenticated=True)
-            is Refusal.NO_SPECIALIST_TOKEN
+            is HeldReason.NO_SPECIALIST_TOKEN
         )
         assert (
             admit("sam@schoolmint.com", self.BY_ID, self.PEOPLE, authenticated=False, speaks_for=True)
-            is Refusal.NOT_AUTHENTICATED
+            is HeldReason.NOT_AUTHENTICATED
         )
 
     def test_copied_message_id_grants_nothing(self) -> None:
         assert (
             admit("mallory@evil.example", self.BY_ID, self.PEOPLE, authenticated=True)
-            is Refusal.NOT_A_PARTICIPANT
+            is HeldReason.NOT_A_PARTICIPANT
         )
 
     def test_forged_from_of_a_participant_refused(self) -> None:
         """The 2024 spoofing reports: a forged From of the requester must not join."""
         assert (
             admit("ana@lincoln.example", self.BY_ID, self.PEOPLE, authenticated=False)
-            is Refusal.NOT_AUTHENTICATED
+            is HeldReason.NOT_AUTHENTICATED
         )
 
     def test_forged_token_admits_nobody(self) -> None:
         forged = Match(1, How.FORGED_TOKEN, "herosupport+t1-0@schoolmint.com")
-        assert admit("ana@lincoln.example", forged, self.PEOPLE, authenticated=True) is Refusal.FORGED_TOKEN
+        assert admit("ana@lincoln.example", forged, self.PEOPLE, authenticated=True) is HeldReason.FORGED_TOKEN
 
     def test_detail_names_the_attempt(self) -> None:
-        detail = refusal_detail("mallory@evil.example", self.BY_ID, Refusal.NOT_A_PARTICIPANT)
+        detail = refusal_detail("mallory@evil.example", self.BY_ID, HeldReason.NOT_A_PARTICIPANT)
         assert detail == (
             "mallory@evil.example tried to join ticket #1 by its Message-ID <x@schoolmint.com>; "
             "the sender is not a participant of that ticket"

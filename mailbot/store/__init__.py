@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -27,11 +27,21 @@ if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
 
 T = TypeVar("T")
+V = TypeVar("V")
 log = logging.getLogger("mailbot.store")
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 # pg_advisory_xact_lock's key for schema migrations: any constant other software on the database does not use.
 MIGRATION_LOCK = 0x6D61696C626F74  # "mailbot"
 UPGRADE_WAIT_MS = 10 * 60 * 1000  # another host's migration may take minutes; systemd's start timeout bounds it
+# Values per IN list (the batch look-ups of mailbot.facts): far below SQLite's and PostgreSQL's parameter limits.
+CHUNK = 500
+
+
+def chunks(values: Collection[V]) -> Iterator[list[V]]:
+    """`values` in lists of at most CHUNK, for statements with an IN list."""
+    listed = list(values)
+    for start in range(0, len(listed), CHUNK):
+        yield listed[start : start + CHUNK]
 
 
 def _sqlite_pragmas(lock_timeout: float) -> Callable[[Any, Any], None]:

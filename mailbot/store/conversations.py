@@ -1,5 +1,6 @@
-"""What the threading rules need to know about tickets: who owns a Message-ID, which tickets exist, and
-the named contacts who may be brought into a ticket."""
+"""What the intake needs to know about conversations: the messages stored under a Message-ID (its
+duplicates, the tickets it threads onto), which tickets exist, and the named contacts who may be brought
+into a ticket. Asked once per batch for all of its messages (mailbot.facts)."""
 
 from __future__ import annotations
 
@@ -9,51 +10,38 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from mailbot.identity import Use
-from mailbot.store import registry
+from mailbot.store import chunks, registry
 from mailbot.store.schema import Contact, Ticket, TicketMessage
 
+# Built once, run on the session's connection for plain values (see mailbot.store.registry).
 _USES = (
-    select(TicketMessage.identity, TicketMessage.ticket_id, TicketMessage.from_address, TicketMessage.direction)
-    .where(TicketMessage.message_id == bindparam("message_id"))
-    .order_by(TicketMessage.id)
-)  # built once: the intake asks it of every message (see mailbot.store.registry)
-
-
-def owners(session: Session, message_ids: Collection[str]) -> dict[str, list[int]]:
-    """The tickets of each of `message_ids` that belongs to conversations (sent or received), in the order
-    of the Message-ID's first use (a Message-ID proves nothing: several messages may carry one)."""
-    if not message_ids:
-        return {}
-    rows = session.execute(
-        select(TicketMessage.message_id, TicketMessage.ticket_id)
-        .where(TicketMessage.message_id.in_(message_ids))
-        .order_by(TicketMessage.id)
+    select(
+        TicketMessage.message_id,
+        TicketMessage.identity,
+        TicketMessage.ticket_id,
+        TicketMessage.from_address,
+        TicketMessage.direction,
     )
-    found: dict[str, list[int]] = {}
-    for message_id, ticket_id in rows:
-        tickets = found.setdefault(message_id, [])
-        if ticket_id not in tickets:
-            tickets.append(ticket_id)
+    .where(TicketMessage.message_id.in_(bindparam("ids", expanding=True)))
+    .order_by(TicketMessage.id)
+)
+_EXISTING = select(Ticket.id).where(Ticket.id.in_(bindparam("ids", expanding=True)))
+
+
+def uses(session: Session, message_ids: Collection[str]) -> dict[str, list[Use]]:
+    """The messages stored under each of `message_ids` (sent or received), first use first; a Message-ID
+    stored under none is left out. A Message-ID proves nothing: several messages may carry one."""
+    found: dict[str, list[Use]] = {}
+    for some in chunks(message_ids):
+        rows = session.connection().execute(_USES, {"ids": some})
+        for message_id, identity, ticket_id, from_address, direction in rows:
+            found.setdefault(message_id, []).append(Use(identity, ticket_id, from_address, direction))
     return found
 
 
-def uses(session: Session, message_id: str) -> list[Use]:
-    """The messages stored under `message_id`, first use first, with those of this session not written yet
-    (the intake writes a batch in one flush, mailbot.processor)."""
-    stored = [Use(*row) for row in session.connection().execute(_USES, {"message_id": message_id})]
-    with session.no_autoflush:
-        pending = [
-            Use(m.identity, m.ticket.id, m.from_address, m.direction)
-            for m in list(session.new)
-            if isinstance(m, TicketMessage) and m.message_id == message_id
-        ]
-    return stored + pending
-
-
 def existing(session: Session, ticket_ids: Collection[int]) -> set[int]:
-    if not ticket_ids:
-        return set()
-    return set(session.scalars(select(Ticket.id).where(Ticket.id.in_(ticket_ids))))
+    """Which of `ticket_ids` are stored tickets."""
+    return {found for some in chunks(ticket_ids) for found in session.connection().scalars(_EXISTING, {"ids": some})}
 
 
 def colleagues(session: Session, ticket: Ticket) -> list[str]:

@@ -2,46 +2,34 @@
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Collection
+from collections.abc import Collection
+from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
-from sqlalchemy import Select, bindparam, func, select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
-from mailbot.addresses import key_of
+from mailbot.store import chunks
 from mailbot.store.schema import InboundMessage, OutboxItem, Ticket
 
-# Built once with bound parameters (the intake runs them for every message; see mailbot.store.registry).
+# Built once with bound parameters (see mailbot.store.registry).
 _BY_MESSAGE_ID = select(OutboxItem).where(OutboxItem.message_id == bindparam("message_id"))
+_TO = select(OutboxItem.recipient, OutboxItem.kind, OutboxItem.created_at, OutboxItem.status).where(
+    OutboxItem.recipient.in_(bindparam("keys", expanding=True)), OutboxItem.created_at >= bindparam("since")
+)
+_ON = select(OutboxItem.ticket_id, OutboxItem.kind, OutboxItem.created_at, OutboxItem.status).where(
+    OutboxItem.ticket_id.in_(bindparam("keys", expanding=True)), OutboxItem.created_at >= bindparam("since")
+)
 
 
-@functools.cache  # one statement for each of the few fixed sets of kinds the callers ask for
-def _to_address(kinds: frozenset[str]) -> Select[int]:
-    # ix_outbox_recipient_created: a range of the address's recent rows, whatever its history.
-    return (
-        select(func.count())
-        .select_from(OutboxItem)
-        .where(
-            OutboxItem.recipient == bindparam("recipient"),
-            OutboxItem.created_at >= bindparam("since"),
-            OutboxItem.kind.in_(sorted(kinds)),
-            OutboxItem.status != "withheld",
-        )
-    )
+@dataclass(frozen=True)
+class Sent:
+    """One message mailbot planned, as the loop governor counts it (mailbot.governor)."""
 
-
-@functools.cache
-def _on_ticket(kinds: frozenset[str]) -> Select[int]:
-    return (
-        select(func.count())
-        .select_from(OutboxItem)
-        .where(
-            OutboxItem.ticket_id == bindparam("ticket_id"),
-            OutboxItem.kind.in_(sorted(kinds)),
-            OutboxItem.created_at >= bindparam("since"),
-        )
-    )
+    kind: str
+    at: datetime  # when it was planned
+    withheld: bool  # kept back by the governor, never sent
 
 
 def by_message_id(session: Session, message_id: str) -> OutboxItem | None:
@@ -49,38 +37,26 @@ def by_message_id(session: Session, message_id: str) -> OutboxItem | None:
     return session.scalar(_BY_MESSAGE_ID, {"message_id": message_id})
 
 
-def count_to(session: Session, address: str, kinds: Collection[str], since: datetime) -> int:
-    """Messages of `kinds` planned (sent or not, withheld ones aside) to `address` (any case or plus form)
-    since `since`."""
-    recipient = key_of(address)
-    values = {"since": since, "recipient": recipient}
-    stored = int(session.connection().scalar(_to_address(frozenset(kinds)), values) or 0)
-    return stored + _pending(session, kinds, since, lambda item: item.recipient == recipient)
+def sent_to(session: Session, recipients: Collection[str], since: datetime) -> dict[str, list[Sent]]:
+    """The mail planned since `since` to each of `recipients` (keyed as mailbot.addresses.key_of keys them,
+    any case or plus form), read in one statement per CHUNK of them (ix_outbox_recipient_created: a range of
+    each address's recent rows, whatever its history)."""
+    found: dict[str, list[Sent]] = {}
+    for some in chunks(recipients):
+        rows = session.connection().execute(_TO, {"keys": some, "since": since})
+        for recipient, kind, at, status in rows:
+            found.setdefault(cast(str, recipient), []).append(Sent(kind, at, status == "withheld"))
+    return found
 
 
-def count_on_ticket(session: Session, ticket_id: int, kinds: Collection[str], since: datetime) -> int:
-    """Messages of `kinds` planned on one ticket since `since`."""
-    values = {"ticket_id": ticket_id, "since": since}
-    stored = int(session.connection().scalar(_on_ticket(frozenset(kinds)), values) or 0)
-    return stored + _pending(session, kinds, since, lambda item: item.ticket_id == ticket_id)
-
-
-def _pending(
-    session: Session, kinds: Collection[str], since: datetime, belongs: Callable[[OutboxItem], bool]
-) -> int:
-    """Of the counts above, the items planned in this session and not written yet: the intake writes a batch
-    in one flush (mailbot.processor), and these counts read the stored rows on the connection, which does
-    not flush."""
-    with session.no_autoflush:
-        return sum(
-            1
-            for item in list(session.new)
-            if isinstance(item, OutboxItem)
-            and item.status != "withheld"
-            and item.kind in kinds
-            and item.created_at >= since
-            and belongs(item)
-        )
+def sent_on(session: Session, ticket_ids: Collection[int], since: datetime) -> dict[int, list[Sent]]:
+    """The mail planned since `since` on each of `ticket_ids`."""
+    found: dict[int, list[Sent]] = {}
+    for some in chunks(ticket_ids):
+        rows = session.connection().execute(_ON, {"keys": some, "since": since})
+        for ticket_id, kind, at, status in rows:
+            found.setdefault(cast(int, ticket_id), []).append(Sent(kind, at, status == "withheld"))
+    return found
 
 
 def opening_message(session: Session, ticket: Ticket) -> InboundMessage | None:

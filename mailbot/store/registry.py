@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import unicodedata
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from enum import Enum
@@ -35,6 +35,7 @@ from mailbot.plans import (
     contact_limit,
     school_contact_limit,
 )
+from mailbot.store import chunks
 from mailbot.store.schema import Contact, Organization, School, Specialist
 
 MAX_NAME = 200
@@ -368,12 +369,12 @@ class ContactRecord:
     facts: ContactFacts
     organization_id: int
     bouncing: bool
+    name: str  # registered with `contact add --name`; "" when none
 
 
-# The intake runs these for every message. Built once with bound parameters, and run on the session's
-# connection for plain values: SQLAlchemy spends far longer building a statement and its cache key, and
-# the ORM longer loading entities, than SQLite spends running it (740 µs built per call, 80 µs loading
-# ORM entities, 23 µs as here for _CONTACT_FACTS; bench/RESULTS.md).
+# Built once with bound parameters, and run on the session's connection for plain values: SQLAlchemy
+# spends far longer building a statement and its cache key, and the ORM longer loading entities, than
+# SQLite spends running it (740 µs built per call, 80 µs loading ORM entities; bench/RESULTS.md).
 _CONTACT = select(Contact).where(Contact.address == bindparam("key"))
 _CONTACT_NAME = select(Contact.name).where(Contact.address == bindparam("key"))
 _EARLIER = aliased(Contact)
@@ -392,6 +393,7 @@ _CONTACT_FACTS = (
         Contact.address,
         Contact.organization_id,
         Contact.bouncing,
+        Contact.name,
         Organization.name,
         Organization.product,
         Organization.plan,
@@ -403,11 +405,11 @@ _CONTACT_FACTS = (
     )
     .join(Organization, Contact.organization_id == Organization.id)
     .outerjoin(School, Contact.school_id == School.id)
-    .where(Contact.address == bindparam("key"))
+    .where(Contact.address.in_(bindparam("keys", expanding=True)))
 )
 
 
-def _sender_key(address: str) -> str | None:
+def sender_key(address: str) -> str | None:
     """The normalized address a sender is looked up by; None for what is no address (it is no contact)."""
     try:
         return normalize(address)
@@ -417,33 +419,43 @@ def _sender_key(address: str) -> str | None:
 
 def find_contact(session: Session, address: str) -> Contact | None:
     """The named contact a sender's address belongs to (by the normalized address), if any."""
-    key = _sender_key(address)
+    key = sender_key(address)
     return session.scalars(_CONTACT, {"key": key}).one_or_none() if key is not None else None
 
 
 def contact_name(session: Session, address: str) -> str | None:
     """The name registered for the named contact a sender's address belongs to (`contact add --name`);
     None when it is no contact or has no name. Read on the connection: see _CONTACT_FACTS."""
-    key = _sender_key(address)
+    key = sender_key(address)
     if key is None:
         return None
     return session.connection().scalar(_CONTACT_NAME, {"key": key}) or None
 
 
 def contact_record(session: Session, address: str) -> ContactRecord | None:
-    """The named contact a sender's address belongs to, with the facts the entitlement rules judge it by
-    (organization, school, rank in its scope), read in one statement; None when it is no contact.
+    """The named contact a sender's address belongs to, with the facts the entitlement rules judge it by;
+    None when it is no contact."""
+    key = sender_key(address)
+    return contact_records(session, [key]).get(key) if key is not None else None
+
+
+def contact_records(session: Session, keys: Collection[str]) -> dict[str, ContactRecord]:
+    """The named contacts among `keys` (normalized addresses: `sender_key`), with the facts the entitlement
+    rules judge them by (organization, school, rank in its scope) and their registered names, read in one
+    statement per CHUNK of them; an address that is no contact is left out.
 
     The rank is the number of contacts of the same scope (organization-level, or the same school)
     created before it: ids grow in creation order.
     """
-    key = _sender_key(address)
-    row = session.connection().execute(_CONTACT_FACTS, {"key": key}).one_or_none() if key is not None else None
-    if row is None:
-        return None
-    contact, organization_id, bouncing, name, product, plan, valid_from, valid_until, suspended, school, rank = row
-    org = OrgFacts(name, Product(product), Plan(plan), valid_from, valid_until, suspended)
-    return ContactRecord(ContactFacts(contact, org, school, int(rank)), organization_id, bool(bouncing))
+    found = {}
+    for some in chunks(keys):
+        for row in session.connection().execute(_CONTACT_FACTS, {"keys": some}):
+            contact, organization_id, bouncing, name, org_name, product, plan, valid_from, valid_until, suspended, \
+                school, rank = row
+            org = OrgFacts(org_name, Product(product), Plan(plan), valid_from, valid_until, suspended)
+            facts = ContactFacts(contact, org, school, int(rank))
+            found[contact] = ContactRecord(facts, organization_id, bool(bouncing), name or "")
+    return found
 
 
 def contact_summaries(session: Session, org: Organization | None = None) -> list[ContactSummary]:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, selectinload
 
+from mailbot.store import chunks
 from mailbot.store.schema import Attachment, Blob, InboundMessage, Specialist, Ticket, TicketMessage
 
 if TYPE_CHECKING:  # a type only: `ticket list` need not load the mail parser
@@ -16,16 +17,25 @@ if TYPE_CHECKING:  # a type only: `ticket list` need not load the mail parser
 
 _LAST_ID = select(func.max(Ticket.id))
 _NEXT_ID_POSTGRESQL = text("SELECT nextval(pg_get_serial_sequence('tickets', 'id'))")
-def allocate_id(session: Session) -> int:
+
+
+class Blobs(Protocol):
+    """What a transaction knows of attachment bytes: stored, or being stored by it (not written yet)."""
+
+    def known(self, sha256: str) -> bool: ...
+    def adding(self, sha256: str, data: bytes) -> None: ...
+
+
+def next_id(session: Session, after: int | None) -> int:
     """The id for a new ticket, known before it is written (compose needs it), so a batch of new tickets
-    can be written in one flush. PostgreSQL: the column's sequence. SQLite: one past the highest id stored or
-    pending in this session; the transaction holds SQLite's write lock (BEGIN IMMEDIATE), so no other writer
-    can take it meanwhile."""
+    can be written in one flush. PostgreSQL: the column's sequence. SQLite: one past `after`, the id the
+    caller allocated last in this transaction, else past the highest id stored; the transaction holds
+    SQLite's write lock (BEGIN IMMEDIATE), so no other writer can take it meanwhile."""
     if session.get_bind().dialect.name == "postgresql":
         return int(session.scalar(_NEXT_ID_POSTGRESQL))
-    # Pending ids were allocated past every stored one, and only their own flush stores more meanwhile.
-    pending = [obj.id for obj in session.new if isinstance(obj, Ticket) and obj.id is not None]
-    return max(pending or [session.connection().scalar(_LAST_ID) or 0]) + 1
+    if after is None:
+        after = session.connection().scalar(_LAST_ID) or 0
+    return after + 1
 
 
 def add_message(
@@ -46,8 +56,10 @@ def add_message(
     inbound_id: int | None = None,
     attachments: Sequence[ParsedAttachment] = (),
     identity: str | None = None,
+    blobs: Blobs | None = None,
 ) -> TicketMessage:
-    """`identity`: what makes a received message the same one (mailbot.identity); ours are their Message-ID."""
+    """`identity`: what makes a received message the same one (mailbot.identity); ours are their Message-ID.
+    `blobs`: which attachments are stored or being stored (mailbot.facts); without it, each is looked up."""
     message = TicketMessage(
         direction=direction,
         kind=kind,
@@ -65,8 +77,11 @@ def add_message(
     )
     ticket.messages.append(message)
     for parsed in attachments:
-        if not _blob_known(session, parsed.sha256):
+        known = blobs.known(parsed.sha256) if blobs is not None else session.get(Blob, parsed.sha256) is not None
+        if not known:
             session.add(Blob(sha256=parsed.sha256, size=parsed.size, data=parsed.data))
+            if blobs is not None:
+                blobs.adding(parsed.sha256, parsed.data)
         message.attachments.append(
             Attachment(
                 filename=parsed.filename,
@@ -80,10 +95,12 @@ def add_message(
     return message
 
 
-def _blob_known(session: Session, sha256: str) -> bool:
-    """Whether the bytes are stored, or waiting in this session to be (a batch not flushed yet)."""
-    pending = any(isinstance(obj, Blob) and obj.sha256 == sha256 for obj in session.new)
-    return pending or session.get(Blob, sha256) is not None
+def stored_blobs(session: Session, sha256s: Collection[str]) -> set[str]:
+    """Which of these attachment hashes have their bytes stored."""
+    found: set[str] = set()
+    for some in chunks(sha256s):
+        found.update(session.scalars(select(Blob.sha256).where(Blob.sha256.in_(some))))
+    return found
 
 
 def get(session: Session, ticket_id: int) -> Ticket | None:
@@ -108,15 +125,12 @@ def specialist_address(session: Session, specialist_id: int | None) -> str | Non
     return specialist.address if specialist is not None else None
 
 
-def blobs(session: Session, sha256s: Sequence[str]) -> dict[str, bytes]:
-    """Attachment bytes by content hash: stored, or waiting in this session to be (a batch not flushed yet)."""
-    wanted = set(sha256s)
-    found = {o.sha256: o.data for o in session.new if isinstance(o, Blob) and o.sha256 in wanted}
-    missing = wanted - found.keys()
-    if missing:
-        with session.no_autoflush:  # a batch is written in one flush (mailbot.processor)
-            rows = session.execute(select(Blob.sha256, Blob.data).where(Blob.sha256.in_(missing)))
-            found.update({sha256: data for sha256, data in rows})
+def blobs(session: Session, sha256s: Collection[str]) -> dict[str, bytes]:
+    """Attachment bytes by content hash, as stored."""
+    found: dict[str, bytes] = {}
+    for some in chunks(set(sha256s)):
+        rows = session.execute(select(Blob.sha256, Blob.data).where(Blob.sha256.in_(some)))
+        found.update({sha256: data for sha256, data in rows})
     return found
 
 

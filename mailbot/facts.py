@@ -1,0 +1,205 @@
+"""The batch's facts: what the intake's rules look up in the database, loaded once per batch and kept up to
+date in memory as the batch's decisions are made.
+
+A batch is decided in one transaction and written in one flush at its end (mailbot.processor), so what
+an earlier message of the batch wrote is not in the database yet when a later one is decided. Every
+look-up that could see it goes through these facts instead of the session:
+
+- the messages stored under a Message-ID: the message keys of the batch (is it a duplicate?) and the
+  Message-IDs its thread clues name (which ticket does it continue?);
+- which tickets exist, of those named by a reply token or a subject reference, and the tickets opened
+  in this batch themselves;
+- the named contacts among the batch's senders and requesters (entitlement, the registered name a
+  confirmation greets, whether the address bounces);
+- the mail planned recently to each requester and on each ticket named: the loop governor's counts
+  (mailbot.governor);
+- which attachments' bytes are stored, so each is stored once;
+- the last ticket id allocated (SQLite).
+
+`load` reads all of it for the batch's readings in a few set-based statements. Each key is read from the
+store once, in `load` or on the first question about a key it did not foresee, and from then on kept
+here: every decision tells the facts what it writes (`opened`, `recorded`, `queued`, `bounced`), and an
+update about a key not read yet reads it first, so nothing is counted twice or missed, flushed or not.
+A rule therefore never needs to know whether it runs inside a batch. One message decided alone is a
+batch of one. Facts belong to one transaction: after a rollback they are thrown away, never reused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import replace
+from datetime import datetime
+from typing import Generic, TypeVar
+
+from sqlalchemy.orm import Session
+
+from mailbot.addresses import key_of
+from mailbot.identity import Use
+from mailbot.reading import Reading
+from mailbot.store import conversations, deliveries, registry
+from mailbot.store import tickets as ticket_store
+from mailbot.store.deliveries import Sent
+from mailbot.store.registry import ContactRecord
+from mailbot.store.schema import OutboxItem, Ticket, TicketMessage
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class _Cache(Generic[K, V]):
+    """Values by key, each read from the store once (`read` takes the missing keys, returns what it found;
+    a key it found nothing for gets `empty()`), then kept and updated in memory.
+
+    Read without flushing the session: what it holds unwritten is what the facts were told of, and a flush
+    here would make the store count it a second time."""
+
+    def __init__(self, session: Session, read: Callable[[list[K]], dict[K, V]], empty: Callable[[], V]) -> None:
+        self._session = session
+        self._read = read
+        self._empty = empty
+        self.values: dict[K, V] = {}
+
+    def fill(self, keys: Iterable[K]) -> None:
+        missing = [key for key in dict.fromkeys(keys) if key not in self.values]
+        if missing:
+            with self._session.no_autoflush:
+                found = self._read(missing)
+            self.values.update({key: found[key] if key in found else self._empty() for key in missing})
+
+    def get(self, key: K) -> V:
+        self.fill([key])
+        return self.values[key]
+
+
+class Facts:
+    def __init__(self, session: Session, *, since: datetime | None = None) -> None:
+        """`since`: the earliest instant a count of planned mail may ask about (the loop governor's longest
+        window before the batch's `now`); None for a caller that counts none."""
+        self.session = session
+        self.since = since
+        self._uses = _Cache[str, list[Use]](session, lambda ids: conversations.uses(session, ids), list)
+        self._exists = _Cache[int, bool](
+            session, lambda ids: dict.fromkeys(conversations.existing(session, ids), True), bool
+        )
+        self._contacts = _Cache[str, ContactRecord | None](
+            session, lambda keys: dict(registry.contact_records(session, keys)), lambda: None
+        )
+        self._to = _Cache[str, list[Sent]](session, lambda keys: deliveries.sent_to(session, keys, self._since()), list)
+        self._on = _Cache[int, list[Sent]](session, lambda ids: deliveries.sent_on(session, ids, self._since()), list)
+        self._opened: dict[int, Ticket] = {}
+        self._last_ticket_id: int | None = None
+        self._stored_blobs = _Cache[str, bool](
+            session, lambda hashes: dict.fromkeys(ticket_store.stored_blobs(session, hashes), True), bool
+        )
+        self._new_blobs: dict[str, bytes] = {}  # attachments this batch stores, by hash
+
+    @classmethod
+    def load(cls, session: Session, readings: Iterable[Reading], *, since: datetime) -> Facts:
+        """The facts a batch of `readings` needs, in a few statements."""
+        facts = cls(session, since=since)
+        readings = list(readings)
+        facts._uses.fill(m for r in readings for m in (r.key, *r.clues.message_ids))
+        named = {t for r in readings for t in r.clues.ticket_ids()}
+        facts._exists.fill(named)
+        facts._contacts.fill(key for r in readings for a in (r.sender, r.requester) if (key := registry.sender_key(a)))
+        facts._to.fill(key_of(r.requester) for r in readings if r.requester)
+        threaded = {u.ticket_id for uses in facts._uses.values.values() for u in uses}
+        facts._on.fill(threaded | {t for t in named if facts._exists.values[t]})
+        facts._stored_blobs.fill(a.sha256 for r in readings for a in r.parsed.attachments)
+        return facts
+
+    # --- questions -----------------------------------------------------------------------------------------
+
+    def uses(self, message_id: str) -> list[Use]:
+        """The messages stored (or recorded in this batch) under `message_id`, first use first."""
+        return self._uses.get(message_id)
+
+    def owners(self, message_ids: Collection[str]) -> dict[str, list[int]]:
+        """The tickets of each of `message_ids` that belongs to conversations, in the order of first use."""
+        self._uses.fill(message_ids)
+        found = {}
+        for message_id in message_ids:
+            if tickets := list(dict.fromkeys(u.ticket_id for u in self.uses(message_id))):
+                found[message_id] = tickets
+        return found
+
+    def existing(self, ticket_ids: Collection[int]) -> set[int]:
+        self._exists.fill(ticket_ids)
+        return {ticket_id for ticket_id in ticket_ids if self._exists.values[ticket_id]}
+
+    def ticket(self, ticket_id: int) -> Ticket | None:
+        """The ticket with its messages: opened in this batch, else as stored."""
+        return self._opened.get(ticket_id) or ticket_store.get(self.session, ticket_id)
+
+    def contact(self, address: str) -> ContactRecord | None:
+        """The named contact `address` belongs to (any case or plus form), if any."""
+        key = registry.sender_key(address)
+        return self._contacts.get(key) if key is not None else None
+
+    def sent_to(self, address: str, kinds: Collection[str], since: datetime) -> int:
+        """Mail of `kinds` planned (withheld mail aside) to `address` (any case or plus form) since `since`."""
+        since = self._checked(since)
+        return sum(1 for s in self._to.get(key_of(address)) if s.kind in kinds and s.at >= since and not s.withheld)
+
+    def sent_on(self, ticket_id: int, kinds: Collection[str], since: datetime) -> int:
+        """Mail of `kinds` planned on one ticket since `since`."""
+        since = self._checked(since)
+        return sum(1 for s in self._on.get(ticket_id) if s.kind in kinds and s.at >= since)
+
+    def known(self, sha256: str) -> bool:
+        """Whether an attachment's bytes are stored, or being stored by this batch (ticket_store.Blobs)."""
+        return sha256 in self._new_blobs or self._stored_blobs.get(sha256)
+
+    def blob_data(self, sha256s: Collection[str]) -> dict[str, bytes]:
+        """Attachment bytes by hash: stored by this batch, else as stored before."""
+        found = {sha256: data for sha256 in sha256s if (data := self._new_blobs.get(sha256)) is not None}
+        with self.session.no_autoflush:
+            return found | ticket_store.blobs(self.session, set(sha256s) - found.keys())
+
+    def next_ticket_id(self) -> int:
+        self._last_ticket_id = ticket_store.next_id(self.session, self._last_ticket_id)
+        return self._last_ticket_id
+
+    # --- what the batch's decisions write ------------------------------------------------------------------
+
+    def opened(self, ticket: Ticket) -> None:
+        """A ticket opened in this batch: it exists, with no mail yet."""
+        self._opened[ticket.id] = ticket
+        self._exists.values[ticket.id] = True
+        self._on.values[ticket.id] = []
+
+    def recorded(self, message: TicketMessage, ticket_id: int) -> None:
+        """A message stored on a ticket: its Message-ID is in use. One of ours was minted just now, at
+        random (mailbot.compose.mint_message_id): nothing stored carries it, so the store is not asked."""
+        use = Use(message.identity, ticket_id, message.from_address, message.direction)
+        if message.direction == "out" and message.message_id not in self._uses.values:
+            self._uses.values[message.message_id] = [use]
+        else:
+            self.uses(message.message_id).append(use)
+
+    def queued(self, item: OutboxItem) -> None:
+        """Mail planned: it counts against its recipient and its ticket."""
+        sent = Sent(item.kind, item.created_at, item.status == "withheld")
+        if item.recipient is not None:
+            self._to.get(item.recipient).append(sent)
+        if item.ticket_id is not None:
+            self._on.get(item.ticket_id).append(sent)
+
+    def adding(self, sha256: str, data: bytes) -> None:
+        """An attachment's bytes stored by this batch (ticket_store.Blobs)."""
+        self._new_blobs[sha256] = data
+
+    def bounced(self, address: str) -> None:
+        """The named contact at `address` is marked bouncing now."""
+        if (record := self.contact(address)) is not None:
+            self._contacts.values[record.facts.address] = replace(record, bouncing=True)
+
+    def _since(self) -> datetime:
+        if self.since is None:
+            raise ValueError("these facts count no planned mail")
+        return self.since
+
+    def _checked(self, since: datetime) -> datetime:
+        if since < self._since():
+            raise ValueError(f"the facts hold planned mail since {self.since}, not since {since}")
+        return since
