@@ -22,10 +22,20 @@ class Received:
 
 @dataclass
 class SinkHandler:
-    """A relay stand-in: records every message; `refuse` makes it answer that code to DATA."""
+    """A relay stand-in: records every message; `refuse` makes it answer that code to DATA, `refuse_rcpt` that
+    reply to RCPT for the address given."""
 
     messages: list[Received] = field(default_factory=list)
     refuse: str | None = None
+    refuse_rcpt: dict[str, str] = field(default_factory=dict)
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
+    ) -> str:
+        if address in self.refuse_rcpt:
+            return self.refuse_rcpt[address]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         if self.refuse:
@@ -37,15 +47,22 @@ class SinkHandler:
 
 
 class SmtpSink:
-    def __init__(self) -> None:
+    def __init__(self, **options: Any) -> None:
+        """`options`: more of aiosmtpd's SMTP settings (an authenticator, for a relay that wants a login)."""
+        self.options = options
         self.handler = SinkHandler()
         self.server: asyncio.Server | None = None
         self.port = 0
+        self.connections = 0  # how many SMTP sessions clients opened
+
+    def _session(self) -> SMTP:
+        self.connections += 1
+        return SMTP(self.handler, hostname="sink.test", enable_SMTPUTF8=True, **self.options)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(
-            lambda: SMTP(self.handler, hostname="sink.test", enable_SMTPUTF8=True),
+            self._session,
             host="127.0.0.1",
             port=self.port,  # the same port again after a stop: a relay coming back
         )

@@ -102,18 +102,18 @@ class Service(Running):
         return [kind for kind, _, _ in self.wire() if kind != "assignment"]
 
 
-def queued(n: int) -> Outgoing:
+def queued(n: int, to: str = "ana@lincoln.example") -> Outgoing:
     """A ready-to-send message, planned straight into the outbox."""
     message_id = f"<out{n}@schoolmint.com>"
     body = (
-        f"From: herosupport@schoolmint.com\r\nTo: ana@lincoln.example\r\nSubject: n{n}\r\n"
+        f"From: herosupport@schoolmint.com\r\nTo: {to}\r\nSubject: n{n}\r\n"
         f"Message-ID: {message_id}\r\n\r\nhello\r\n"
     ).encode()
     return Outgoing(
         "notification",
         message_id,
         "herosupport@schoolmint.com",
-        ["ana@lincoln.example"],
+        [to],
         f"n{n}",
         "hello",
         body,

@@ -2,22 +2,53 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+import sqlite3
+import sys
+import threading
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from email import message_from_bytes, policy
+from pathlib import Path
+from typing import Any
 
-from sqlalchemy import select
+import pytest
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
+from sqlalchemy import event, select
 
 from mailbot.app import App
 from mailbot.clock import FrozenClock
+from mailbot.compose import Outgoing
+from mailbot.leases import LEASE
 from mailbot.outbox import retry_delay
+from mailbot.sender import MAX_UNRECORDED, _Records
+from mailbot.store import outbox as outbox_store
 from mailbot.store.inbound import RawMessage, insert_many
+from mailbot.store.outbox import Delivered
 from mailbot.store.schema import OutboxItem, Ticket
-from tests.mailers import SmtpSink, message
+from tests.mailers import SinkHandler, SmtpSink, message
+from tests.test_schedule_flow import queued
+from tests.world import until
 
 
 def relayed_app(make_app: Callable[..., App], relay: SmtpSink, db: str | None = None) -> App:
     return make_app({"outbound": {"transport": "smtp", "host": "127.0.0.1", "port": relay.port}}, db=db)
+
+
+def plan(app: App, *outgoing: Outgoing, ticket_id: int | None = None) -> None:
+    app.db.call(lambda s: [outbox_store.plan(s, o, ticket_id=ticket_id, now=app.clock.now()) for o in outgoing])
+
+
+def message_ids(relay: SmtpSink) -> list[str]:
+    """The Message-IDs of what reached the relay, in order."""
+    return [message_from_bytes(m.data, policy=policy.default)["Message-ID"] for m in relay.messages]
+
+
+def statuses(app: App) -> dict[str, str]:
+    return dict(app.db.call(lambda s: s.execute(select(OutboxItem.message_id, OutboxItem.status)).all()))
 
 
 def ingest(app: App, raw: bytes) -> int:
@@ -76,3 +107,161 @@ class TestRetry:
         second = relayed_app(make_app, relay, sqlite_url)
         assert await second.sender.drain() == 1
         assert len(relay.messages) == 1
+
+
+class TestRelayConnection:
+    """One connection to the relay carries a drain's messages; a failure closes it and never touches the next."""
+
+    async def test_one_connection_for_a_drain(self, make_app, relay: SmtpSink) -> None:
+        app = relayed_app(make_app, relay)
+        planned = [queued(n) for n in range(5)]
+        plan(app, *planned)
+        assert await app.sender.drain() == 5
+        assert message_ids(relay) == [o.message_id for o in planned]
+        assert relay.connections == 1
+        assert await app.sender.drain() == 0
+        assert relay.connections == 1  # nothing due: no connection opened
+
+    @pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")  # loopback only
+    async def test_the_relay_login_is_made_once_for_a_drain(self, make_app) -> None:
+        """AUTH as configured, once for the drain's connection (STARTTLS, where set, comes before it)."""
+        logins: list[tuple[bytes, bytes]] = []
+
+        def check(_server: SMTP, _session: Session, _envelope: Envelope, _mechanism: str, login: Any) -> AuthResult:
+            logins.append((login.login, login.password))
+            return AuthResult(success=login.password == b"s3cret")
+
+        relay = SmtpSink(authenticator=check, auth_required=True, auth_require_tls=False)
+        await relay.start()
+        try:
+            outbound = {"transport": "smtp", "host": "127.0.0.1", "port": relay.port}
+            app = make_app({"outbound": {**outbound, "username": "mailbot", "password": "s3cret"}})
+            plan(app, *(queued(n) for n in range(3)))
+            assert await app.sender.drain() == 3
+        finally:
+            await relay.stop()
+        assert logins == [(b"mailbot", b"s3cret")] and relay.connections == 1 and len(relay.messages) == 3
+
+    @pytest.mark.parametrize(
+        ("reply", "status"), [("550 5.1.1 no such user", "failed"), ("451 4.3.0 try again later", "pending")]
+    )
+    async def test_a_refused_recipient_does_not_stop_the_next_message(
+        self, make_app, relay: SmtpSink, reply: str, status: str
+    ) -> None:
+        """The refused message fails (for good, or to be retried); the one after it goes out all the same."""
+        app = relayed_app(make_app, relay)
+        relay.handler.refuse_rcpt["gone@lincoln.example"] = reply
+        planned = [queued(0), queued(1, to="gone@lincoln.example"), queued(2)]
+        plan(app, *planned)
+        assert await app.sender.drain() == 2
+        assert message_ids(relay) == [planned[0].message_id, planned[2].message_id]
+        assert [m.rcpt_tos for m in relay.messages] == [["ana@lincoln.example"]] * 2
+        refused = app.db.call(lambda s: s.scalars(select(OutboxItem).where(OutboxItem.recipient == "gone@lincoln.example")).one())
+        assert refused.status == status and reply[:3] in (refused.last_error or "")
+        assert relay.connections == 2  # the refusal closed the first; the next message opened a fresh one
+
+
+class TestRecords:
+    async def test_deliveries_that_finish_during_a_commit_share_the_next(
+        self, app: App, clock: FrozenClock, tmp_path: Path
+    ) -> None:
+        """The first record commits at once; the two that finished while it waited go in one transaction."""
+        plan(app, *(queued(n) for n in range(3)))
+        first, second, third = app.db.call(outbox_store.claim_due, clock.now(), app.sender.worker, LEASE)
+        recorded: list[int] = []  # the deliveries each UPDATE of the outbox to "sent" carried
+        began = threading.Event()
+
+        def seen(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, executemany: bool) -> None:
+            if statement == "BEGIN IMMEDIATE":
+                began.set()
+            if statement.startswith("UPDATE outbox SET status"):
+                recorded.append(len(parameters) if executemany else 1)
+
+        event.listen(app.db.engine, "before_cursor_execute", seen)
+        writer = sqlite3.connect(tmp_path / "mailbot.db")
+        writer.execute("BEGIN IMMEDIATE")  # another writer holds the database: the first commit waits for it
+        records = _Records(app.db, None)
+        records.add(Delivered(first, clock.now()))
+        await until(began.is_set, "the first record's transaction")
+        records.add(Delivered(second, clock.now()))
+        records.add(Delivered(third, clock.now()))
+        writer.rollback()
+        writer.close()
+        await records.flush()
+        assert recorded == [1, 2]
+        assert set(statuses(app).values()) == {"sent"}
+
+    def test_a_ticket_keeps_when_its_first_confirmation_went_out(self, app: App, clock: FrozenClock) -> None:
+        """A second confirmation (sent again by hand) changes nothing; the introduction sets its own time."""
+        ticket_id = ingest(app, message())
+        [confirmation] = app.db.call(outbox_store.claim_due, clock.now(), app.sender.worker, LEASE)
+        app.db.call(outbox_store.record_sent, [Delivered(confirmation, clock.now())])
+        first_sent = clock.now()
+        clock.advance(timedelta(minutes=5))
+        plan(app, replace(queued(1), kind="confirmation"), replace(queued(2), kind="introduction"), ticket_id=ticket_id)
+        claimed = app.db.call(outbox_store.claim_due, clock.now(), app.sender.worker, LEASE)
+        app.db.call(outbox_store.record_sent, [Delivered(item, clock.now()) for item in claimed])
+        ticket = app.db.call(lambda s: s.get_one(Ticket, ticket_id))
+        assert (ticket.confirmation_sent_at, ticket.introduction_sent_at) == (first_sent, clock.now())
+        assert set(statuses(app).values()) == {"sent"}
+
+
+# A sender in a process of its own (so that it can die): one drain, on the database and relay of the config.
+DRAIN = """
+import asyncio, sys
+from datetime import datetime
+from mailbot.app import App
+from mailbot.clock import FrozenClock
+from mailbot.config import load
+app = App(load(sys.argv[1]), FrozenClock(datetime.fromisoformat(sys.argv[2])))
+asyncio.run(app.sender.drain())
+"""
+
+
+@dataclass
+class DeadlyRelay(SinkHandler):
+    """Takes the `fatal`-th message, then kills its sender before answering: the relay has the message, the
+    sender never learns it (a crash between the relay's acceptance and our record, as a crash can come)."""
+
+    fatal: int = 0
+    victim: asyncio.subprocess.Process | None = None
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        reply = await super().handle_DATA(server, session, envelope)
+        if len(self.messages) == self.fatal:
+            assert self.victim is not None
+            os.kill(self.victim.pid, signal.SIGKILL)
+        return reply
+
+
+class TestCrash:
+    async def test_only_what_was_not_recorded_goes_out_again(
+        self, make_app, relay: SmtpSink, clock: FrozenClock, db_url: str, tmp_path: Path
+    ) -> None:
+        """Killed while the relay takes its 8th of 12 messages: what was recorded as sent never goes out again,
+        and what was not is at most MAX_UNRECORDED messages; after the lease the rest goes out, each the very
+        message planned, and none is lost."""
+        app = relayed_app(make_app, relay, db_url)
+        planned = [queued(n) for n in range(12)]
+        plan(app, *planned)
+        config = tmp_path / "sender.toml"
+        config.write_text(
+            f'[database]\nurl = "{db_url}"\n[outbound]\ntransport = "smtp"\nhost = "127.0.0.1"\n'
+            f"port = {relay.port}\n[security]\nrequire_sender_auth = false\n"
+        )
+        relay.handler = deadly = DeadlyRelay(fatal=8)
+        deadly.victim = await asyncio.create_subprocess_exec(sys.executable, "-c", DRAIN, str(config), clock.now().isoformat())
+        assert await deadly.victim.wait() == -signal.SIGKILL
+        before = message_ids(relay)
+        recorded = {mid for mid, status in statuses(app).items() if status == "sent"}
+        assert len(before) == 8 and recorded <= set(before[:7])  # the one in hand is not recorded
+        assert len(set(before) - recorded) <= MAX_UNRECORDED  # records follow their deliveries closely
+        deadly.fatal = 0
+        clock.advance(LEASE + timedelta(seconds=1))  # the dead sender's claims run out
+        assert await app.sender.drain() == 12 - len(recorded)
+        after = message_ids(relay)
+        assert sorted(set(after)) == sorted(o.message_id for o in planned)  # none lost
+        twice = sorted(mid for mid in set(after) if after.count(mid) > 1)
+        assert twice == sorted(set(before) - recorded)  # sent again: what went out unrecorded, that only
+        assert max(after.count(mid) for mid in after) == 2
+        assert set(statuses(app).values()) == {"sent"}

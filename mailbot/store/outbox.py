@@ -1,16 +1,24 @@
-"""The outbox: every message mailbot will send, durable until it is sent."""
+"""The outbox: every message mailbot will send, durable until it is sent.
+
+Planning goes through the ORM with the rest of the intake's write. Sending does not: the sender claims a
+batch, then records what went out, many times a second under load, so those are Core statements built once
+(a claim of 50 items is two statements, a record of several deliveries three), and a claimed item is a small
+frozen value holding only what sending needs.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, CursorResult, func, or_, select, update
+from sqlalchemy import Table, and_, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from mailbot.addresses import key_of
 from mailbot.compose import Outgoing
-from mailbot.store.schema import OutboxItem
+from mailbot.store.schema import OutboxItem, Ticket
 
 
 def plan(
@@ -44,67 +52,110 @@ def plan(
     return item
 
 
-def _claimable(now: datetime) -> ColumnElement[bool]:
-    return (
-        (OutboxItem.status == "pending")
-        & (OutboxItem.next_attempt_at <= now)
-        & or_(OutboxItem.claimed_until.is_(None), OutboxItem.claimed_until < now)
-    )
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """An outbox item this instance now holds the lease on: what sending it takes, nothing more."""
+
+    id: int
+    ticket_id: int | None
+    kind: str
+    message_id: str
+    envelope_from: str
+    recipients: tuple[str, ...]
+    body: bytes  # without Date and DKIM-Signature, added at send time
+    attempts: int  # this one included
 
 
-def claim_due(session: Session, now: datetime, worker: str, lease: timedelta, limit: int = 50) -> list[OutboxItem]:
-    """Take due items for sending. The conditional UPDATE is the lock: with several instances on one
-    database, exactly one wins each item, so nothing is sent twice. On PostgreSQL the candidates are read with
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """A claimed item the transport took at `at` (the relay's 250, the maildir's rename)."""
+
+    item: Claimed
+    at: datetime
+
+
+_outbox = cast(Table, OutboxItem.__table__)
+_tickets = cast(Table, Ticket.__table__)
+_CLAIMABLE = and_(
+    _outbox.c.status == "pending",  # never "withheld": the loop governor's hold is only lifted by a person
+    _outbox.c.next_attempt_at <= bindparam("now"),
+    or_(_outbox.c.claimed_until.is_(None), _outbox.c.claimed_until < bindparam("now")),
+)
+_CANDIDATES = (
+    select(_outbox.c.id)
+    .where(_CLAIMABLE)
+    .order_by(_outbox.c.next_attempt_at, _outbox.c.id)
+    .limit(bindparam("limit"))
+    .with_for_update(skip_locked=True)
+)
+_CLAIM = (
+    update(_outbox)
+    .where(_outbox.c.id.in_(bindparam("ids", expanding=True)), _CLAIMABLE)
+    .values(claimed_by=bindparam("owner"), claimed_until=bindparam("until"), attempts=_outbox.c.attempts + 1)
+    .returning(*(_outbox.c[name] for name in Claimed.__dataclass_fields__))
+)
+
+
+def claim_due(session: Session, now: datetime, worker: str, lease: timedelta, limit: int = 50) -> list[Claimed]:
+    """Take up to `limit` due items for sending, in id order. The conditional UPDATE is the lock: with several
+    instances on one database, exactly one wins each item, so nothing is sent twice (one statement for the
+    batch; its RETURNING gives the items this instance won). On PostgreSQL the candidates are read with
     FOR UPDATE SKIP LOCKED, so instances claiming at the same moment take different items instead of all
     queueing for the same ones and giving up."""
-    candidates = session.scalars(
-        select(OutboxItem.id)
-        .where(_claimable(now))
-        .order_by(OutboxItem.next_attempt_at, OutboxItem.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    ).all()
-    claimed = [
-        item_id
-        for item_id in candidates
-        if cast(
-            CursorResult[Any],
-            session.execute(
-                update(OutboxItem)
-                .where(OutboxItem.id == item_id)
-                .where(_claimable(now))
-                .values(claimed_by=worker, claimed_until=now + lease, attempts=OutboxItem.attempts + 1)
-            ),
-        ).rowcount
-    ]
-    return list(session.scalars(select(OutboxItem).where(OutboxItem.id.in_(claimed)).order_by(OutboxItem.id)))
+    connection = session.connection()
+    candidates = connection.scalars(_CANDIDATES, {"now": now, "limit": limit}).all()
+    if not candidates:
+        return []
+    values = {"ids": list(candidates), "now": now, "until": now + lease, "owner": worker}
+    claimed = [_claimed(row._asdict()) for row in connection.execute(_CLAIM, values)]
+    return sorted(claimed, key=lambda item: item.id)
 
 
-def mark_sent(session: Session, item_id: int, now: datetime) -> OutboxItem:
-    item = session.get_one(OutboxItem, item_id)
-    item.status, item.sent_at, item.claimed_until, item.last_error = "sent", now, None, None
-    return item
+def _claimed(row: dict[str, Any]) -> Claimed:
+    return Claimed(**{**row, "recipients": tuple(row["recipients"])})
 
 
-def mark_attempt_failed(session: Session, item_id: int, error: str, retry_at: datetime | None) -> OutboxItem:
+_SENT = (
+    update(_outbox)
+    .where(_outbox.c.id == bindparam("item"))
+    .values(status="sent", sent_at=bindparam("at"), claimed_until=None, last_error=None)
+)
+# A ticket's first confirmation or introduction sent is its promise kept: a later one (a resend) changes nothing.
+_TICKET_SENT = {
+    kind: update(_tickets)
+    .where(_tickets.c.id == bindparam("ticket"), column.is_(None))
+    .values({column: bindparam("at")})
+    for kind, column in (
+        ("confirmation", _tickets.c.confirmation_sent_at),
+        ("introduction", _tickets.c.introduction_sent_at),
+    )
+}
+
+
+def record_sent(session: Session, delivered: Sequence[Delivered]) -> None:
+    """Mark these items sent and note on their tickets when a promised message first went out."""
+    connection = session.connection()
+    connection.execute(_SENT, [{"item": d.item.id, "at": d.at} for d in delivered])
+    for kind, statement in _TICKET_SENT.items():
+        rows = [{"ticket": d.item.ticket_id, "at": d.at} for d in delivered if d.item.kind == kind and d.item.ticket_id]
+        if rows:
+            connection.execute(statement, rows)
+
+
+def mark_attempt_failed(session: Session, item_id: int, error: str, retry_at: datetime | None) -> None:
     """Record a failed attempt; retry_at None means permanent failure (the relay refused it for good)."""
-    item = session.get_one(OutboxItem, item_id)
-    item.last_error = error[:2000]
-    item.claimed_until = None
-    if retry_at is None:
-        item.status = "failed"
-    else:
-        item.next_attempt_at = retry_at
-    return item
+    retry = {"status": "failed"} if retry_at is None else {"next_attempt_at": retry_at}
+    session.connection().execute(
+        update(_outbox).where(_outbox.c.id == item_id).values(last_error=error[:2000], claimed_until=None, **retry)
+    )
 
 
 def release(session: Session, ids: list[int], owner: str) -> None:
     """Give back items `owner` claimed and did not send: due again at once, for any instance."""
-    session.execute(
-        update(OutboxItem)
-        .where(OutboxItem.id.in_(ids), OutboxItem.status == "pending", OutboxItem.claimed_by == owner)
+    session.connection().execute(
+        update(_outbox)
+        .where(_outbox.c.id.in_(ids), _outbox.c.status == "pending", _outbox.c.claimed_by == owner)
         .values(claimed_by=None, claimed_until=None)
-        .execution_options(synchronize_session=False)
     )
 
 
