@@ -47,7 +47,8 @@ log = logging.getLogger("mailbot.sender")
 MESSAGES_PER_CONNECTION = 100
 # A drain delivers on while fewer than this many of its deliveries wait for their record: so a crash sends
 # again at most this many messages (the one in hand included), whatever the relay's and the disk's speeds.
-MAX_UNRECORDED = 4
+# Two: the next message goes out while the previous one's record commits, and no further.
+MAX_UNRECORDED = 2
 Deliver = Callable[[str, list[str], bytes], Awaitable[None]]  # envelope from, recipients, the bytes
 
 

@@ -11,7 +11,7 @@ Signing is pure CPU work on bytes (no DNS, no files after construction); the RSA
 the sender runs it off the event loop. dkimpy stamps `t=` from the system clock; it has no hook for another.
 It also takes the key only as PEM text and parses it again for every signature (about 0.14 ms, 2% of a
 signature), and does the RSA in pure Python: about 6.4 ms of CPU per signature with a 2048-bit key on the
-benchmark machine, where OpenSSL takes 0.24 ms (bench/RESULTS.md, section 8).
+benchmark machine, where OpenSSL takes 0.24 ms (bench/RESULTS.md, section 9).
 """
 
 from __future__ import annotations
