@@ -33,7 +33,7 @@ from mailbot.store import outbox as outbox_store
 from mailbot.store.schema import OutboxItem, Ticket
 
 if TYPE_CHECKING:
-    from mailbot.metrics import Metrics
+    from mailbot.metrics import Tally
 
 log = logging.getLogger("mailbot.sender")
 
@@ -135,7 +135,7 @@ class Sender:
         signer: DkimSigner | None = None,
         retry_cap: timedelta = timedelta(seconds=60),
         worker: str | None = None,
-        metrics: Metrics | None = None,
+        metrics: Tally | None = None,
         current: Callable[[], bool] = lambda: True,
     ) -> None:
         self.db = db
@@ -188,7 +188,7 @@ class Sender:
             return 0
         await self.db.run(_record_delivery, item.id, self.clock.now())
         if self.metrics:
-            self.metrics.sent.labels(item.kind).inc()
+            self.metrics.delivered(item.kind)
         log.info("sent %s %s for ticket %s to %s", item.kind, item.message_id, item.ticket_id, ", ".join(item.recipients))
         return 1
 
