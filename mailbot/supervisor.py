@@ -146,13 +146,15 @@ class Workers:
         self._spawn(worker.role)
 
     def health(self) -> str | None:
-        """None while both workers run, else which one is not running and why."""
+        """None while both workers run, else which one does not and why (one that died: until its
+        successor is ready)."""
         if self.failure is not None:
             return self.failure
         for role in ROLES:
             worker = self.workers.get(role)
-            if worker is None or worker.ended.is_set():
-                return self.last_death.get(role, f"the {role} worker is not running")
+            if worker is None or not worker.ready.is_set() or worker.ended.is_set():
+                starting = f"the {role} worker is starting"
+                return f"{self.last_death[role]}; {starting}" if role in self.last_death else starting
         return None
 
     async def stop(self, within: float = DRAIN_TIMEOUT) -> None:
