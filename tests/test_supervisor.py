@@ -207,3 +207,13 @@ class TestDeadlinesAcrossProcesses:
                                                                  OutboxItem.status == "sent"))[0][0] == 1,
                  "the introduction sent")
         assert daemon.stop() == 0
+
+
+class TestLayout:
+    @pytest.mark.parametrize(("layout", "cpus", "separate"), [
+        ("auto", 1, False), ("auto", 2, True), ("processes", 1, True), ("single", 8, False),
+    ])
+    def test_auto_means_processes_where_two_cpus_are_there(self, layout: str, cpus: int, separate: bool) -> None:
+        from mailbot.config import DaemonConfig
+
+        assert DaemonConfig(layout=layout).separate(cpus) is separate  # type: ignore[arg-type]

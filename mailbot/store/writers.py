@@ -14,8 +14,9 @@ turn here, with two flock(2) locks on files beside the database:
   therefore never starts a transaction while a door waits: a 250 waits for one worker transaction at most,
   which the intake keeps short (mailbot.processor.BATCH).
 
-The kernel frees a dead holder's locks. A waiter polls every POLL seconds at most (flock has no timeout),
-and gives up after the database's lock timeout as SQLite would. Threads of one process take turns on a
+The kernel frees a dead holder's locks. A waiter for the writer's lock polls every POLL seconds (flock has
+no timeout) and gives up after the database's lock timeout, as SQLite would; a worker waiting for the doors
+to be done sleeps in the kernel (no polling: it would take CPU from the doors it waits for). Threads of one process take turns on a
 lock of their own first: flock belongs to an open file, which all of them share.
 """
 
@@ -69,10 +70,14 @@ class Turns:
                 yield
                 return
             turn, writer = files
-            _take(turn, fcntl.LOCK_EX if self.gives_way else fcntl.LOCK_SH, deadline)
+            if self.gives_way:
+                # Asleep until no door waits or writes (each of theirs is bounded by its own lock timeout),
+                # then queue for the writer's lock like anyone.
+                fcntl.flock(turn, fcntl.LOCK_EX)
+                fcntl.flock(turn, fcntl.LOCK_UN)
+            else:
+                _take(turn, fcntl.LOCK_SH, deadline)
             try:
-                if self.gives_way:
-                    fcntl.flock(turn, fcntl.LOCK_UN)  # no door waits now: queue for the writer's lock
                 _take(writer, fcntl.LOCK_EX, deadline)
                 try:
                     yield
