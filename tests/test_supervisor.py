@@ -190,6 +190,21 @@ class TestProcesses:
         every_message_one_ticket_one_confirmation(daemon, 120)
 
 
+class TestCrashLoop:
+    @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the supervisor's rule, whatever the database
+    def test_five_deaths_within_a_minute_stop_the_daemon_with_status_1(self, start: Callable[..., Daemon]) -> None:
+        daemon = start()
+        for death in range(5):
+            pid = daemon.worker("intake")
+            os.kill(pid, signal.SIGKILL)
+            if death < 4:
+                wait_for(lambda: daemon.worker("intake") != pid, "the next intake worker")  # noqa: B023
+        assert daemon.process.wait(timeout=90) == 1
+        log = daemon.log.read_text()
+        assert "the intake worker died 5 times within 60 s (last: killed by SIGKILL): giving up" in log
+        assert "mailbot stopped" in log and not alive(daemon.worker("sender"))
+
+
 class TestDeadlinesAcrossProcesses:
     @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the wake-up's way is the same on both
     def test_a_new_ticket_is_assigned_at_its_instant_by_the_senders_sweep(self, start: Callable[..., Daemon]) -> None:
