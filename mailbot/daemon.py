@@ -5,8 +5,9 @@ protocol live in this process; the work behind them (mailbot.runners: the intake
 deadlines) runs here too ("single"), or in two worker processes this one supervises (mailbot.supervisor),
 each on a core of its own ("processes", the default where two CPUs are there).
 
-Startup: schema check, the operator's endpoint (`[metrics] listen`), the work (the claims of this instance's
-previous run taken back first), listener, watchers, then READY=1 for systemd.
+Startup: schema check, the operator's endpoint (`[metrics] listen`) and the listener (a port in use refuses
+the start before any worker starts), the work (the claims of this instance's previous run taken back
+first), watchers, then READY=1 for systemd.
 Shutdown (SIGTERM/SIGINT): /readyz says "stopping", STOPPING=1, stop accepting connections, let sessions in
 flight finish their DATA (bounded), commit what the door holds, let the intake finish its batch in hand and
 what is pending, send what is due (each bounded), give back whatever is still claimed, close the endpoint,
@@ -74,7 +75,6 @@ class Daemon:
     async def start(self) -> None:
         app = self.app
         await self._open_endpoint()  # first: a port in use refuses the start before anything else
-        await self.work.start()
         if self.config.smtp.enabled:
             handler = listener.Handler(
                 self.door, self.config.smtp, self.config.support.addresses, app.clock, self.hostname(),
@@ -85,6 +85,7 @@ class Daemon:
             self.handlers.append(handler)
             for sock in server.sockets:
                 log.info("listening for %s on %s", self.config.smtp.protocol.upper(), sock.getsockname()[:2])
+        await self.work.start()  # mail the listener takes meanwhile waits, stored, for the intake's first pass
         sink, cursors = ImapSink(self.door, app.processor), DatabaseCursors(app.db, app.clock)
         for mailbox in self.config.imap:
             watcher = MailboxWatcher(mailbox, sink, cursors, log=logging.getLogger(f"mailbot.imap.{mailbox.username}"))

@@ -17,7 +17,8 @@ turn here, with two flock(2) locks on files beside the database:
 The kernel frees a dead holder's locks. A waiter for the writer's lock polls every POLL seconds (flock has
 no timeout) and gives up after the database's lock timeout, as SQLite would; a worker waiting for the doors
 to be done sleeps in the kernel (no polling: it would take CPU from the doors it waits for). Threads of one process take turns on a
-lock of their own first: flock belongs to an open file, which all of them share.
+lock of their own first: flock belongs to an open file, which all of them share. A thread that opens a
+transaction inside its own has its turn already.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ class Turns:
         self.paths = database.with_name(database.name + ".turn"), database.with_name(database.name + ".writer")
         self.timeout = timeout
         self.gives_way = gives_way
-        self._local = threading.Lock()
+        self._local = threading.RLock()
+        self._depth = 0  # this process's transactions in progress (in one thread: the lock's holder)
         self._files: tuple[int, int] | None = None
         self._unusable = False
 
@@ -65,9 +67,10 @@ class Turns:
         deadline = time.monotonic() + self.timeout
         if not self._local.acquire(timeout=self.timeout):
             raise TransientStoreError(f"database busy: no turn to write within {self.timeout:g} s")
+        self._depth += 1
         try:
-            if (files := self._open()) is None:
-                yield
+            if self._depth > 1 or (files := self._open()) is None:
+                yield  # a transaction inside this thread's own (SQLite decides, as without turns), or no files
                 return
             turn, writer = files
             if self.gives_way:
@@ -87,6 +90,7 @@ class Turns:
                 if not self.gives_way:
                     fcntl.flock(turn, fcntl.LOCK_UN)
         finally:
+            self._depth -= 1
             self._local.release()
 
     def close(self) -> None:
