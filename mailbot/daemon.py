@@ -80,12 +80,11 @@ class Daemon:
                 self.door, self.config.smtp, self.config.support.addresses, app.clock, self.hostname(),
                 metrics=self.metrics,
             )
-            server = await self._listen(handler)
-            self.servers.append(server)
+            self.servers.append(await self._listen(handler))
             self.handlers.append(handler)
-            for sock in server.sockets:
-                log.info("listening for %s on %s", self.config.smtp.protocol.upper(), sock.getsockname()[:2])
         await self.work.start()  # mail the listener takes meanwhile waits, stored, for the intake's first pass
+        for sock in (sock for server in self.servers for sock in server.sockets):
+            log.info("listening for %s on %s", self.config.smtp.protocol.upper(), sock.getsockname()[:2])
         sink, cursors = ImapSink(self.door, app.processor), DatabaseCursors(app.db, app.clock)
         for mailbox in self.config.imap:
             watcher = MailboxWatcher(mailbox, sink, cursors, log=logging.getLogger(f"mailbot.imap.{mailbox.username}"))

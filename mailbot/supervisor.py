@@ -86,7 +86,7 @@ class Workers:
         ours, theirs = self.context.Pipe()
         process = self.context.Process(
             target=workers.main, name=f"mailbot-{role}",
-            args=(role, self.app.config, self.app.templates, logging.getLogger().level <= logging.DEBUG, theirs),
+            args=(role, self.app.config, self.app.templates, logging.getLogger().isEnabledFor(logging.DEBUG), theirs),
             daemon=True,  # should the parent end without stopping it (a failed start), it is ended too
         )
         process.start()
