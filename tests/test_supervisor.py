@@ -190,6 +190,22 @@ class TestProcesses:
         every_message_one_ticket_one_confirmation(daemon, 120)
 
 
+    @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+    def test_the_workers_end_with_their_parent_and_give_back_their_claims(self, start: Callable[..., Daemon]) -> None:
+        """kill -9 of the parent under load (systemd would kill the rest; a terminal may not): the workers see
+        their pipe end, finish what is in hand, give back what they claimed and exit; nothing stays claimed."""
+        daemon = start()
+        workers = [daemon.worker("intake"), daemon.worker("sender")]
+        load(daemon, range(4), 25)
+        daemon.process.kill()
+        daemon.process.wait()
+        wait_for(lambda: not any(alive(pid) for pid in workers), "the workers to exit")
+        assert daemon.query(select(InboundMessage.id).where(InboundMessage.status == "pending",
+                                                            InboundMessage.claimed_until.is_not(None))) == []
+        assert daemon.query(select(OutboxItem.id).where(OutboxItem.status == "pending",
+                                                        OutboxItem.claimed_until.is_not(None))) == []
+
+
 class TestCrashLoop:
     @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the supervisor's rule, whatever the database
     def test_five_deaths_within_a_minute_stop_the_daemon_with_status_1(self, start: Callable[..., Daemon]) -> None:
