@@ -45,11 +45,13 @@ lint: setup
 # No test may depend on the day it runs. The tests marked `calendar` (business time, deadlines, the real
 # daemon on the system clock) run again, side by side, with the wall clock pinned by libfaketime: a Friday
 # evening, a Saturday, a configured holiday (Thanksgiving) and the night the clocks fall back (US Eastern).
+# FAKETIME_DONT_RESET: a process a test starts (the daemon, its worker processes) goes on from the pinned
+# clock of its parent instead of starting again at the pinned instant, so they all share one clock.
 CALENDAR := 2026-12-04T22:30:00 2026-12-05T15:00:00 2026-11-26T14:00:00 2026-11-01T05:45:00
 test-calendar: setup test-deps
 	@rm -rf var/calendar && mkdir -p var/calendar; \
 	for at in $(CALENDAR); do \
-	  faketime -f "@$$(echo $$at | tr T ' ')" $(BIN)/pytest -q -m "calendar and not postgres" -p no:cacheprovider \
+	  FAKETIME_DONT_RESET=1 faketime -f "@$$(echo $$at | tr T ' ')" $(BIN)/pytest -q -m "calendar and not postgres" -p no:cacheprovider \
 	    --basetemp=var/calendar/$$at > var/calendar/$$at.log 2>&1 & pids="$$pids $$!"; \
 	done; failed=0; for pid in $$pids; do wait $$pid || failed=1; done; \
 	for at in $(CALENDAR); do echo "calendar: wall clock at $$at UTC: $$(tail -n 1 var/calendar/$$at.log)"; done; \

@@ -56,8 +56,12 @@ def site_secret(security: SecurityConfig) -> bytes | None:
 
 
 class App:
-    def __init__(self, config: Config, clock: Clock | None = None, templates: Path | None = None) -> None:
+    def __init__(
+        self, config: Config, clock: Clock | None = None, templates: Path | None = None, *, gives_way: bool = False
+    ) -> None:
+        """`gives_way`: the App of a worker process, whose writes let the doors' go first (mailbot.store.writers)."""
         self.config = config
+        self.gives_way = gives_way
         self.clock: Clock = clock or SystemClock()
         self.templates = templates or config.support.templates or shipped_templates()
 
@@ -66,7 +70,7 @@ class App:
         from mailbot.store import Database
 
         database = self.config.database
-        return Database(database.url, lock_timeout=database.lock_timeout.total_seconds())
+        return Database(database.url, lock_timeout=database.lock_timeout.total_seconds(), gives_way=self.gives_way)
 
     @cached_property
     def hours(self) -> BusinessHours:

@@ -273,6 +273,19 @@ class MetricsConfig(_Section):
         return None if self.listen is None else split_listen(self.listen)
 
 
+class DaemonConfig(_Section):
+    """How `mailbot run` spreads its work over processes (mailbot.supervisor)."""
+
+    # "processes": the doors (listener, IMAP, /metrics) in the main process, the intake and the sender in one
+    # worker process each; "single": all in one process (one core); "auto": processes when this process may
+    # run on two CPUs or more.
+    layout: Literal["auto", "processes", "single"] = "auto"
+
+    def separate(self, cpus: int) -> bool:
+        """Whether the workers run in processes of their own, on a machine that gives this process `cpus`."""
+        return self.layout == "processes" or (self.layout == "auto" and cpus >= 2)
+
+
 def split_listen(listen: str) -> tuple[str, int]:
     """'127.0.0.1:9187' -> ('127.0.0.1', 9187); '[::1]:9187' -> ('::1', 9187); '9187' or ':9187' ->
     ('127.0.0.1', 9187): loopback unless an address is given ("0.0.0.0:9187" for every IPv4 address)."""
@@ -298,6 +311,7 @@ class Config(_Section):
     sla: SlaConfig = SlaConfig()
     security: SecurityConfig = SecurityConfig()
     metrics: MetricsConfig = MetricsConfig()
+    daemon: DaemonConfig = DaemonConfig()
     path: Path | None = Field(None, exclude=True)  # where it was read from, for messages
 
     def refusal(self) -> str | None:

@@ -1,11 +1,17 @@
 """`mailbot run`: start, serve, drain, stop — reading top to bottom.
 
-Startup: schema check, the claims of this instance's previous run taken back, the operator's endpoint
-(`[metrics] listen`), listener, intake runner, sender, watchers, then READY=1 for systemd.
+The layout (`[daemon] layout`): the doors (listener, IMAP watchers, the operator's endpoint) and systemd's
+protocol live in this process; the work behind them (mailbot.runners: the intake, the outbox and the
+deadlines) runs here too ("single"), or in two worker processes this one supervises (mailbot.supervisor),
+each on a core of its own ("processes", the default where two CPUs are there).
+
+Startup: schema check, the operator's endpoint (`[metrics] listen`) and the listener (a port in use refuses
+the start before any worker starts), the work (the claims of this instance's previous run taken back
+first), watchers, then READY=1 for systemd.
 Shutdown (SIGTERM/SIGINT): /readyz says "stopping", STOPPING=1, stop accepting connections, let sessions in
 flight finish their DATA (bounded), commit what the door holds, let the intake finish its batch in hand and
 what is pending, send what is due (each bounded), give back whatever is still claimed, close the endpoint,
-exit 0.
+exit 0 (1 when a worker process crash-looped).
 """
 
 from __future__ import annotations
@@ -15,7 +21,6 @@ import errno
 import logging
 import os
 import signal
-from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from sqlalchemy import text
@@ -27,32 +32,42 @@ from mailbot.door import Door
 from mailbot.errors import ConfigError, TransientError
 from mailbot.imap import MailboxWatcher
 from mailbot.imap_door import DatabaseCursors, ImapSink
-from mailbot.scheduler import Scheduler
+from mailbot.runners import DRAIN_TIMEOUT, Local
 from mailbot.store import overview
 
 if TYPE_CHECKING:
     from mailbot.metrics import Metrics
+    from mailbot.supervisor import Workers
 
 log = logging.getLogger("mailbot")
-DRAIN_TIMEOUT = 20.0
 PROBE_TIMEOUT = 5.0  # /readyz: a database that does not answer within this is not reachable
 
 
 class Daemon:
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: App, *, separate: bool = False) -> None:
+        """`separate`: the intake and the sender in worker processes (mailbot.supervisor), else here."""
         self.app = app
         self.config = app.config
         self.stopping = asyncio.Event()
-        self.scheduler = Scheduler(app.clock)
+        self.failure: str | None = None  # why the daemon stops on its own (a worker's crash loop)
         self.metrics = _metrics() if self.config.metrics.listen else None
-        app.processor.metrics = app.sender.metrics = self.metrics
-        self.door = Door(app.db, app.clock, on_stored=app.processor.wake, metrics=self.metrics)
+        app.processor.metrics = self.metrics  # the decisions made here (an IMAP message, at once)
+        self.work: Local | Workers = self._separate() if separate else Local(app, tally=self.metrics)
+        self.door = Door(app.db, app.clock, on_stored=self.work.stored, metrics=self.metrics)
         self.servers: list[asyncio.Server] = []
         self.handlers: list[listener.Handler] = []
         self.watchers: list[MailboxWatcher] = []
         self.tasks: list[asyncio.Task[None]] = []
         self.endpoint: asyncio.Server | None = None
-        self.intake: asyncio.Task[None] | None = None
+
+    def _separate(self) -> Workers:
+        from mailbot.supervisor import Workers  # multiprocessing: only for a daemon that starts workers
+
+        return Workers(self.app, metrics=self.metrics, on_failure=self._failed)
+
+    def _failed(self, reason: str) -> None:
+        self.failure = reason
+        self.stopping.set()
 
     def hostname(self) -> str:
         return self.config.smtp.hostname or self.app.identity.domain
@@ -60,33 +75,22 @@ class Daemon:
     async def start(self) -> None:
         app = self.app
         await self._open_endpoint()  # first: a port in use refuses the start before anything else
-        await app.leases.take_back()  # this instance's claims from before a crash: free now, not in a lease
-        self.tasks.append(asyncio.create_task(app.leases.run(), name="leases"))
-        app.processor.on_outcome = lambda _outcome: self.scheduler.wake("outbox")
-        loop = asyncio.get_running_loop()
-        # Committed on a database thread: each new clock's first instant (mailbot.workflow) wakes the sweep then.
-        app.workflow.deadlines = lambda at: self._wake_threadsafe(loop, "sla", at)
         if self.config.smtp.enabled:
             handler = listener.Handler(
                 self.door, self.config.smtp, self.config.support.addresses, app.clock, self.hostname(),
                 metrics=self.metrics,
             )
-            server = await self._listen(handler)
-            self.servers.append(server)
+            self.servers.append(await self._listen(handler))
             self.handlers.append(handler)
-            for sock in server.sockets:
-                log.info("listening for %s on %s", self.config.smtp.protocol.upper(), sock.getsockname()[:2])
-        self.intake = asyncio.create_task(app.processor.run(), name="intake")
-        self.tasks.append(self.intake)
+        await self.work.start()  # mail the listener takes meanwhile waits, stored, for the intake's first pass
+        for sock in (sock for server in self.servers for sock in server.sockets):
+            log.info("listening for %s on %s", self.config.smtp.protocol.upper(), sock.getsockname()[:2])
         sink, cursors = ImapSink(self.door, app.processor), DatabaseCursors(app.db, app.clock)
         for mailbox in self.config.imap:
             watcher = MailboxWatcher(mailbox, sink, cursors, log=logging.getLogger(f"mailbot.imap.{mailbox.username}"))
             self.watchers.append(watcher)
             self.tasks.append(asyncio.create_task(watcher.run(), name=f"imap {watcher.key}"))
             log.info("watching IMAP mailbox %s", watcher.key)
-        self.scheduler.every("outbox", timedelta(seconds=15), self._drain_outbox)
-        self.scheduler.every("sla", self.config.sla.sweep_interval, self._sweep_sla)
-        self.scheduler.start()
         if (interval := notify.watchdog_interval()) is not None:
             self.tasks.append(asyncio.create_task(self._watchdog(interval), name="watchdog"))
         notify.ready()
@@ -123,9 +127,7 @@ class Daemon:
             if task.done():
                 error = None if task.cancelled() else task.exception()
                 return f"{task.get_name()} stopped" + (f": {type(error).__name__}: {error}" if error else "")
-        if not self.scheduler.running:
-            return "the scheduler is not running"
-        return None
+        return self.work.health()
 
     async def _readiness(self) -> str | None:
         """None when the daemon can take mail: alive, not stopping, listening, its database answering."""
@@ -156,28 +158,6 @@ class Daemon:
             reason = os.strerror(exc.errno) if exc.errno else str(exc)  # asyncio's strerror repeats the address
             raise ConfigError(f"smtp: cannot listen on {smtp.host}:{smtp.port}: {reason}{hint}") from None
 
-    def _wake_threadsafe(self, loop: asyncio.AbstractEventLoop, job: str, at: datetime) -> None:
-        loop.call_soon_threadsafe(self.scheduler.wake, job, at)
-
-    async def _drain_outbox(self) -> None:
-        await self.app.sender.drain()
-        # Only ahead: what is due already is either leased by another instance (its sweep sends it) or was
-        # queued during this drain by someone who woke the job (it runs again at once).
-        if (due := await self.app.sender.next_due()) is not None and due > self.app.clock.now():
-            self.scheduler.wake("outbox", due)
-
-    async def _sweep_sla(self) -> None:
-        """Assign the tickets due for it, record missed deadlines; run again when the next one can change."""
-        try:
-            sweep = await self.app.sla.sweep()
-        except TransientError as exc:
-            log.error("cannot check deadlines now: %s; the next sweep retries", exc)
-            return
-        if sweep.assigned:
-            self.scheduler.wake("outbox")  # the introductions just queued
-        if sweep.next_check is not None:
-            self.scheduler.wake("sla", sweep.next_check)
-
     async def _watchdog(self, interval: float) -> None:
         while True:
             notify.watchdog()
@@ -193,42 +173,24 @@ class Daemon:
                 log.warning("gave up waiting for %d message(s) being received", handler.in_flight)
         await asyncio.gather(*(watcher.stop() for watcher in self.watchers))  # each finishes its message, logs out
         await self.door.close()
-        await self._finish_work()
+        await self.work.stop(DRAIN_TIMEOUT)
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
-        self.app.processor.close()
-        await self.app.leases.give_back()  # what a failure left claimed: free for the next start at once
-        self.app.workflow.deadlines = None  # this loop is gone
         if self.endpoint is not None:
             self.endpoint.close()
             await self.endpoint.wait_closed()
         log.info("mailbot stopped")
 
-    async def _finish_work(self) -> None:
-        """The intake's batch in hand and what is pending, then what is due to be sent, each for DRAIN_TIMEOUT
-        at most; nothing is cut in the middle (a send between the relay's 250 and its record would go out again)."""
-        if self.intake is not None:
-            self.app.processor.stop(DRAIN_TIMEOUT)
-            await asyncio.wait([self.intake], timeout=2 * DRAIN_TIMEOUT)  # a batch in hand ends well before
-        sending = asyncio.create_task(self.app.sender.drain(), name="last drain")
-        # No new job runs; the one in progress (a drain of its own, a sweep) finishes.
-        stopping = asyncio.create_task(self.scheduler.stop(2 * DRAIN_TIMEOUT), name="scheduler stop")
-        await asyncio.wait([sending, stopping], timeout=DRAIN_TIMEOUT)
-        self.app.sender.stop()  # out of time: every drain ends after its message in hand, gives back the rest
-        await stopping
-        try:
-            await sending
-        except TransientError as exc:
-            log.error("could not send the outbox before stopping: %s", exc)
-
-    async def serve(self) -> None:
+    async def serve(self) -> int:
+        """Until SIGTERM or SIGINT, then drain; the exit status."""
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stopping.set)
         await self.start()
         await self.stopping.wait()
         await self.stop()
+        return 0 if self.failure is None else 1
 
 
 def _metrics() -> Metrics:
@@ -242,5 +204,6 @@ def _ping(session: Session) -> None:
 
 
 def run(app: App) -> int:
-    asyncio.run(Daemon(app).serve())
-    return 0
+    separate = app.config.daemon.separate(len(os.sched_getaffinity(0)))
+    log.info("working in %s", "three processes: the doors, the intake, the sender" if separate else "one process")
+    return asyncio.run(Daemon(app, separate=separate).serve())

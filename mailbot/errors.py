@@ -6,6 +6,7 @@
     ├── TransientError         try again later: the caller answers 451 / exit 75 / retries
     │   ├── TransientStoreError    the database could not commit
     │   └── TransientDNSError      a DNS look-up failed (never read as a pass)
+    └── WorkerError            a worker process of `mailbot run` could not start (mailbot.supervisor)
 
 Outcomes of business rules (held, duplicate, ignored) are values, not exceptions.
 """
@@ -35,3 +36,7 @@ class TransientStoreError(TransientError):
 
 class TransientDNSError(TransientError):
     """A DNS look-up failed or timed out."""
+
+
+class WorkerError(MailbotError):
+    """A worker process could not start; str() says which and why."""

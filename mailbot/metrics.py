@@ -8,7 +8,8 @@ same backlog, tickets and SLA, and `mailbot status` says the same. Built only by
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -19,6 +20,15 @@ ACTIONS = ("created", "threaded", "held", "duplicate", "ignored", "deferred", "f
 # DATA's end to the 250: a group commit (an fsync) on an idle server, longer when the disk or the database
 # is slow or contended. A sending MTA gives up after minutes (RFC 5321 4.5.3.2.6: 10 minutes for DATA).
 ACCEPT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Tally(Protocol):
+    """What the workers count (the intake's decisions, the sender's deliveries): the metrics themselves,
+    or in a worker process the messages that carry them to the parent's (mailbot.workers)."""
+
+    def decided(self, actions: Iterable[str]) -> None: ...
+
+    def delivered(self, kind: str) -> None: ...
 
 
 class Metrics:
@@ -67,6 +77,16 @@ class Metrics:
     def decided(self, actions: Iterable[str]) -> None:
         for action in actions:
             self.outcomes.labels(action).inc()
+
+    def delivered(self, kind: str) -> None:
+        self.sent.labels(kind).inc()
+
+    def add(self, decided: Mapping[str, int], delivered: Mapping[str, int]) -> None:
+        """Counts a worker process made (mailbot.workers.Counts)."""
+        for action, count in decided.items():
+            self.outcomes.labels(action).inc(count)
+        for kind, count in delivered.items():
+            self.sent.labels(kind).inc(count)
 
     def observe(self, overview: Overview | None) -> None:
         """Set the gauges from the database's state (None: it could not be read; the gauges keep their values)."""

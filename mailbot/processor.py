@@ -43,7 +43,7 @@ from mailbot.store.schema import InboundMessage
 from mailbot.trail import ended
 
 if TYPE_CHECKING:
-    from mailbot.metrics import Metrics
+    from mailbot.metrics import Tally
 
 log = logging.getLogger("mailbot.intake")
 DEFERRED_RETRY = timedelta(minutes=5)  # a message that could not be decided now (DNS) is tried again then
@@ -76,7 +76,7 @@ class Processor:
         owner: str,
         batch: int = BATCH,
         on_outcome: Callable[[Outcome], None] | None = None,
-        metrics: Metrics | None = None,
+        metrics: Tally | None = None,
     ) -> None:
         self.db = db
         self.intake = intake

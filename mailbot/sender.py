@@ -39,7 +39,7 @@ from mailbot.store import outbox as outbox_store
 from mailbot.store.outbox import Claimed, Delivered
 
 if TYPE_CHECKING:
-    from mailbot.metrics import Metrics
+    from mailbot.metrics import Tally
 
 log = logging.getLogger("mailbot.sender")
 # Some relays end a session after so many messages; a fresh connection now and then also lets a relay
@@ -187,7 +187,7 @@ class _Records:
     """A drain's deliveries, recorded by group commit (as mailbot.door stores what arrives): each commit
     starts as soon as the one before it ends and takes every delivery that finished meanwhile."""
 
-    def __init__(self, db: Database, metrics: Metrics | None) -> None:
+    def __init__(self, db: Database, metrics: Tally | None) -> None:
         self.db = db
         self.metrics = metrics
         self._waiting: list[Delivered] = []
@@ -213,7 +213,7 @@ class _Records:
             self._unrecorded -= len(batch)
             if self.metrics:
                 for delivered in batch:
-                    self.metrics.sent.labels(delivered.item.kind).inc()
+                    self.metrics.delivered(delivered.item.kind)
 
     async def flush(self) -> None:
         """Until every delivery added is recorded; raises what the database raised."""
@@ -231,7 +231,7 @@ class Sender:
         signer: DkimSigner | None = None,
         retry_cap: timedelta = timedelta(seconds=60),
         worker: str | None = None,
-        metrics: Metrics | None = None,
+        metrics: Tally | None = None,
         current: Callable[[], bool] = lambda: True,
     ) -> None:
         self.db = db

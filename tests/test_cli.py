@@ -58,6 +58,7 @@ class TestConfig:
             ("[business_hours]\ntimezone = 'Mars/Olympus'\n", "business_hours"),
             ("[[imap]]\nhost = '10.1.1.1'\nusername = 'u'\npassword = 'p'\nsecurity = 'none'\n", "loopback"),
             ("[smtp\n", "not valid TOML"),
+            ("[daemon]\nlayout = 2\n", "daemon.layout: Input should be 'auto', 'processes' or 'single'"),
         ],
     )
     def test_bad_config_refused_in_one_line(

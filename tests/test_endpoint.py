@@ -203,7 +203,7 @@ class TestProbes:
 
     async def test_a_dead_loop_is_unhealthy(self, world: Start) -> None:
         service: World = await world(METRICS)
-        [intake] = [t for t in service.daemon.tasks if t.get_name() == "intake"]
+        [intake] = [t for t in service.daemon.work.tasks if t.get_name() == "intake"]
         intake.cancel()
         await asyncio.gather(intake, return_exceptions=True)
         assert await get(service.daemon, "/healthz") == (503, "text/plain; charset=utf-8", "intake stopped\n")

@@ -57,8 +57,10 @@ class Service(Running):
     async def tick(self, when: datetime) -> None:
         """Time moves to `when`; the due jobs run, as the scheduler would have run them."""
         self.clock.set(when)
-        await self.daemon._sweep_sla()
-        await self.daemon._drain_outbox()
+        sending = self.daemon.work.sending
+        assert sending is not None  # the single-process layout: the scheduler's jobs run here
+        await sending.sweep_sla()
+        await sending.drain_outbox()
         await until(self.idle, "sends in flight to finish")
 
     async def sent(self, count: int) -> list[str]:

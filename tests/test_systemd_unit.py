@@ -83,8 +83,10 @@ class TestUnitDirectives:
         assert service["Environment"] == "MAILBOT_CONFIG=/etc/mailbot/config.toml"
 
     def test_lifecycle(self, service: configparser.SectionProxy) -> None:
-        """SIGTERM drains, a crash restarts, a stuck drain is killed after a bound."""
+        """SIGTERM drains, a crash restarts, a stuck drain is killed after a bound; SIGTERM reaches the main
+        process alone, which stops its worker processes in order (mailbot.supervisor)."""
         assert service["KillSignal"] == "SIGTERM"
+        assert service["KillMode"] == "mixed"
         assert service["Restart"] == "on-failure"
         assert int(service["TimeoutStopSec"]) > 0
 

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mailbot.errors import ConfigError, TransientStoreError
 from mailbot.store.problems import describe, lasting_problem
+from mailbot.store.writers import Turns
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
@@ -72,7 +73,11 @@ def make_engine(url: str, lock_timeout: float = 10.0) -> Engine:
 
 
 class Database:
-    def __init__(self, url: str, *, lock_timeout: float = 10.0, threads: int | None = None) -> None:
+    def __init__(
+        self, url: str, *, lock_timeout: float = 10.0, threads: int | None = None, gives_way: bool = False
+    ) -> None:
+        """`gives_way`: this process writes behind the doors (a worker), and lets them write first
+        (mailbot.store.writers)."""
         self.url = url
         self.lock_timeout = lock_timeout
         self.engine = make_engine(url, lock_timeout)
@@ -81,6 +86,8 @@ class Database:
         # SQLite has one writer at a time: one worker thread serializes writes without lock contention.
         workers = threads or (1 if self.is_sqlite else 4)
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mailbot-db")
+        file = self.sqlite_file
+        self.turns = Turns(file, lock_timeout, gives_way=gives_way) if file is not None else None
 
     @property
     def is_sqlite(self) -> bool:
@@ -121,10 +128,13 @@ class Database:
         """
         self._require_file()
         try:
-            with self.sessions.begin() as session:
+            with self._turn(), self.sessions.begin() as session:
                 yield session
         except (OperationalError, DBAPIError) as exc:
             raise TransientStoreError(f"database unavailable: {describe(exc)}") from exc
+
+    def _turn(self) -> contextlib.AbstractContextManager[None]:
+        return self.turns.writing() if self.turns is not None else contextlib.nullcontext()
 
     def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run fn(session, *args) in one transaction (synchronously)."""
@@ -213,3 +223,5 @@ class Database:
     def close(self) -> None:
         self._executor.shutdown(wait=True)
         self.engine.dispose()
+        if self.turns is not None:
+            self.turns.close()

@@ -1,0 +1,96 @@
+"""Whose turn it is to write a SQLite file (mailbot.store.writers): a door that waits goes before a worker
+that comes back for more, a waiter gives up after the lock timeout, and a dead holder frees the lock."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from mailbot.errors import TransientStoreError
+from mailbot.store import Database
+from mailbot.store.writers import Turns
+from tests.test_supervisor import wait_for
+
+
+def waiting_door(turns: Turns) -> bool:
+    """A door holds the turn (shared) while it waits: nobody can take it exclusively."""
+    probe = os.open(turns.paths[0], os.O_RDWR)
+    try:
+        fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(probe)
+    return False
+
+
+def in_thread(turns: Turns, order: list[str], name: str) -> threading.Thread:
+    def write() -> None:
+        with turns.writing():
+            order.append(name)
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    return thread
+
+
+class TestTurns:
+    """Each Turns stands for a process (its own open files): flock tells them apart as it would processes."""
+
+    @pytest.fixture
+    def make(self, tmp_path: Path) -> Callable[..., Turns]:
+        return lambda gives_way=False, timeout=30.0: Turns(tmp_path / "mailbot.db", timeout, gives_way=gives_way)
+
+    def test_a_waiting_door_goes_before_the_worker_that_held_the_lock(self, make: Callable[..., Turns]) -> None:
+        worker, door = make(gives_way=True), make()
+        order: list[str] = []
+        with worker.writing():
+            waiting = in_thread(door, order, "door")
+            wait_for(lambda: waiting_door(door), "the door to wait")
+            again = in_thread(make(gives_way=True), order, "worker")  # the intake's next batch, at once
+        waiting.join()
+        again.join()
+        assert order == ["door", "worker"]
+
+    def test_a_waiter_gives_up_after_the_lock_timeout(self, make: Callable[..., Turns]) -> None:
+        with make().writing(), pytest.raises(TransientStoreError, match="database busy"), make(timeout=0.05).writing():
+            pass
+
+    def test_threads_of_one_process_take_turns(self, make: Callable[..., Turns]) -> None:
+        turns, order = make(), []
+        with turns.writing():
+            other = in_thread(turns, order, "second")
+            order.append("first")
+        other.join()
+        assert order == ["first", "second"]
+
+    def test_a_dead_holder_frees_the_lock(self, make: Callable[..., Turns]) -> None:
+        turns = make(timeout=30.0)
+        hold = (
+            "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT);"
+            " fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(600)"
+        )
+        holder = subprocess.Popen([sys.executable, "-c", hold, str(turns.paths[1])], stdout=subprocess.PIPE, text=True)
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        holder.kill()
+        holder.wait()
+        with turns.writing():
+            pass
+
+
+def test_the_database_takes_its_turn_on_sqlite_files_only(tmp_path: Path, postgres_database: str) -> None:
+    sqlite = Database(f"sqlite:///{tmp_path / 'mailbot.db'}")
+    postgres = Database(postgres_database)
+    try:
+        assert sqlite.turns is not None and postgres.turns is None
+        assert Database("sqlite://").turns is None  # in memory: one process only
+    finally:
+        sqlite.close()
+        postgres.close()
