@@ -14,13 +14,18 @@ look-up that could see it goes through these facts instead of the session:
 - the mail planned recently to each requester and on each ticket named: the loop governor's counts
   (mailbot.governor);
 - which attachments' bytes are stored, so each is stored once;
-- the last ticket id allocated (SQLite).
+- the tickets the batch's messages may join, with who may write on them (their participants: the
+  specialist's address, the requester's colleagues) and the specialists who may take one;
+- the outgoing messages our own mail coming back and the bounces name (mailbot.loops rules 1 and 2);
+- the last ticket id allocated (SQLite);
+- the batch's instant, `now`.
 
 `load` reads all of it for the batch's readings in a few set-based statements. Each key is read from the
 store once, in `load` or on the first question about a key it did not foresee, and from then on kept
 here: every decision tells the facts what it writes (`opened`, `recorded`, `queued`, `bounced`), and an
 update about a key not read yet reads it first, so nothing is counted twice or missed, flushed or not.
-A rule therefore never needs to know whether it runs inside a batch. One message decided alone is a
+A rule therefore never needs to know whether it runs inside a batch, and never holds a session: the
+intake's rules (mailbot.intake.rules) are pure functions of a reading and these facts. One message decided alone is a
 batch of one. Facts belong to one transaction: after a rollback they are thrown away, never reused.
 """
 
@@ -33,6 +38,7 @@ from typing import Generic, TypeVar
 
 from sqlalchemy.orm import Session
 
+from mailbot import threads
 from mailbot.addresses import key_of
 from mailbot.identity import Use
 from mailbot.reading import Reading
@@ -40,7 +46,7 @@ from mailbot.store import conversations, deliveries, registry
 from mailbot.store import tickets as ticket_store
 from mailbot.store.deliveries import Sent
 from mailbot.store.registry import ContactRecord
-from mailbot.store.schema import OutboxItem, Ticket, TicketMessage
+from mailbot.store.schema import OutboxItem, Specialist, Ticket, TicketMessage
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -71,12 +77,19 @@ class _Cache(Generic[K, V]):
         return self.values[key]
 
 
+def _each(read: Callable[[K], V | None]) -> Callable[[list[K]], dict[K, V]]:
+    """A `_Cache` reader from a look-up of one key (for the rare keys: a bounce's message, a ticket's people)."""
+    return lambda keys: {key: value for key in keys if (value := read(key)) is not None}
+
+
 class Facts:
-    def __init__(self, session: Session, *, since: datetime | None = None) -> None:
+    def __init__(self, session: Session, *, since: datetime | None = None, now: datetime | None = None) -> None:
         """`since`: the earliest instant a count of planned mail may ask about (the loop governor's longest
-        window before the batch's `now`); None for a caller that counts none."""
+        window before the batch's `now`); None for a caller that counts none. `now`: the batch's instant,
+        for the rules that ask it (None for a caller outside the intake)."""
         self.session = session
         self.since = since
+        self._now = now
         self._uses = _Cache[str, list[Use]](session, lambda ids: conversations.uses(session, ids), list)
         self._exists = _Cache[int, bool](
             session, lambda ids: dict.fromkeys(conversations.existing(session, ids), True), bool
@@ -92,12 +105,27 @@ class Facts:
             session, lambda hashes: dict.fromkeys(ticket_store.stored_blobs(session, hashes), True), bool
         )
         self._new_blobs: dict[str, bytes] = {}  # attachments this batch stores, by hash
+        self._outgoing = _Cache[str, OutboxItem | None](
+            session, _each(lambda message_id: deliveries.by_message_id(session, message_id)), lambda: None
+        )
+        self._specialist_addresses = _Cache[int, str | None](
+            session, _each(lambda id_: ticket_store.specialist_address(session, id_)), lambda: None
+        )
+        self._specialists = _Cache[str, Specialist | None](
+            session, _each(lambda address: registry.find_specialist(session, address)), lambda: None
+        )
+        self._colleagues: dict[int, list[str]] = {}  # by ticket
 
     @classmethod
-    def load(cls, session: Session, readings: Iterable[Reading], *, since: datetime) -> Facts:
-        """The facts a batch of `readings` needs, in a few statements."""
-        facts = cls(session, since=since)
+    def load(cls, session: Session, readings: Iterable[Reading], *, now: datetime, since: datetime) -> Facts:
+        """The facts a batch of `readings` decided at `now` needs, in a few statements."""
+        facts = cls(session, since=since, now=now)
         readings = list(readings)
+        facts._outgoing.fill(
+            m for r in readings for m in (
+                r.parsed.message_id if r.own else None, r.bounce.original_message_id if r.bounce else None
+            ) if m
+        )
         facts._uses.fill(m for r in readings for m in (r.key, *r.clues.message_ids))
         named = {t for r in readings for t in r.clues.ticket_ids()}
         facts._exists.fill(named)
@@ -109,6 +137,12 @@ class Facts:
         return facts
 
     # --- questions -----------------------------------------------------------------------------------------
+
+    @property
+    def now(self) -> datetime:
+        if self._now is None:
+            raise ValueError("these facts belong to no batch's instant")
+        return self._now
 
     def uses(self, message_id: str) -> list[Use]:
         """The messages stored (or recorded in this batch) under `message_id`, first use first."""
@@ -130,6 +164,38 @@ class Facts:
     def ticket(self, ticket_id: int) -> Ticket | None:
         """The ticket with its messages: opened in this batch, else as stored."""
         return self._opened.get(ticket_id) or ticket_store.get(self.session, ticket_id)
+
+    def participants(self, ticket: Ticket) -> threads.Participants:
+        """Who may write on `ticket` (mailbot.threads), read from the ticket as it stands in this batch."""
+        if ticket.id not in self._colleagues:
+            with self.session.no_autoflush:
+                self._colleagues[ticket.id] = conversations.colleagues(self.session, ticket)
+        specialist = self._specialist_addresses.get(ticket.specialist_id) if ticket.specialist_id else None
+        return threads.participants(
+            requester=ticket.requester,
+            specialist=specialist,
+            messages=[(m.from_address, [*m.to, *m.cc]) for m in ticket.messages if m.direction == "in"],
+            colleagues=self._colleagues[ticket.id],
+        )
+
+    def match(self, clues: threads.Clues, sender: str) -> threads.Match | None:
+        """The ticket the thread clues name (mailbot.threads.match), for `sender`, whom the message trusts."""
+
+        def joins(ticket_id: int) -> bool:  # asked only of a Message-ID that several tickets use
+            ticket = self.ticket(ticket_id)
+            return ticket is not None and self.participants(ticket).role_of(sender) is not None
+
+        return threads.match(
+            clues, owners=self.owners(clues.message_ids), existing=self.existing(clues.ticket_ids()), joins=joins
+        )
+
+    def specialist(self, address: str) -> Specialist | None:
+        """The specialist of the team with this address, active or not."""
+        return self._specialists.get(address)
+
+    def outgoing(self, message_id: str) -> OutboxItem | None:
+        """The message mailbot sent (or planned) with this Message-ID."""
+        return self._outgoing.get(message_id)
 
     def contact(self, address: str) -> ContactRecord | None:
         """The named contact `address` belongs to (any case or plus form), if any."""

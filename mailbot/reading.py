@@ -9,6 +9,7 @@ after it (mailbot.intake) only read them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from mailbot.authn import AuthVerdict
 from mailbot.bounces import Bounce
@@ -28,6 +29,8 @@ class Reading:
     automatic: str | None  # why a machine wrote it (mailbot.automatic), None for a person's mail
     bounce: Bounce | None  # the delivery report it is (mailbot.bounces), if it is one
     clues: Clues  # the conversation it claims to continue (mailbot.threads)
+    own: bool  # our own message coming back (mailbot.loops rule 1: its loop mark is ours)
+    received_at: datetime  # when the listener stored it: how long a DNS failure may keep it waiting
 
     @property
     def sender(self) -> str:
