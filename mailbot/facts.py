@@ -31,10 +31,10 @@ batch of one. Facts belong to one transaction: after a rollback they are thrown 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import replace
 from datetime import datetime
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 from sqlalchemy.orm import Session
 
@@ -64,13 +64,22 @@ class _Cache(Generic[K, V]):
         self._read = read
         self._empty = empty
         self.values: dict[K, V] = {}
+        self._complete = False  # `only`: the values are all there is
+
+    def only(self, values: Mapping[K, V]) -> None:
+        """`values` are all there is: nothing else is read (`Facts.given`)."""
+        self.values.update(values)
+        self._complete = True
 
     def fill(self, keys: Iterable[K]) -> None:
         missing = [key for key in dict.fromkeys(keys) if key not in self.values]
-        if missing:
+        if not missing:
+            return
+        found: dict[K, V] = {}
+        if not self._complete:
             with self._session.no_autoflush:
                 found = self._read(missing)
-            self.values.update({key: found[key] if key in found else self._empty() for key in missing})
+        self.values.update({key: found[key] if key in found else self._empty() for key in missing})
 
     def get(self, key: K) -> V:
         self.fill([key])
@@ -134,6 +143,31 @@ class Facts:
         threaded = {u.ticket_id for uses in facts._uses.values.values() for u in uses}
         facts._on.fill(threaded | {t for t in named if facts._exists.values[t]})
         facts._stored_blobs.fill(a.sha256 for r in readings for a in r.parsed.attachments)
+        return facts
+
+    @classmethod
+    def given(
+        cls,
+        now: datetime,
+        *,
+        uses: Mapping[str, list[Use]] | None = None,
+        tickets: Iterable[Ticket] = (),
+        colleagues: Mapping[int, list[str]] | None = None,
+        contacts: Mapping[str, ContactRecord] | None = None,
+        specialists: Mapping[str, Specialist] | None = None,
+        outgoing: Mapping[str, OutboxItem] | None = None,
+    ) -> Facts:
+        """Facts known in advance, with no store behind them: what is not given does not exist (the
+        intake's rules decided in memory, in their unit tests). `contacts` by their address as stored."""
+        facts = cls(cast(Session, None), now=now)
+        for ticket in tickets:
+            facts.opened(ticket)
+        facts._exists.only({})
+        facts._uses.only(uses or {})
+        facts._colleagues.update(colleagues or {})
+        facts._contacts.only({key: c for a, c in (contacts or {}).items() if (key := registry.sender_key(a))})
+        facts._specialists.only(specialists or {})
+        facts._outgoing.only(outgoing or {})
         return facts
 
     # --- questions -----------------------------------------------------------------------------------------
