@@ -14,8 +14,9 @@ look-up that could see it goes through these facts instead of the session:
 - the mail planned recently to each requester and on each ticket named: the loop governor's counts
   (mailbot.governor);
 - which attachments' bytes are stored, so each is stored once;
-- the tickets the batch's messages may join, with who may write on them (their participants: the
-  specialist's address, the requester's colleagues) and the specialists who may take one;
+- the tickets the batch's messages may join, with their messages, and who may write on them (their
+  participants: the specialist's address and the requester's colleagues, read when first asked) and the
+  specialists who may take one;
 - the outgoing messages our own mail coming back and the bounces name (mailbot.loops rules 1 and 2);
 - the last ticket id allocated (SQLite);
 - the batch's instant, `now`.
@@ -25,8 +26,8 @@ store once, in `load` or on the first question about a key it did not foresee, a
 here: every decision tells the facts what it writes (`opened`, `recorded`, `queued`, `bounced`), and an
 update about a key not read yet reads it first, so nothing is counted twice or missed, flushed or not.
 A rule therefore never needs to know whether it runs inside a batch, and never holds a session: the
-intake's rules (mailbot.intake.rules) are pure functions of a reading and these facts. One message decided alone is a
-batch of one. Facts belong to one transaction: after a rollback they are thrown away, never reused.
+intake's rules (mailbot.intake.rules) are pure functions of a reading and these facts. One message
+decided alone is a batch of one. Facts belong to one transaction: after a rollback they are thrown away, never reused.
 """
 
 from __future__ import annotations
@@ -109,6 +110,7 @@ class Facts:
         self._to = _Cache[str, list[Sent]](session, lambda keys: deliveries.sent_to(session, keys, self._since()), list)
         self._on = _Cache[int, list[Sent]](session, lambda ids: deliveries.sent_on(session, ids, self._since()), list)
         self._opened: dict[int, Ticket] = {}
+        self._tickets: dict[int, Ticket] = {}  # as stored, read in `load`
         self._last_ticket_id: int | None = None
         self._stored_blobs = _Cache[str, bool](
             session, lambda hashes: dict.fromkeys(ticket_store.stored_blobs(session, hashes), True), bool
@@ -141,7 +143,11 @@ class Facts:
         facts._contacts.fill(key for r in readings for a in (r.sender, r.requester) if (key := registry.sender_key(a)))
         facts._to.fill(key_of(r.requester) for r in readings if r.requester)
         threaded = {u.ticket_id for uses in facts._uses.values.values() for u in uses}
-        facts._on.fill(threaded | {t for t in named if facts._exists.values[t]})
+        candidates = threaded | {t for t in named if facts._exists.values[t]}
+        facts._on.fill(candidates)
+        if candidates:  # the tickets the batch may join, with their messages (who may write on them)
+            with session.no_autoflush:
+                facts._tickets.update({t.id: t for t in ticket_store.many(session, candidates)})
         facts._stored_blobs.fill(a.sha256 for r in readings for a in r.parsed.attachments)
         return facts
 
@@ -197,7 +203,7 @@ class Facts:
 
     def ticket(self, ticket_id: int) -> Ticket | None:
         """The ticket with its messages: opened in this batch, else as stored."""
-        return self._opened.get(ticket_id) or ticket_store.get(self.session, ticket_id)
+        return self._opened.get(ticket_id) or self._tickets.get(ticket_id) or ticket_store.get(self.session, ticket_id)
 
     def participants(self, ticket: Ticket) -> threads.Participants:
         """Who may write on `ticket` (mailbot.threads), read from the ticket as it stands in this batch."""

@@ -1,9 +1,9 @@
-"""What the intake learns from a stored message before it looks at the database (`Intake.read`): work that
-needs no transaction, and may wait on DNS, so the runner does it with none open.
+"""What the intake learns from a stored message before it looks at the database: work that needs no
+transaction, and may wait on DNS, so the runner does it with none open (mailbot.intake.reading makes it).
 
-Each verdict is worked out here once and carried: whether a machine wrote the message (and why), whether
-it is a bounce (and what it says), which conversation it claims to continue (its thread clues). The rules
-after it (mailbot.intake) only read them.
+Each verdict is worked out once and carried: whether a machine wrote the message (and why), whether it is
+a bounce (and what it says), whether it is our own mail coming back, which conversation it claims to
+continue (its thread clues). The rules after it (mailbot.intake.rules) only read them.
 """
 
 from __future__ import annotations
