@@ -8,7 +8,7 @@ new one continues). Every decision carries the `Found` it was made on.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
@@ -31,7 +31,7 @@ class Found:
     continues: int | None = None  # the resolved ticket a new one is linked to
 
     def note(self, step: str, verdict: str, detail: str = "") -> Found:
-        return replace(self, notes=(*self.notes, (step, verdict, detail)))
+        return Found((*self.notes, (step, verdict, detail)), self.collision, self.continues)
 
 
 @dataclass(frozen=True)
