@@ -1,10 +1,10 @@
 """The intake's entitlement step: is a new ticket's sender who they claim to be, and are they entitled?
 
 `Gate.authenticate` authenticates the From address (the intake does it before it opens a database
-transaction: it may wait on DNS); `Gate.judge` looks the sender up in the batch's facts (mailbot.facts: the
-registry's named contacts, read once per batch) and decides with
-`mailbot.entitlement.decide` (today being the date in the business time zone). Authentication is, by the
-configuration's `[security]`:
+transaction: it may wait on DNS); the intake's rule for a new conversation (mailbot.intake.rules) looks the
+sender up in the batch's facts (mailbot.facts: the registry's named contacts, read once per batch) and
+decides with `mailbot.entitlement.decide` (today being the date in the business time zone), into an
+`Admission`. Authentication is, by the configuration's `[security]`:
 
 - `require_sender_auth = true` (the default): `mailbot.authn.authenticate`, trusted Authentication-Results
   or an aligned DKIM signature, checked on the address of the From header (RFC 7489 section 3.1);
@@ -12,7 +12,7 @@ configuration's `[security]`:
   counts as authenticated; anything else still needs the check above;
 - `require_sender_auth = false`: `authn.trusted_path`, the site trusts its receiving path.
 
-A DNS failure while authenticating decides nothing: `judge` raises TransientDNSError so the message stays
+A DNS failure while authenticating decides nothing: the rule raises TransientDNSError so the message stays
 pending and is tried again later, until `auth_retry_for` after it was received; past that it is held as
 `auth-temporarily-unavailable`, where people see it and can release it.
 
@@ -34,13 +34,11 @@ from sqlalchemy.orm import Session
 from mailbot.authn import AuthVerdict, authenticate, trusted_path
 from mailbot.config import SecurityConfig
 from mailbot.dns import Resolver
-from mailbot.entitlement import ENTITLED, Entitled, decide
-from mailbot.errors import TransientDNSError
+from mailbot.entitlement import ENTITLED, Entitled
 from mailbot.facts import Facts
 from mailbot.held import Held
 from mailbot.loops import Opening
 from mailbot.parse import ParsedMessage
-from mailbot.reading import Reading
 from mailbot.store.registry import ContactRecord
 from mailbot.store.schema import InboundMessage, Ticket
 from mailbot.workflow import Workflow
@@ -112,23 +110,6 @@ class Gate:
         self.zone = zone
         self.workflow = workflow
         self.resolver = resolver
-
-    def judge(self, inbound: InboundMessage, reading: Reading, now: datetime, facts: Facts) -> Admission:
-        """Look the sender of a new ticket up in the batch's facts and decide, with the reading's verdict
-        from `authenticate`; TransientDNSError: try later."""
-        verdict = reading.verdict
-        temporary = verdict.temporary and not verdict.authenticated
-        if temporary and now - inbound.received_at < self.security.auth_retry_for:
-            raise TransientDNSError(verdict.reason)
-        contact = facts.contact(reading.sender)  # whom it trusts, never whom it shows
-        decision = decide(
-            contact=contact.facts if contact is not None else None,
-            authenticated=verdict.authenticated,
-            auth_required=self.security.require_sender_auth,
-            today=now.astimezone(self.zone).date(),
-            auth_temperror=temporary,
-        )
-        return Admission(decision, verdict, contact)
 
     def authenticate(self, inbound: InboundMessage, parsed: ParsedMessage, sender: str) -> AuthVerdict:
         """Whether `sender`, the From address, provably wrote the message (see the module docstring)."""

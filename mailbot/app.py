@@ -151,7 +151,6 @@ class App:
             self.workflow,
             self.reply_tokens,
             reopen_within=self.config.sla.reopen_within,
-            auth_retry_for=self.config.security.auth_retry_for,
         )
 
     @cached_property

@@ -280,3 +280,11 @@ def _text(part: MIMEPart) -> str:
         payload = part.get_payload(decode=True)
         content = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
     return content if isinstance(content, str) else ""
+
+
+def delivery_after(current: str | None, bounce: Bounce) -> str:
+    """An outgoing message's delivery once `bounce` is recorded against it (`current`: before): a late
+    warning says nothing new about a message that already failed."""
+    if current == "bounced" and bounce.delayed:
+        return current
+    return "delayed" if bounce.delayed else "bounced"

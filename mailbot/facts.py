@@ -14,25 +14,32 @@ look-up that could see it goes through these facts instead of the session:
 - the mail planned recently to each requester and on each ticket named: the loop governor's counts
   (mailbot.governor);
 - which attachments' bytes are stored, so each is stored once;
-- the last ticket id allocated (SQLite).
+- the tickets the batch's messages may join, with their messages, and who may write on them (their
+  participants: the specialist's address and the requester's colleagues, read when first asked) and the
+  specialists who may take one;
+- the outgoing messages our own mail coming back and the bounces name (mailbot.loops rules 1 and 2);
+- the last ticket id allocated (SQLite);
+- the batch's instant, `now`.
 
 `load` reads all of it for the batch's readings in a few set-based statements. Each key is read from the
 store once, in `load` or on the first question about a key it did not foresee, and from then on kept
 here: every decision tells the facts what it writes (`opened`, `recorded`, `queued`, `bounced`), and an
 update about a key not read yet reads it first, so nothing is counted twice or missed, flushed or not.
-A rule therefore never needs to know whether it runs inside a batch. One message decided alone is a
-batch of one. Facts belong to one transaction: after a rollback they are thrown away, never reused.
+A rule therefore never needs to know whether it runs inside a batch, and never holds a session: the
+intake's rules (mailbot.intake.rules) are pure functions of a reading and these facts. One message
+decided alone is a batch of one. Facts belong to one transaction: after a rollback they are thrown away, never reused.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import replace
 from datetime import datetime
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 from sqlalchemy.orm import Session
 
+from mailbot import threads
 from mailbot.addresses import key_of
 from mailbot.identity import Use
 from mailbot.reading import Reading
@@ -40,7 +47,7 @@ from mailbot.store import conversations, deliveries, registry
 from mailbot.store import tickets as ticket_store
 from mailbot.store.deliveries import Sent
 from mailbot.store.registry import ContactRecord
-from mailbot.store.schema import OutboxItem, Ticket, TicketMessage
+from mailbot.store.schema import OutboxItem, Specialist, Ticket, TicketMessage
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -58,25 +65,41 @@ class _Cache(Generic[K, V]):
         self._read = read
         self._empty = empty
         self.values: dict[K, V] = {}
+        self._complete = False  # `only`: the values are all there is
+
+    def only(self, values: Mapping[K, V]) -> None:
+        """`values` are all there is: nothing else is read (`Facts.given`)."""
+        self.values.update(values)
+        self._complete = True
 
     def fill(self, keys: Iterable[K]) -> None:
         missing = [key for key in dict.fromkeys(keys) if key not in self.values]
-        if missing:
+        if not missing:
+            return
+        found: dict[K, V] = {}
+        if not self._complete:
             with self._session.no_autoflush:
                 found = self._read(missing)
-            self.values.update({key: found[key] if key in found else self._empty() for key in missing})
+        self.values.update({key: found[key] if key in found else self._empty() for key in missing})
 
     def get(self, key: K) -> V:
         self.fill([key])
         return self.values[key]
 
 
+def _each(read: Callable[[K], V | None]) -> Callable[[list[K]], dict[K, V]]:
+    """A `_Cache` reader from a look-up of one key (for the rare keys: a bounce's message, a ticket's people)."""
+    return lambda keys: {key: value for key in keys if (value := read(key)) is not None}
+
+
 class Facts:
-    def __init__(self, session: Session, *, since: datetime | None = None) -> None:
+    def __init__(self, session: Session, *, since: datetime | None = None, now: datetime | None = None) -> None:
         """`since`: the earliest instant a count of planned mail may ask about (the loop governor's longest
-        window before the batch's `now`); None for a caller that counts none."""
+        window before the batch's `now`); None for a caller that counts none. `now`: the batch's instant,
+        for the rules that ask it (None for a caller outside the intake)."""
         self.session = session
         self.since = since
+        self._now = now
         self._uses = _Cache[str, list[Use]](session, lambda ids: conversations.uses(session, ids), list)
         self._exists = _Cache[int, bool](
             session, lambda ids: dict.fromkeys(conversations.existing(session, ids), True), bool
@@ -87,28 +110,79 @@ class Facts:
         self._to = _Cache[str, list[Sent]](session, lambda keys: deliveries.sent_to(session, keys, self._since()), list)
         self._on = _Cache[int, list[Sent]](session, lambda ids: deliveries.sent_on(session, ids, self._since()), list)
         self._opened: dict[int, Ticket] = {}
+        self._tickets: dict[int, Ticket] = {}  # as stored, read in `load`
         self._last_ticket_id: int | None = None
         self._stored_blobs = _Cache[str, bool](
             session, lambda hashes: dict.fromkeys(ticket_store.stored_blobs(session, hashes), True), bool
         )
         self._new_blobs: dict[str, bytes] = {}  # attachments this batch stores, by hash
+        self._outgoing = _Cache[str, OutboxItem | None](
+            session, _each(lambda message_id: deliveries.by_message_id(session, message_id)), lambda: None
+        )
+        self._specialist_addresses = _Cache[int, str | None](
+            session, _each(lambda id_: ticket_store.specialist_address(session, id_)), lambda: None
+        )
+        self._specialists = _Cache[str, Specialist | None](
+            session, _each(lambda address: registry.find_specialist(session, address)), lambda: None
+        )
+        self._colleagues: dict[int, list[str]] = {}  # by ticket
 
     @classmethod
-    def load(cls, session: Session, readings: Iterable[Reading], *, since: datetime) -> Facts:
-        """The facts a batch of `readings` needs, in a few statements."""
-        facts = cls(session, since=since)
+    def load(cls, session: Session, readings: Iterable[Reading], *, now: datetime, since: datetime) -> Facts:
+        """The facts a batch of `readings` decided at `now` needs, in a few statements."""
+        facts = cls(session, since=since, now=now)
         readings = list(readings)
+        facts._outgoing.fill(
+            m for r in readings for m in (
+                r.parsed.message_id if r.own else None, r.bounce.original_message_id if r.bounce else None
+            ) if m
+        )
         facts._uses.fill(m for r in readings for m in (r.key, *r.clues.message_ids))
         named = {t for r in readings for t in r.clues.ticket_ids()}
         facts._exists.fill(named)
         facts._contacts.fill(key for r in readings for a in (r.sender, r.requester) if (key := registry.sender_key(a)))
         facts._to.fill(key_of(r.requester) for r in readings if r.requester)
         threaded = {u.ticket_id for uses in facts._uses.values.values() for u in uses}
-        facts._on.fill(threaded | {t for t in named if facts._exists.values[t]})
+        candidates = threaded | {t for t in named if facts._exists.values[t]}
+        facts._on.fill(candidates)
+        if candidates:  # the tickets the batch may join, with their messages (who may write on them)
+            with session.no_autoflush:
+                facts._tickets.update({t.id: t for t in ticket_store.many(session, candidates)})
         facts._stored_blobs.fill(a.sha256 for r in readings for a in r.parsed.attachments)
         return facts
 
+    @classmethod
+    def given(
+        cls,
+        now: datetime,
+        *,
+        uses: Mapping[str, list[Use]] | None = None,
+        tickets: Iterable[Ticket] = (),
+        colleagues: Mapping[int, list[str]] | None = None,
+        contacts: Mapping[str, ContactRecord] | None = None,
+        specialists: Mapping[str, Specialist] | None = None,
+        outgoing: Mapping[str, OutboxItem] | None = None,
+    ) -> Facts:
+        """Facts known in advance, with no store behind them: what is not given does not exist (the
+        intake's rules decided in memory, in their unit tests). `contacts` by their address as stored."""
+        facts = cls(cast(Session, None), now=now)
+        for ticket in tickets:
+            facts.opened(ticket)
+        facts._exists.only({})
+        facts._uses.only(uses or {})
+        facts._colleagues.update(colleagues or {})
+        facts._contacts.only({key: c for a, c in (contacts or {}).items() if (key := registry.sender_key(a))})
+        facts._specialists.only(specialists or {})
+        facts._outgoing.only(outgoing or {})
+        return facts
+
     # --- questions -----------------------------------------------------------------------------------------
+
+    @property
+    def now(self) -> datetime:
+        if self._now is None:
+            raise ValueError("these facts belong to no batch's instant")
+        return self._now
 
     def uses(self, message_id: str) -> list[Use]:
         """The messages stored (or recorded in this batch) under `message_id`, first use first."""
@@ -129,7 +203,39 @@ class Facts:
 
     def ticket(self, ticket_id: int) -> Ticket | None:
         """The ticket with its messages: opened in this batch, else as stored."""
-        return self._opened.get(ticket_id) or ticket_store.get(self.session, ticket_id)
+        return self._opened.get(ticket_id) or self._tickets.get(ticket_id) or ticket_store.get(self.session, ticket_id)
+
+    def participants(self, ticket: Ticket) -> threads.Participants:
+        """Who may write on `ticket` (mailbot.threads), read from the ticket as it stands in this batch."""
+        if ticket.id not in self._colleagues:
+            with self.session.no_autoflush:
+                self._colleagues[ticket.id] = conversations.colleagues(self.session, ticket)
+        specialist = self._specialist_addresses.get(ticket.specialist_id) if ticket.specialist_id else None
+        return threads.participants(
+            requester=ticket.requester,
+            specialist=specialist,
+            messages=[(m.from_address, [*m.to, *m.cc]) for m in ticket.messages if m.direction == "in"],
+            colleagues=self._colleagues[ticket.id],
+        )
+
+    def match(self, clues: threads.Clues, sender: str) -> threads.Match | None:
+        """The ticket the thread clues name (mailbot.threads.match), for `sender`, whom the message trusts."""
+
+        def joins(ticket_id: int) -> bool:  # asked only of a Message-ID that several tickets use
+            ticket = self.ticket(ticket_id)
+            return ticket is not None and self.participants(ticket).role_of(sender) is not None
+
+        return threads.match(
+            clues, owners=self.owners(clues.message_ids), existing=self.existing(clues.ticket_ids()), joins=joins
+        )
+
+    def specialist(self, address: str) -> Specialist | None:
+        """The specialist of the team with this address, active or not."""
+        return self._specialists.get(address)
+
+    def outgoing(self, message_id: str) -> OutboxItem | None:
+        """The message mailbot sent (or planned) with this Message-ID."""
+        return self._outgoing.get(message_id)
 
     def contact(self, address: str) -> ContactRecord | None:
         """The named contact `address` belongs to (any case or plus form), if any."""

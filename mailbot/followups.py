@@ -1,7 +1,8 @@
-"""The intake's conversation step: a message that names an existing ticket joins it, or is held away from it.
+"""What a message that names an existing ticket does to it, or how it is held away from it.
 
-`Followups.follow` reads the message's thread clues, asks the rules of mailbot.threads which ticket they
-name and whether the sender may join it, and acts:
+The threading rule (mailbot.intake.rules) decides, from the message's thread clues, the rules of
+mailbot.threads and the batch's facts, which ticket it joins and how; the intake's write
+(mailbot.intake.write) carries that out with the pieces here (`store`, `notify`, `from_specialist`):
 
 - a participant's message (requester, a contact the requester brought in) is stored on the ticket with
   its quoted history and signature split off (mailbot.quotes), sends no confirmation, reopens a ticket
@@ -22,46 +23,26 @@ name and whether the sender may join it, and acts:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mailbot import commands, promises, richtext, threads
-from mailbot.authn import AuthVerdict
 from mailbot.compose import ticket_subject
-from mailbot.errors import RefusedError, TransientDNSError
+from mailbot.errors import RefusedError
 from mailbot.facts import Facts
-from mailbot.held import Held, HeldReason
 from mailbot.parse import Attachment as ReadAttachment
 from mailbot.parse import ParsedMessage
 from mailbot.quotes import split_reply
 from mailbot.reading import Reading
 from mailbot.redact import hide_addresses
-from mailbot.sla import RUNNING
-from mailbot.store import conversations, registry
+from mailbot.store import registry
 from mailbot.store import tickets as ticket_store
 from mailbot.store.schema import InboundMessage, Specialist, Ticket, TicketMessage
-from mailbot.threads import Continuation, How, Match, Role
+from mailbot.threads import Match
 from mailbot.tokens import ReplyTokens
 from mailbot.workflow import Workflow
-
-
-@dataclass(frozen=True)
-class Decided:
-    """The message joined a ticket ("threaded") or was held away from the one it named ("held")."""
-
-    action: str
-    ticket_id: int
-    detail: str
-
-
-@dataclass(frozen=True)
-class Continues:
-    """A participant wrote on a ticket resolved before the reopen window: a new ticket, linked to this one."""
-
-    parent_id: int
 
 
 class Followups:
@@ -71,60 +52,10 @@ class Followups:
         tokens: ReplyTokens,
         *,
         reopen_within: timedelta,
-        auth_retry_for: timedelta,
     ) -> None:
         self.workflow = workflow
         self.tokens = tokens
-        self.reopen_within = reopen_within
-        self.auth_retry_for = auth_retry_for
-
-    def follow(
-        self, session: Session, inbound: InboundMessage, reading: Reading, now: datetime, facts: Facts
-    ) -> Decided | Continues | None:
-        """What the message does to the ticket it names; None when it names none (a new ticket).
-        Its thread clues and whether a machine wrote it are the reading's, worked out once."""
-        parsed, sender, automatic = reading.parsed, reading.sender, reading.automatic is not None
-        found = self._match(session, facts, reading.clues, sender)
-        if found is None:
-            return None
-        ticket = facts.ticket(found.ticket_id)
-        assert ticket is not None  # threads.match names only tickets the store has
-        authenticated = self._authenticated(inbound, reading.verdict, now)
-        admitted = threads.admit(
-            sender,
-            found,
-            self._people(session, ticket),
-            authenticated=authenticated,
-            speaks_for=reading.clues.speaks_for(ticket.id),
-        )
-        if admitted is HeldReason.NOT_A_PARTICIPANT and authenticated and not automatic:
-            taker = self._taker(session, sender, ticket, found, parsed)
-            if taker is not None:  # a colleague's `#take`: the ticket is theirs now
-                self.workflow.assign(session, ticket, taker, now, how="taken by email", facts=facts)
-                # Nothing of it reaches the customer: speaking as the team needs the specialist token, which
-                # the assignment mail just queued for the taker carries (mailbot.threads.admit).
-                self._store(session, ticket, inbound, reading, now, facts, kind="specialist")
-                return Decided("threaded", ticket.id, f"joined {found.describe()}; taken by {taker.address}")
-        if isinstance(admitted, HeldReason):
-            return self._hold(session, inbound, reading, now, facts, admitted, found)
-        if automatic:
-            # mailbot.loops rule 3: kept on its ticket, automatic mail relays, notifies and reopens nothing,
-            # so a customer's and a specialist's out-of-office replies cannot answer each other through us.
-            kind = "specialist" if admitted is Role.SPECIALIST else "customer"
-            self._store(session, ticket, inbound, reading, now, facts, kind=kind)
-            return Decided("threaded", ticket.id, f"joined {found.describe()}; automatic mail, nothing sent")
-        if admitted is Role.SPECIALIST:
-            return self._from_specialist(session, ticket, inbound, reading, now, facts, found)
-        step = threads.continuation(ticket.status, ticket.resolved_at, now, self.reopen_within)
-        if step is Continuation.NEW:
-            return Continues(ticket.id)
-        if step is Continuation.REOPEN:
-            self.workflow.reopen(ticket, now)
-        message = self._store(session, ticket, inbound, reading, now, facts, kind="customer")
-        self._notify(
-            session, ticket, message, now, facts, reopened=step is Continuation.REOPEN, attachments=parsed.attachments
-        )
-        return Decided("threaded", ticket.id, f"joined {found.describe()}")
+        self.reopen_within = reopen_within  # read by the threading rule (mailbot.intake.rules)
 
     def clues(self, inbound: InboundMessage, parsed: ParsedMessage) -> threads.Clues:
         """What the message says about the conversation it continues (mailbot.threads)."""
@@ -139,59 +70,10 @@ class Followups:
     def find(self, session: Session, inbound: InboundMessage, parsed: ParsedMessage) -> Match | None:
         """The ticket a stored message names, by the most trusted of its clues (mailbot.threads)."""
         sender = parsed.author.address if parsed.author else ""
-        return self._match(session, Facts(session), self.clues(inbound, parsed), sender)
+        return Facts(session).match(self.clues(inbound, parsed), sender)
 
-    def _match(self, session: Session, facts: Facts, clues: threads.Clues, sender: str) -> Match | None:
-        """`sender`: whom the message trusts (mailbot.senders)."""
-
-        def joins(ticket_id: int) -> bool:  # asked only of a Message-ID that several tickets use
-            ticket = facts.ticket(ticket_id)
-            return ticket is not None and self._people(session, ticket).role_of(sender) is not None
-
-        return threads.match(
-            clues, owners=facts.owners(clues.message_ids), existing=facts.existing(clues.ticket_ids()), joins=joins
-        )
-
-    def _people(self, session: Session, ticket: Ticket) -> threads.Participants:
-        return threads.participants(
-            requester=ticket.requester,
-            specialist=ticket_store.specialist_address(session, ticket.specialist_id),
-            messages=[(m.from_address, [*m.to, *m.cc]) for m in ticket.messages if m.direction == "in"],
-            colleagues=conversations.colleagues(session, ticket),
-        )
-
-    def _taker(
-        self, session: Session, sender: str, ticket: Ticket, found: Match, parsed: ParsedMessage
-    ) -> Specialist | None:
-        """The specialist who takes the ticket with `#take` at the top of their mail, when the sender is an
-        active one and the ticket can be taken (new or open). Anything else: None (the usual rules hold it)."""
-        if found.how is How.FORGED_TOKEN or ticket.status not in RUNNING:
-            return None
-        said, _ = commands.read(split_reply(parsed.text)[0])
-        if not said or said[0].verb != "take":
-            return None
-        specialist = registry.find_specialist(session, sender)
-        return specialist if specialist is not None and specialist.active else None
-
-    def _authenticated(self, inbound: InboundMessage, verdict: AuthVerdict, now: datetime) -> bool:
-        if (
-            verdict.temporary
-            and not verdict.authenticated
-            and now - inbound.received_at < self.auth_retry_for
-        ):
-            raise TransientDNSError(verdict.reason)  # the same patience as entitlement: try again later
-        return verdict.authenticated
-
-    def _store(
-        self,
-        session: Session,
-        ticket: Ticket,
-        inbound: InboundMessage,
-        reading: Reading,
-        now: datetime,
-        facts: Facts,
-        *,
-        kind: str,
+    def store(
+        self, session: Session, ticket: Ticket, inbound: InboundMessage, reading: Reading, facts: Facts, *, kind: str
     ) -> TicketMessage:
         """The message on the ticket: the new text shown, the quoted history and signature kept apart."""
         parsed = reading.parsed
@@ -210,7 +92,7 @@ class Followups:
             to=[a.address for a in parsed.to],
             cc=[a.address for a in parsed.cc],
             subject=parsed.subject,
-            at=now,
+            at=facts.now,
             text=text,
             quoted=quoted,
             attachments=parsed.attachments,
@@ -219,33 +101,7 @@ class Followups:
         facts.recorded(message, ticket.id)
         return message
 
-    def _hold(
-        self,
-        session: Session,
-        inbound: InboundMessage,
-        reading: Reading,
-        now: datetime,
-        facts: Facts,
-        refusal: HeldReason,
-        found: Match,
-    ) -> Decided:
-        """A new held ticket for a message that named a ticket it may not join; the detail names the attempt."""
-        parsed, requester = reading.parsed, reading.requester
-        detail = threads.refusal_detail(requester, found, refusal)
-        ticket = self.workflow.open_ticket(
-            session,
-            requester=requester,
-            requester_name=parsed.from_.name if parsed.from_ else "",
-            subject=parsed.subject,
-            now=now,
-            facts=facts,
-            held=Held(refusal, detail),
-            opening=parsed.message,
-        )
-        self._store(session, ticket, inbound, reading, now, facts, kind="customer")
-        return Decided("held", ticket.id, detail)
-
-    def _notify(
+    def notify(
         self,
         session: Session,
         ticket: Ticket,
@@ -274,20 +130,12 @@ class Followups:
         )
         self.workflow.send(session, ticket, notification, now=now, facts=facts)
 
-    def _from_specialist(
-        self,
-        session: Session,
-        ticket: Ticket,
-        inbound: InboundMessage,
-        reading: Reading,
-        now: datetime,
-        facts: Facts,
-        found: Match,
-    ) -> Decided:
-        """Store the specialist's message; carry out its commands, else relay its new text, formatting and
-        attachments to the customer on their thread."""
+    def from_specialist(
+        self, session: Session, ticket: Ticket, message: TicketMessage, reading: Reading, now: datetime, facts: Facts
+    ) -> str:
+        """Carry out the specialist's commands, else relay the message's new text, formatting and attachments
+        to the customer on their thread."""
         parsed = reading.parsed
-        message = self._store(session, ticket, inbound, reading, now, facts, kind="specialist")
         specialist = session.get_one(Specialist, ticket.specialist_id)
         # The team's addresses, and the support addresses' plus forms: the specialist's reply address (its
         # token) is theirs alone, even when they quote it.
@@ -303,10 +151,10 @@ class Followups:
         if command is not None:
             if command.verb == "resolve":  # "#resolve Fixed." on one line: the note starts on it
                 text = hide(f"{command.argument}\n{rest}".strip())
-            return self._command(session, ticket, specialist, command, text, now, facts, found)
+            return self._command(session, ticket, specialist, command, text, now, facts)
         passed = self.workflow.files_read(parsed.attachments)
         if not text.strip() and not passed.files:
-            return Decided("threaded", ticket.id, f"joined {found.describe()}; nothing new to relay")
+            return "nothing new to relay"
         html = richtext.relayed(
             None if said else parsed.html, text, text_had_history=bool(message.quoted), hide=hide
         )
@@ -329,7 +177,7 @@ class Followups:
             files=passed.files,
         )
         self.workflow.send(session, ticket, relay, now=now, facts=facts)
-        return Decided("threaded", ticket.id, f"joined {found.describe()}; relayed to {ticket.requester}")
+        return f"relayed to {ticket.requester}"
 
     def _command(
         self,
@@ -340,8 +188,7 @@ class Followups:
         text: str,
         now: datetime,
         facts: Facts,
-        found: Match,
-    ) -> Decided:
+    ) -> str:
         """`#resolve` (the text is the note) or `#assign EMAIL` (the text goes to the colleague); a command
         that cannot be carried out is explained to the specialist, and nothing reaches the customer."""
         try:
@@ -361,6 +208,6 @@ class Followups:
                 problem=str(refused),
             )
             self.workflow.send(session, ticket, notice, now=now, facts=facts)
-            return Decided("threaded", ticket.id, f"joined {found.describe()}; #{command.verb} refused: {refused}")
-        return Decided("threaded", ticket.id, f"joined {found.describe()}; {done}")
+            return f"#{command.verb} refused: {refused}"
+        return done
 

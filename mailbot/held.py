@@ -2,7 +2,7 @@
 
 A held ticket waits for a person (`ticket release`); its reason is stored on it (`held_reason`, shown in the
 JSON and by `inbound show`), and its detail says the why in a sentence for the support team. The rules that
-hold (mailbot.intake, mailbot.entitlement, mailbot.threads) all speak these words, as a `Held` value.
+hold (mailbot.intake.rules, mailbot.entitlement, mailbot.threads) all speak these words, as a `Held` value.
 """
 
 from __future__ import annotations

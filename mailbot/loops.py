@@ -1,4 +1,4 @@
-"""Mail written by machines: the intake's step for it, and the guard on every automatic reply mailbot plans.
+"""Mail written by machines: what the intake does with it, and the guard on every automatic reply mailbot plans.
 
 The rules (RFC 3834; README, "A hostile world: the limits"):
 
@@ -32,28 +32,13 @@ from sqlalchemy.orm import Session
 
 from mailbot.addresses import same_person
 from mailbot.automatic import aligned_author, automatic_reason, is_own_mail, loop_mark
-from mailbot.bounces import Bounce
+from mailbot.bounces import Bounce, delivery_after
 from mailbot.facts import Facts
-from mailbot.held import Held, HeldReason
-from mailbot.reading import Reading
-from mailbot.store import deliveries, registry
+from mailbot.parse import ParsedMessage
+from mailbot.store import registry
 from mailbot.store.schema import OutboxItem
 
 log = logging.getLogger("mailbot.loops")
-
-@dataclass(frozen=True)
-class Ignored:
-    """The intake keeps the message but makes no ticket of it; `ticket_id` is the ticket it reports on."""
-
-    detail: str
-    ticket_id: int | None = None
-
-
-def automatic_hold(reason: str | None) -> Held | None:
-    """Why a new ticket opened by automatic mail is held (`automatic.automatic_reason` gave `reason`), or
-    None for a person's mail."""
-    return Held(HeldReason.AUTOMATIC, f"automatic mail: {reason}") if reason is not None else None
-
 
 def delivery_detail(bounce: Bounce) -> str:
     """One line for people: the status, the remote server's words, the addresses that failed."""
@@ -100,34 +85,24 @@ class Opening:
 
 
 class MachineMail:
-    """Rules 1 and 2 against the store: the intake's first step."""
+    """Rules 1 and 2: which message is our own (`Intake.read` asks), and what a bounce does to the store (the
+    intake's write carries it out; the rule that ignores both is mailbot.intake.rules.machine_mail)."""
 
     def __init__(self, secret: bytes, *, bouncing_after: int) -> None:
         self.secret = secret
         self.bouncing_after = bouncing_after
 
-    def screen(self, session: Session, reading: Reading, facts: Facts) -> Ignored | None:
-        """Rules 1 and 2: our own mail and bounces (the reading's, read once) are ignored (bounces recorded,
-        and the batch's facts told of a contact marked bouncing); None for anything else."""
-        parsed, bounce = reading.parsed, reading.bounce
+    def own(self, parsed: ParsedMessage) -> bool:
+        """Rule 1: whether the message is our own, coming back (its loop mark is ours)."""
         message_id = parsed.message_id
-        if message_id and is_own_mail(parsed.message, loop_mark(self.secret, message_id)):
-            item = deliveries.by_message_id(session, message_id)
-            return Ignored("our own message came back", item.ticket_id if item else None)
-        if bounce is None:
-            return None
-        item = deliveries.by_message_id(session, bounce.original_message_id) if bounce.original_message_id else None
-        if item is None:
-            return Ignored("bounce of a message mailbot did not send")
-        self._record(session, item, bounce, facts)
-        return Ignored(f"bounce: {item.kind} {item.message_id} {item.delivery}", item.ticket_id)
+        return bool(message_id) and is_own_mail(parsed.message, loop_mark(self.secret, message_id or ""))
 
-    def _record(self, session: Session, item: OutboxItem, bounce: Bounce, facts: Facts) -> None:
+    def record(self, session: Session, item: OutboxItem, bounce: Bounce, facts: Facts) -> None:
         """Rule 2: the delivery of `item` as the bounce tells it, and a hard bounce against its contacts."""
         already_bounced = item.delivery == "bounced"
         if already_bounced and bounce.delayed:
             return  # a late warning says nothing new about a message that already failed
-        item.delivery = "delayed" if bounce.delayed else "bounced"
+        item.delivery = delivery_after(item.delivery, bounce)
         item.delivery_detail = delivery_detail(bounce)[:2000]
         log.warning(
             "%s %s of ticket %s %s: %s", item.kind, item.message_id, item.ticket_id, item.delivery, item.delivery_detail

@@ -1,14 +1,15 @@
-"""What the intake learns from a stored message before it looks at the database (`Intake.read`): work that
-needs no transaction, and may wait on DNS, so the runner does it with none open.
+"""What the intake learns from a stored message before it looks at the database: work that needs no
+transaction, and may wait on DNS, so the runner does it with none open (mailbot.intake.reading makes it).
 
-Each verdict is worked out here once and carried: whether a machine wrote the message (and why), whether
-it is a bounce (and what it says), which conversation it claims to continue (its thread clues). The rules
-after it (mailbot.intake) only read them.
+Each verdict is worked out once and carried: whether a machine wrote the message (and why), whether it is
+a bounce (and what it says), whether it is our own mail coming back, which conversation it claims to
+continue (its thread clues). The rules after it (mailbot.intake.rules) only read them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from mailbot.authn import AuthVerdict
 from mailbot.bounces import Bounce
@@ -28,6 +29,8 @@ class Reading:
     automatic: str | None  # why a machine wrote it (mailbot.automatic), None for a person's mail
     bounce: Bounce | None  # the delivery report it is (mailbot.bounces), if it is one
     clues: Clues  # the conversation it claims to continue (mailbot.threads)
+    own: bool  # our own message coming back (mailbot.loops rule 1: its loop mark is ours)
+    received_at: datetime  # when the listener stored it: how long a DNS failure may keep it waiting
 
     @property
     def sender(self) -> str:

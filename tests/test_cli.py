@@ -136,7 +136,7 @@ class TestIngestAndTickets:
         local = r"\d{4}-\d\d-\d\d \d\d:\d\d [+-]\d\d:\d\d"
         code, out, _ = run(capsys, *cfg, "ticket", "show", "1")
         assert re.search(rf"^created at\s+{local}$", out, re.MULTILINE) and re.search(rf"--- in customer {local} ", out)
-        from mailbot import intake
+        from mailbot.intake import reading as intake
 
         def broken(*args: object, **kwargs: object) -> None:
             raise RuntimeError("a bug in the reader")  # failed is left for our own bugs

@@ -28,7 +28,7 @@ UNPARSEABLE = b"From: x@lincoln.example\r\nContent-Type: multipart/mixed; bounda
 @pytest.fixture
 def reader_bug(monkeypatch: pytest.MonkeyPatch) -> None:
     """A bug of ours in reading (failed is left for those): every message fails, and would again."""
-    from mailbot import intake
+    from mailbot.intake import reading as intake
 
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("a bug in the reader: nested parts")

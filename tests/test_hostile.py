@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from mailbot import intake as intake_module
 from mailbot.automatic import automatic_reason, may_auto_reply_to
 from mailbot.bounces import read_bounce
+from mailbot.intake import reading as intake_module
 from mailbot.loops import Opening
 from mailbot.parse import UnparseableMessage, parse
 from mailbot.store.schema import Attachment, Blob, InboundMessage, Ticket, TicketMessage

@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from sqlalchemy import select
 
-from mailbot import intake as intake_module
 from mailbot.app import App
 from mailbot.daemon import Daemon
+from mailbot.intake import reading as intake_module
 from mailbot.store.schema import ImapCursor, InboundMessage, Ticket
 from tests.dovecot import Account
 from tests.mailers import message

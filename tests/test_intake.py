@@ -10,10 +10,10 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import func, select
 
-from mailbot import intake as intake_module
 from mailbot.app import App
 from mailbot.dns import FixedResolver
 from mailbot.errors import TransientStoreError
+from mailbot.intake import reading as intake_module
 from mailbot.store import inbound as inbound_store
 from mailbot.store.inbound import RawMessage
 from mailbot.store.schema import Attachment, Blob, InboundMessage, OutboxItem, Ticket, TicketMessage
