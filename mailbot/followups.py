@@ -73,11 +73,20 @@ class Followups:
         return Facts(session).match(self.clues(inbound, parsed), sender)
 
     def store(
-        self, session: Session, ticket: Ticket, inbound: InboundMessage, reading: Reading, facts: Facts, *, kind: str
+        self,
+        session: Session,
+        ticket: Ticket,
+        inbound: InboundMessage,
+        reading: Reading,
+        facts: Facts,
+        *,
+        kind: str,
+        split: bool = True,
     ) -> TicketMessage:
-        """The message on the ticket: the new text shown, the quoted history and signature kept apart."""
+        """The message on the ticket: the new text shown, the quoted history and signature kept apart (`split`;
+        a new ticket's opening message is kept whole)."""
         parsed = reading.parsed
-        text, quoted = split_reply(parsed.text)
+        text, quoted = split_reply(parsed.text) if split else (parsed.text, "")
         sender = parsed.from_
         message = ticket_store.add_message(
             session,

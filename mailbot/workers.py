@@ -137,7 +137,7 @@ async def _serve(role: str, config: Config, templates: Path, connection: Connect
     def elsewhere(job: str, at: datetime | None) -> None:
         channel.post(job if at is None else (job, at))
 
-    if role == INTAKE:
+    if role == INTAKE and app.db.is_sqlite:  # PostgreSQL locks rows, not the database: a door never waits on it
         app.processor.batch = INTAKE_BATCH
     local = Local(app, intake=role == INTAKE, sending=role == SENDER, tally=counts, elsewhere=elsewhere)
 

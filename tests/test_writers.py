@@ -1,5 +1,6 @@
 """Whose turn it is to write a SQLite file (mailbot.store.writers): a door that waits goes before a worker
-that comes back for more, a waiter gives up after the lock timeout, and a dead holder frees the lock."""
+that comes back for more, doors that keep waiting do not starve a worker, a waiter gives up after the lock
+timeout, and a dead holder frees the lock."""
 
 from __future__ import annotations
 
@@ -46,7 +47,10 @@ class TestTurns:
 
     @pytest.fixture
     def make(self, tmp_path: Path) -> Callable[..., Turns]:
-        return lambda gives_way=False, timeout=30.0: Turns(tmp_path / "mailbot.db", timeout, gives_way=gives_way)
+        # A worker gives way for 30 s here unless told otherwise: the order then depends on no thread's timing.
+        return lambda gives_way=False, timeout=30.0, give_way_for=30.0: Turns(
+            tmp_path / "mailbot.db", timeout, gives_way=gives_way, give_way_for=give_way_for
+        )
 
     def test_a_waiting_door_goes_before_the_worker_that_held_the_lock(self, make: Callable[..., Turns]) -> None:
         worker, door = make(gives_way=True), make()
@@ -58,6 +62,20 @@ class TestTurns:
         waiting.join()
         again.join()
         assert order == ["door", "worker"]
+
+    def test_doors_that_keep_waiting_do_not_starve_a_worker(self, make: Callable[..., Turns]) -> None:
+        """Under steady mail some door waits nearly all the time: the worker gives way for a bounded time,
+        then writes (with strict priority it waited until the mail stopped, here: forever)."""
+        door, order = make(), []
+        steady = os.open(door.paths[0], os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(steady, fcntl.LOCK_SH)  # a door waiting, and another, and another...
+            worker = in_thread(make(gives_way=True, give_way_for=0.05), order, "worker")
+            worker.join(timeout=20)
+            assert order == ["worker"]
+        finally:
+            os.close(steady)
+            worker.join()
 
     def test_a_waiter_gives_up_after_the_lock_timeout(self, make: Callable[..., Turns]) -> None:
         with make().writing(), pytest.raises(TransientStoreError, match="database busy"), make(timeout=0.05).writing():

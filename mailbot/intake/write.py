@@ -17,7 +17,6 @@ from mailbot.followups import Followups
 from mailbot.intake.decisions import Decision, Duplicate, FollowUp, Ignore, Joining, Open, Refuse
 from mailbot.loops import MachineMail, Opening
 from mailbot.reading import Reading
-from mailbot.store import tickets as ticket_store
 from mailbot.store.schema import InboundMessage
 from mailbot.trail import Trail
 from mailbot.workflow import Workflow
@@ -125,25 +124,7 @@ class Write:
             parent_id=open_.found.continues,
             opening=parsed.message,
         )
-        message = ticket_store.add_message(
-            session,
-            ticket,
-            direction="in",
-            kind="customer",
-            message_id=reading.key,
-            identity=reading.identity,
-            inbound_id=inbound.id,
-            from_address=reading.requester,
-            from_name=sender.name if sender else "",
-            to=[a.address for a in parsed.to],
-            cc=[a.address for a in parsed.cc],
-            subject=parsed.subject,
-            at=now,
-            text=parsed.text,
-            attachments=parsed.attachments,
-            blobs=facts,
-        )
-        facts.recorded(message, ticket.id)
+        self.followups.store(session, ticket, inbound, reading, facts, kind="customer", split=False)
         # What the guard on automatic replies reads (mailbot.loops rule 4), already in hand.
         bouncing = admission is not None and admission.contact is not None and admission.contact.bouncing
         opening = Opening(parsed.message, inbound.envelope_from, bouncing, reading.automatic)

@@ -5,13 +5,15 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
-from typing import cast
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from mailbot.store import chunks
 from mailbot.store.schema import InboundMessage, OutboxItem, Ticket
+
+K = TypeVar("K", str, int)  # an address or a ticket id
 
 # Built once with bound parameters (see mailbot.store.registry).
 _BY_MESSAGE_ID = select(OutboxItem).where(OutboxItem.message_id == bindparam("message_id"))
@@ -41,23 +43,20 @@ def sent_to(session: Session, recipients: Collection[str], since: datetime) -> d
     """The mail planned since `since` to each of `recipients` (keyed as mailbot.addresses.key_of keys them,
     any case or plus form), read in one statement per CHUNK of them (ix_outbox_recipient_created: a range of
     each address's recent rows, whatever its history)."""
-    found: dict[str, list[Sent]] = {}
-    for some in chunks(recipients):
-        rows = session.connection().execute(_TO, {"keys": some, "since": since})
-        for recipient, kind, at, status in rows:
-            found.setdefault(cast(str, recipient), []).append(Sent(kind, at, status == "withheld"))
-    return found
-
+    return _sent(session, _TO, recipients, since)
 
 def sent_on(session: Session, ticket_ids: Collection[int], since: datetime) -> dict[int, list[Sent]]:
     """The mail planned since `since` on each of `ticket_ids`."""
-    found: dict[int, list[Sent]] = {}
-    for some in chunks(ticket_ids):
-        rows = session.connection().execute(_ON, {"keys": some, "since": since})
-        for ticket_id, kind, at, status in rows:
-            found.setdefault(cast(int, ticket_id), []).append(Sent(kind, at, status == "withheld"))
-    return found
+    return _sent(session, _ON, ticket_ids, since)
 
+
+def _sent(session: Session, statement: Any, keys: Collection[K], since: datetime) -> dict[K, list[Sent]]:
+    """`statement`'s rows (key, kind, at, status) for `keys`, a CHUNK of keys a statement, grouped by key."""
+    found: dict[K, list[Sent]] = {}
+    for some in chunks(keys):
+        for key, kind, at, status in session.connection().execute(statement, {"keys": some, "since": since}):
+            found.setdefault(cast(K, key), []).append(Sent(kind, at, status == "withheld"))
+    return found
 
 def opening_message(session: Session, ticket: Ticket) -> InboundMessage | None:
     """The stored raw message that opened `ticket` (its first inbound message), if it is still kept."""

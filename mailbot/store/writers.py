@@ -11,14 +11,16 @@ turn here, with two flock(2) locks on files beside the database:
   in SQLite's busy handler (whose lock is then always free at BEGIN IMMEDIATE);
 - `<db>.turn`: a process that answers senders (the doors, the CLI) holds it shared while it waits and
   writes; one that gives way (a worker) takes it exclusively, for an instant, before it queues. A worker
-  therefore never starts a transaction while a door waits: a 250 waits for one worker transaction at most,
-  which the intake keeps short (mailbot.processor.BATCH).
+  therefore does not start a transaction while a door waits, for GIVE_WAY at most: then it queues anyway,
+  so a steady stream of mail, which keeps some door waiting nearly all the time, never starves the backlog
+  behind it. A 250 waits for one worker transaction at most, which the intake keeps short (the worker's
+  batch, mailbot.workers.INTAKE_BATCH), and the doors and the intake take turns.
 
 The kernel frees a dead holder's locks. A waiter for the writer's lock polls every POLL seconds (flock has
-no timeout) and gives up after the database's lock timeout, as SQLite would; a worker waiting for the doors
-to be done sleeps in the kernel (no polling: it would take CPU from the doors it waits for). Threads of one process take turns on a
-lock of their own first: flock belongs to an open file, which all of them share. A thread that opens a
-transaction inside its own has its turn already.
+no timeout) and gives up after the database's lock timeout, as SQLite would; a worker giving way polls the
+same way, for GIVE_WAY at most. Threads of one process take turns on a lock of their own first: flock
+belongs to an open file, which all of them share. A thread that opens a transaction inside its own has its
+turn already.
 """
 
 from __future__ import annotations
@@ -36,13 +38,21 @@ from mailbot.errors import TransientStoreError
 
 log = logging.getLogger("mailbot.store")
 POLL = 0.0005  # seconds between two tries of a lock another process holds
+# How long a worker lets the doors go first before it queues for the lock with them. A door commit lasts a
+# millisecond or two; an intake transaction of INTAKE_BATCH rows about 15 ms. Strict priority (waiting until
+# no door waits) let the intake write only when the listener paused: under steady mail it drained at less
+# than half its speed (bench/RESULTS.md section 10).
+GIVE_WAY = 0.005
 
 
 class Turns:
-    def __init__(self, database: Path, timeout: float, *, gives_way: bool = False) -> None:
+    def __init__(
+        self, database: Path, timeout: float, *, gives_way: bool = False, give_way_for: float = GIVE_WAY
+    ) -> None:
         self.paths = database.with_name(database.name + ".turn"), database.with_name(database.name + ".writer")
         self.timeout = timeout
         self.gives_way = gives_way
+        self.give_way_for = give_way_for
         self._local = threading.RLock()
         self._depth = 0  # this process's transactions in progress (in one thread: the lock's holder)
         self._files: tuple[int, int] | None = None
@@ -74,10 +84,10 @@ class Turns:
                 return
             turn, writer = files
             if self.gives_way:
-                # Asleep until no door waits or writes (each of theirs is bounded by its own lock timeout),
-                # then queue for the writer's lock like anyone.
-                fcntl.flock(turn, fcntl.LOCK_EX)
-                fcntl.flock(turn, fcntl.LOCK_UN)
+                # The doors first while they wait or write, for give_way_for at most; then queue for the
+                # writer's lock like anyone.
+                if _take(turn, fcntl.LOCK_EX, time.monotonic() + self.give_way_for, patient=False):
+                    fcntl.flock(turn, fcntl.LOCK_UN)
             else:
                 _take(turn, fcntl.LOCK_SH, deadline)
             try:
@@ -100,12 +110,15 @@ class Turns:
             self._files = None
 
 
-def _take(fd: int, mode: int, deadline: float) -> None:
+def _take(fd: int, mode: int, deadline: float, *, patient: bool = True) -> bool:
+    """The lock by `deadline`: True; else raises TransientStoreError, or when not `patient` returns False."""
     while True:
         try:
             fcntl.flock(fd, mode | fcntl.LOCK_NB)
-            return
+            return True
         except BlockingIOError:
             if time.monotonic() >= deadline:
+                if not patient:
+                    return False
                 raise TransientStoreError("database busy: another process kept writing past the lock timeout") from None
             time.sleep(POLL)
