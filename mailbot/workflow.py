@@ -448,7 +448,7 @@ class Workflow:
         specialist.last_turn = sla_store.next_turn(session)  # round-robin counts claims too
         if ticket.status == "new":
             ticket.status = "open"
-        introduced = any(m.kind == "introduction" for m in ticket.messages)
+        introduced = outbox.introduced(session, ticket.id)
         taking_over = previous.name if introduced and previous is not None else None
         requester, context = self.addressed(session, ticket, facts)
         introduction = self.composer.compose(

@@ -11,12 +11,12 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from mailbot import config as config_module
 from mailbot.app import App
 from mailbot.clock import FrozenClock
-from mailbot.store.schema import Ticket
+from mailbot.store.schema import OutboxItem, Ticket
 from tests.conftest import TUESDAY_10_ET, run_cli
 from tests.mailers import message
 
@@ -95,6 +95,28 @@ class TestAssign:
         assert shown["specialist"] == "sam@schoolmint.com" and shown["status"] == "open"
         assert shown["introduction_sent_at"] is not None
         assert [m["kind"] for m in shown["messages"]] == ["customer", "confirmation", "introduction", "assignment"]
+
+    def test_an_introduction_never_sent_is_not_taken_over(
+        self, capsys: pytest.CaptureFixture[str], maildir_config: Path, tmp_path: Path
+    ) -> None:
+        """Sam's introduction was withheld (Ana's per-address limit): Ria's is Ana's first, not one that says
+        Ria takes over from someone Ana never heard of, and it carries the promise's deadline."""
+        limited = maildir_config.read_text()
+        maildir_config.write_text(limited.replace("[security]\n", "[security]\ncontact_mail_limit = 1\n"))
+        ingest(capsys, maildir_config, tmp_path, message())  # the confirmation: Ana's one mail
+        assert run(capsys, maildir_config, "ticket", "assign", "1", "sam@schoolmint.com")[0] == 0
+        assert not [m for m in sent(tmp_path) if b"I am Sam Lee" in m]  # withheld
+        maildir_config.write_text(limited)  # an operator raised the limit
+        before = len(sent(tmp_path))
+        assert run(capsys, maildir_config, "ticket", "assign", "1", "ria@schoolmint.com")[0] == 0
+        mails = [message_from_bytes(m, policy=policy.default) for m in sent(tmp_path)[before:]]
+        [ana] = [m for m in mails if m["To"].addresses[0].addr_spec == "ana@lincoln.example"]
+        assert "I am Ria Patel" in readable(ana) and "taking it over" not in readable(ana)
+        with App(config_module.load(maildir_config)).db.transaction() as session:
+            item = session.scalars(
+                select(OutboxItem).where(OutboxItem.kind == "introduction", OutboxItem.status == "sent")
+            ).one()
+            assert item.deadline_at is not None
 
     def test_claiming_again_changes_nothing_and_a_second_specialist_takes_over(
         self, capsys: pytest.CaptureFixture[str], maildir_config: Path, tmp_path: Path

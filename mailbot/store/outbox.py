@@ -166,3 +166,13 @@ def next_due(session: Session) -> datetime | None:
 
 def for_ticket(session: Session, ticket_id: int) -> list[OutboxItem]:
     return list(session.scalars(select(OutboxItem).where(OutboxItem.ticket_id == ticket_id).order_by(OutboxItem.id)))
+
+
+def introduced(session: Session, ticket_id: int) -> bool:
+    """Whether the customer was introduced to a specialist on this ticket: an introduction planned to go out
+    (a withheld one never reaches them, so the next is still their first)."""
+    return session.scalar(
+        select(OutboxItem.id)
+        .where(OutboxItem.ticket_id == ticket_id, OutboxItem.kind == "introduction", OutboxItem.status != "withheld")
+        .limit(1)
+    ) is not None
