@@ -9,16 +9,25 @@ add a second From that some mail clients would show instead (oversigning).
 
 Signing is pure CPU work on bytes (no DNS, no files after construction); the RSA arithmetic blocks, so
 the sender runs it off the event loop. dkimpy stamps `t=` from the system clock; it has no hook for another.
-It also takes the key only as PEM text and parses it again for every signature (about 0.14 ms, 2% of a
-signature), and does the RSA in pure Python: about 6.4 ms of CPU per signature with a 2048-bit key on the
-benchmark machine, where OpenSSL takes 0.24 ms (bench/RESULTS.md, section 9).
+It also takes the key only as PEM text and parses it again for every signature (about 0.14 ms).
+
+dkimpy does the RSA itself, in pure Python: about 6.4 ms of CPU per signature with a 2048-bit key on the
+benchmark machine, where OpenSSL takes 0.24 ms (bench/RESULTS.md, section 9), so with DKIM on, signing was
+most of what a confirmation cost. dkimpy builds and canonicalises everything as before; only the last step,
+RSASSA-PKCS1-v1_5 over its digest (RFC 8017 section 8.2), is done by `cryptography` (OpenSSL) for the keys
+a DkimSigner loaded. That signature is deterministic: the very bytes dkimpy would have made
+(tests/test_signing.py holds it). dkimpy has no parameter for it, so its module-level signing function is
+the seam; any other key still goes to dkimpy's own.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import dkim
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
 from dkim.crypto import UnparsableKeyError, parse_pem_private_key
 
 from mailbot.errors import ConfigError
@@ -39,6 +48,21 @@ SIGNED_HEADERS: tuple[bytes, ...] = (
     b"MIME-Version",
 )
 MIN_KEY_BITS = 1024  # RFC 8301 section 3.2: signers MUST use at least 1024 bits; verifiers refuse less
+_OPENSSL_KEYS: dict[int, rsa.RSAPrivateKey] = {}  # by modulus: the signers' keys, loaded by OpenSSL
+_DIGESTS: dict[str, type[hashes.HashAlgorithm]] = {"sha256": hashes.SHA256, "sha1": hashes.SHA1}
+_pure_python_sign = dkim.RSASSA_PKCS1_v1_5_sign
+
+
+def _openssl_sign(digest: Any, key: dict[str, int]) -> bytes:
+    """dkimpy's RSASSA_PKCS1_v1_5_sign(hash object, parsed key), by OpenSSL for a key a DkimSigner loaded."""
+    loaded, algorithm = _OPENSSL_KEYS.get(key["modulus"]), _DIGESTS.get(digest.name)
+    if loaded is None or algorithm is None:
+        signature: bytes = _pure_python_sign(digest, key)
+        return signature
+    return loaded.sign(digest.digest(), padding.PKCS1v15(), utils.Prehashed(algorithm()))
+
+
+dkim.RSASSA_PKCS1_v1_5_sign = _openssl_sign
 
 
 class DkimSigner:
@@ -61,6 +85,7 @@ class DkimSigner:
                 f"DKIM private key has {bits} bits; at least {MIN_KEY_BITS} are needed (RFC 8301)"
             )
         self._private_key = private_key
+        _load_for_openssl(private_key)
 
     @classmethod
     def from_file(cls, domain: str, selector: str, private_key_file: Path) -> DkimSigner:
@@ -92,6 +117,16 @@ class DkimSigner:
             linesep=_line_ending(message),
         )
         return bytes(signature) + message
+
+
+def _load_for_openssl(pem: bytes) -> None:
+    """The key for `_openssl_sign`; one OpenSSL cannot read (dkimpy's reader is laxer) stays with dkimpy."""
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError):
+        return
+    if isinstance(key, rsa.RSAPrivateKey):
+        _OPENSSL_KEYS[key.private_numbers().public_numbers.n] = key
 
 
 def _dns_label_text(what: str, value: str) -> str:

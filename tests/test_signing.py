@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
 import subprocess
 from pathlib import Path
 
 import dkim
 import pytest
+from dkim.crypto import parse_pem_private_key
 from dkim.util import parse_tag_value
 
+from mailbot import signing
 from mailbot.authn import authenticate
 from mailbot.dns import FixedResolver, dkim_dnsfunc
 from mailbot.errors import ConfigError
@@ -67,6 +70,31 @@ def signature_tags(raw: bytes) -> dict[bytes, bytes]:
     assert match is not None
     tags: dict[bytes, bytes] = parse_tag_value(match.group(1))
     return tags
+
+
+class TestOpenSsl:
+    """The RSA step by OpenSSL: the same signature dkimpy's pure-Python RSA makes, for a fraction of the CPU."""
+
+    def test_it_signs_the_very_bytes_dkimpy_would(self, key: tuple[Path, bytes], signer: DkimSigner) -> None:
+        parsed = parse_pem_private_key(key[0].read_bytes())
+        for name in ("sha256", "sha1"):
+            digest = hashlib.new(name, b"from:Hero Support <support@schoolmint.com>\r\nsubject:[Ticket #1]")
+            assert signing._openssl_sign(digest, parsed) == signing._pure_python_sign(digest, parsed)
+
+    def test_the_signers_keys_never_reach_the_pure_python_rsa(
+        self, signer: DkimSigner, resolver: FixedResolver, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        def refuse(*_: object) -> bytes:
+            raise AssertionError("signed by dkimpy's pure-Python RSA")
+
+        monkeypatch.setattr(signing, "_pure_python_sign", refuse)
+        assert verifies(signer.sign(OUTGOING), resolver)
+
+    def test_a_key_no_signer_loaded_is_left_to_dkimpy(self, tmp_path: Path) -> None:
+        other = parse_pem_private_key(openssl_key(tmp_path, 1024)[0].read_bytes())
+        digest = hashlib.sha256(b"anything")
+        assert other["modulus"] not in signing._OPENSSL_KEYS
+        assert signing._openssl_sign(digest, other) == signing._pure_python_sign(digest, other)
 
 
 class TestSign:
