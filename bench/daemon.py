@@ -35,7 +35,7 @@ Progress is read from the database by this process every 50 ms (SQLite read-only
 each scrape would have the daemon run the overview's queries on its own CPU.
 
     .venv/bin/python bench/daemon.py [--database sqlite|postgresql ...] [--messages 3000] [--size 2000]
-                                     [--sessions 10] [--rounds 3] [--smtp-source] [--give-up 600]
+                                     [--sessions 10] [--rounds 3] [--smtp-source] [--give-up 600] [--dkim]
 """
 
 from __future__ import annotations
@@ -231,7 +231,7 @@ def measure(kind: str, null: Server, workdir: Path, args: argparse.Namespace, nu
     if args.smtp_source:
         generators["smtp-source"] = postfix
     with database(kind, workdir) as url:
-        instance = Instance(workdir, url)
+        instance = Instance(workdir, url, dkim=args.dkim)
         instance.prepare(SENDERS)
         instance.start()
         watcher = Watcher(url)
@@ -283,6 +283,7 @@ def main() -> None:
         "--smtp-source", action="store_true", help="also load both with Postfix's smtp-source"
     )
     parser.add_argument("--give-up", type=float, default=600.0, help="seconds to wait after the last 250")
+    parser.add_argument("--dkim", action="store_true", help="mailbot signs what it sends (a new 2048-bit key)")
     args = parser.parse_args()
     if args.smtp_source and shutil.which("smtp-source") is None:
         parser.error("smtp-source not found (Debian: apt-get install postfix, 'No configuration')")

@@ -100,11 +100,18 @@ def process_cpu(pid: int) -> float:
 class Instance:
     """One `mailbot run` with a configuration file of its own (its port, its maildir), restartable."""
 
-    def __init__(self, workdir: Path, url: str, n: int = 0) -> None:
+    def __init__(self, workdir: Path, url: str, n: int = 0, *, dkim: bool = False) -> None:
+        """`dkim`: every message it sends is signed, with a new 2048-bit key, as a deployment's are."""
         self.port = free_port()
         self.config = workdir / f"instance{n}.toml"
         self.sent = workdir / f"sent{n}"
-        self.config.write_text(toml(settings(url, self.sent, self.port)))
+        tables = settings(url, self.sent, self.port)
+        if dkim:
+            key = workdir / f"dkim{n}.pem"
+            subprocess.run(["openssl", "genrsa", "-out", str(key), "2048"], check=True, capture_output=True)
+            domain = SUPPORT.rpartition("@")[2]
+            tables["outbound.dkim"] = {"domain": domain, "selector": "bench", "private_key_file": str(key)}
+        self.config.write_text(toml(tables))
         self.log = workdir / f"instance{n}.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.groups: set[int] = set()  # every process group started, killed when stopping
