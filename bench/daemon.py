@@ -25,6 +25,9 @@ Columns:
   ms cpu   CPU per message of the server's whole process tree (`mailbot run` and every process it started,
            bench/instance.py), from the start of the load until every confirmation is sent
   cores    that CPU as a share of one core over the same time
+  doors, intake, sender
+           the same CPU per message, by process (layout "processes"): the `mailbot run` process (the doors,
+           systemd's protocol), the intake worker, the sender worker
   send ms  CPU of the tree per confirmation sent once every confirmation was queued (the intake done, the
            sender working off the rest): what sending one costs, when enough were left to send
   db ms    (PostgreSQL) CPU per message of the database server's backends serving mailbot; approximate (a
@@ -130,6 +133,7 @@ def daemon_round(
     """One load against `mailbot run`, then the wait until every message is a ticket whose confirmation
     was sent; the figures of the module docstring."""
     start, (cpu, _), backends = watcher.progress(), instance.cpu(), watcher.backends()
+    roles = instance.cpu_by_role()
     run = send()
     loaded = time.perf_counter()
     queued_after: float | None = None
@@ -148,6 +152,7 @@ def daemon_round(
     assert queued_after is not None
     total, procs = instance.cpu()
     spent = total - cpu
+    by_role = {role: (spent_by - roles.get(role, 0.0)) / messages for role, spent_by in instance.cpu_by_role().items()}
     after = watcher.backends()
     all_sent = run.seconds + waited
     result = {
@@ -159,6 +164,7 @@ def daemon_round(
         "cores": spent / all_sent,
         "procs": procs,
         "client_cpu": run.client_cpu / run.seconds,
+        **{role: by_role[role] for role in ROLES if role in by_role},
     }
     if messages - sent_then >= messages / 10:  # enough sending left after the intake for a figure
         result["send_per_message"] = (total - queued_cpu) / (messages - sent_then)
@@ -184,8 +190,9 @@ def null_round(server: Server, send: Callable[[], Run]) -> dict[str, Any]:
 HEADER = (
     f"{'database':<10} {'load':<13} {'server':<7} {'msgs/s':>7} {'/null':>5} {'p50 ms':>6} {'p99 ms':>6}"
     f" {'e2e/s':>6} {'sent s':>6} {'ms cpu':>6} {'cores':>5} {'send ms':>7} {'db ms':>5} {'procs':>5}"
-    f" {'cli cpu':>7}"
+    f" {'cli cpu':>7} {'doors':>5} {'intake':>6} {'sender':>6}"
 )
+ROLES = ("doors", "intake", "sender")
 
 
 def row(database: str, generator: str, kind: str, result: dict[str, Any], null: dict[str, Any]) -> str:
@@ -198,7 +205,8 @@ def row(database: str, generator: str, kind: str, result: dict[str, Any], null: 
         f" {shown('p50', '.1f'):>6} {shown('p99', '.1f'):>6} {shown('end_to_end', ',.0f'):>6}"
         f" {shown('all_sent', '.1f'):>6} {shown('cpu_per_message', '.2f', 1000):>6} {result['cores']:>5.0%}"
         f" {shown('send_per_message', '.2f', 1000):>7} {shown('db_per_message', '.2f', 1000):>5}"
-        f" {result['procs']:>5.0f} {result['client_cpu']:>7.0%}"
+        f" {result['procs']:>5.0f} {result['client_cpu']:>7.0%} {shown('doors', '.2f', 1000):>5}"
+        f" {shown('intake', '.2f', 1000):>6} {shown('sender', '.2f', 1000):>6}"
     )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -33,6 +34,7 @@ MAILBOT = Path(sys.executable).parent / "mailbot"
 HOST = "127.0.0.1"
 HOSTNAME = "mx.bench.example"  # given, so aiosmtpd does not call socket.getfqdn() per connection
 TICK = os.sysconf("SC_CLK_TCK")
+STARTED = re.compile(r"started the (\w+) worker \(pid (\d+)\)")  # mailbot.supervisor's log line
 
 
 def settings(url: str, maildir: Path, port: int | None = None) -> dict[str, dict[str, Any]]:
@@ -149,6 +151,13 @@ class Instance:
         assert self.process is not None
         stats = tree(self.process.pid)
         return cpu_seconds(stats), len(stats)
+
+    def cpu_by_role(self) -> dict[str, float]:
+        """Each live process's own CPU seconds by what it does: "doors" (the `mailbot run` process), and
+        each worker by the role the supervisor logged when it started it (a worker that died is not counted)."""
+        assert self.process is not None
+        pids = {"doors": self.process.pid} | {role: int(pid) for role, pid in STARTED.findall(self.log.read_text())}
+        return {role: process_cpu(pid) for role, pid in pids.items()}
 
     def kill(self) -> None:
         """kill -9 of the `mailbot run` process (its own processes are left to notice)."""
