@@ -51,7 +51,6 @@ class Daemon:
         self.stopping = asyncio.Event()
         self.failure: str | None = None  # why the daemon stops on its own (a worker's crash loop)
         self.metrics = _metrics() if self.config.metrics.listen else None
-        app.processor.metrics = self.metrics  # the decisions made here (an IMAP message, at once)
         self.work: Local | Workers = self._separate() if separate else Local(app, tally=self.metrics)
         self.door = Door(app.db, app.clock, on_stored=self.work.stored, metrics=self.metrics)
         self.servers: list[asyncio.Server] = []
@@ -85,7 +84,7 @@ class Daemon:
         await self.work.start()  # mail the listener takes meanwhile waits, stored, for the intake's first pass
         for sock in (sock for server in self.servers for sock in server.sockets):
             log.info("listening for %s on %s", self.config.smtp.protocol.upper(), sock.getsockname()[:2])
-        sink, cursors = ImapSink(self.door, app.processor), DatabaseCursors(app.db, app.clock)
+        sink, cursors = ImapSink(self.door, app.db), DatabaseCursors(app.db, app.clock)
         for mailbox in self.config.imap:
             watcher = MailboxWatcher(mailbox, sink, cursors, log=logging.getLogger(f"mailbot.imap.{mailbox.username}"))
             self.watchers.append(watcher)

@@ -2,8 +2,8 @@
 
 One `MailboxWatcher` per `[[imap]]` table. A pass selects the folder, asks for every UID above the stored
 cursor, fetches them in small batches with BODY.PEEK[] (a plain BODY[] would set \\Seen, RFC 3501 section
-6.4.5), hands each message to the sink, which commits it, and only then moves the batch to the processed
-folder (RFC 6851 MOVE, or COPY + \\Deleted + EXPUNGE) or flags it \\Seen; then the cursor moves on. Between
+6.4.5), hands each message to the sink, which commits it, and once the intake has decided them moves the batch
+(the unreadable ones to the failed folder, the others to the processed folder (RFC 6851 MOVE, or COPY + \\Deleted + EXPUNGE) or flags it \\Seen; then the cursor moves on. Between
 passes it waits in IDLE (RFC 2177), renewed well before servers drop it, or polls.
 
 A crash between the sink's commit and the move re-reads at most one batch; the sink's Message-ID and
@@ -60,20 +60,17 @@ class MailboxConfig(Protocol):
     def poll_interval(self) -> timedelta: ...
 
 
-class Accepted(Protocol):
-    """What the sink answers for a message it stored."""
-
-    @property
-    def parse_failed(self) -> bool:
-        """True when the stored message could not be parsed: it goes to the failed folder."""
-        ...
-
-
 class Sink(Protocol):
     """The ingest door shared with the SMTP listener."""
 
-    async def accept(self, raw: bytes, *, source: str) -> Accepted:
-        """Store `raw` durably and return after the commit; TransientError when it could not."""
+    async def accept(self, raw: bytes, *, source: str) -> int:
+        """Store `raw` durably and return its stored id after the commit; TransientError when it could not."""
+        ...
+
+    async def unreadable(self, stored: list[int]) -> set[int]:
+        """Which of these stored messages could not be read (they go to the failed folder), once the intake
+        has decided them; a message not decided within the sink's patience counts as readable (it is stored,
+        and the intake decides it later)."""
         ...
 
 
@@ -573,17 +570,18 @@ class MailboxWatcher:
 
     async def _handle_batch(self, session: _Session, uids: list[int]) -> int:
         """Store each fetched message, then settle the stored ones; a sink failure is raised after."""
-        done: list[tuple[int, bool]] = []
+        stored: list[tuple[int, int]] = []  # (uid, stored id)
         failure: TransientError | None = None
         for uid, raw in await session.fetch(uids):
             if self._stopping.is_set():
                 break
             try:
-                accepted = await self._sink.accept(raw, source=self._source(uid))
+                stored.append((uid, await self._sink.accept(raw, source=self._source(uid))))
             except TransientError as exc:
                 failure = exc
                 break
-            done.append((uid, accepted.parse_failed))
+        unreadable = await self._sink.unreadable([inbound_id for _, inbound_id in stored]) if stored else set()
+        done = [(uid, inbound_id in unreadable) for uid, inbound_id in stored]
         complete = failure is None and not self._stopping.is_set()
         # UIDs the server no longer has (expunged meanwhile) are passed over with a complete batch
         await self._settle(session, done, uids[-1] if complete else None)

@@ -3,33 +3,44 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+import time
 
 from mailbot.clock import Clock
 from mailbot.door import Door
-from mailbot.processor import Processor
 from mailbot.store import Database, cursors
+from mailbot.store import inbound as inbound_store
 
-
-@dataclass(frozen=True)
-class Stored:
-    inbound_id: int
-    parse_failed: bool
+# How long a watcher waits for the intake to decide what it stored before it settles the batch anyway: a
+# message the intake could not decide by then (a DNS outage defers it, the intake worker is restarting) is
+# stored, and counts as readable. Polled, first often, then less: the intake may run in another process or
+# in another instance on the same database, and the database is where its decision is.
+PATIENCE = 60.0  # seconds
+POLL = (0.02, 0.5)  # the first and the longest pause between looks, in seconds
 
 
 class ImapSink:
-    """Stores a fetched message through the door, then runs the intake on it at once, so the watcher knows
-    whether it belongs in the failed folder (and IMAP mail becomes a ticket without waiting for a sweep)."""
+    """Stores fetched messages through the door, as the SMTP listener does; the intake runner decides them.
+    The watcher then asks which could not be read, so they go to the failed folder."""
 
-    def __init__(self, door: Door, processor: Processor) -> None:
+    def __init__(self, door: Door, db: Database) -> None:
         self.door = door
-        self.processor = processor
+        self.db = db
 
-    async def accept(self, raw: bytes, *, source: str) -> Stored:
-        inbound_id = await self.door.accept(raw, source=source)
-        # Off the database's thread: process_one reads (parse, DNS) before it opens its transaction.
-        outcome = await asyncio.to_thread(self.processor.process_one, inbound_id)
-        return Stored(inbound_id, parse_failed=outcome.action == "failed")
+    async def accept(self, raw: bytes, *, source: str) -> int:
+        return await self.door.accept(raw, source=source)
+
+    async def unreadable(self, stored: list[int]) -> set[int]:
+        waiting, failed = set(stored), set()
+        give_up, pause = time.monotonic() + PATIENCE, POLL[0]
+        while waiting:
+            settled = await self.db.run(inbound_store.settled, list(waiting))
+            failed |= {inbound_id for inbound_id, unread in settled.items() if unread}
+            waiting -= settled.keys()
+            if not waiting or time.monotonic() >= give_up:
+                break
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, POLL[1])
+        return failed
 
 
 class DatabaseCursors:

@@ -5,8 +5,8 @@ counts, restart one that dies, stop them in order.
 systemd started, and runs the intake and the sender in one worker process each (mailbot.workers), so the
 doors keep answering on one core while the backlog is worked on the others. The parent carries the
 wake-ups between them: a door commit wakes the intake; a decided batch wakes the sender's outbox drain; a
-new ticket's first SLA instant (mailbot.workflow's `deadlines`, in the intake or in the parent's IMAP path)
-wakes the sender's sweep at that instant. Counts made in a worker reach the parent's /metrics.
+new ticket's first SLA instant (mailbot.workflow's `deadlines`, told in the intake) wakes the sender's
+sweep at that instant. Counts made in a worker reach the parent's /metrics.
 
 A worker that dies unexpectedly is started again at once; the new one takes back its predecessor's claims
 as it starts (mailbot.leases: a claim names its process, which is gone). Five deaths within a minute are a
@@ -32,7 +32,7 @@ from mailbot import workers
 from mailbot.app import App
 from mailbot.errors import WorkerError
 from mailbot.metrics import Metrics
-from mailbot.runners import DRAIN_TIMEOUT, OUTBOX, SLA, call_on
+from mailbot.runners import DRAIN_TIMEOUT, OUTBOX, SLA
 from mailbot.workers import INTAKE, ROLES, SENDER, Channel
 
 log = logging.getLogger("mailbot.supervisor")
@@ -70,9 +70,6 @@ class Workers:
         self.stopping = False
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        # A ticket the parent opens (an IMAP message decided at once) arms the sender's sweep too.
-        self.app.workflow.deadlines = lambda at: call_on(loop, self._to_sender, (SLA, at))
         for role in ROLES:
             self._spawn(role)
         try:
@@ -165,7 +162,6 @@ class Workers:
             if (worker := self.workers.get(role)) is not None and not worker.ended.is_set():
                 worker.channel.post(("stop", within))
                 await self._end(worker, 2 * within + DRAIN_TIMEOUT)
-        self.app.workflow.deadlines = None
         await self.app.leases.take_back()  # a killed worker's claims (their process is gone): free at once
 
     async def _end(self, worker: Worker, bound: float) -> None:

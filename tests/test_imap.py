@@ -50,11 +50,6 @@ class ImapConfig:
     poll_interval: timedelta = timedelta(seconds=60)
 
 
-@dataclass(frozen=True)
-class Stored:
-    parse_failed: bool = False
-
-
 @dataclass
 class MemorySink:
     """Keeps every accepted message in order. Messages containing b"BROKEN" do not parse; `before` runs
@@ -64,14 +59,17 @@ class MemorySink:
     before: Callable[[bytes, int], object] | None = None
     attempts: int = 0
 
-    async def accept(self, raw: bytes, *, source: str) -> Stored:
+    async def accept(self, raw: bytes, *, source: str) -> int:
         self.attempts += 1
         if self.before is not None:
             outcome = self.before(raw, self.attempts)
             if asyncio.iscoroutine(outcome):
                 await outcome
         self.received.append((raw, source))
-        return Stored(parse_failed=b"BROKEN" in raw)
+        return len(self.received) - 1
+
+    async def unreadable(self, stored: list[int]) -> set[int]:
+        return {index for index in stored if b"BROKEN" in self.received[index][0]}
 
     def message_ids(self) -> list[str]:
         return [message_id_of(raw) for raw, _ in self.received]

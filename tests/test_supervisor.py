@@ -26,6 +26,8 @@ from mailbot.clock import FrozenClock
 from mailbot.store import Database
 from mailbot.store.schema import InboundMessage, OutboxItem, Ticket
 from tests.conftest import TUESDAY_10_ET
+from tests.dovecot import Account
+from tests.mailers import message
 from tests.test_leases import CUSTOMER, DAEMON_CONFIG, send_many
 
 pytestmark = pytest.mark.calendar  # the real `mailbot run` reads the system clock
@@ -163,6 +165,25 @@ class TestProcesses:
         assert "mailbot stopped" in log and "Traceback" not in log and "killing" not in log
         assert not any(alive(pid) for pid in workers)
         every_message_one_ticket_one_confirmation(daemon, 120)
+
+    def test_imap_mail_is_decided_by_the_intake_worker_then_moved(
+        self, start: Callable[..., Daemon], account: Account
+    ) -> None:
+        """IMAP mail takes SMTP mail's way: the parent's watcher stores it, the intake's process decides it
+        (counted there: the parent decides nothing), then the watcher moves it to Processed."""
+        ids = [f"<imap{n}@lincoln.example>" for n in range(5)]
+        account.deliver([message(message_id=message_id) for message_id in ids])
+        daemon = start(
+            f'[[imap]]\nhost = "127.0.0.1"\nport = {account.server.port}\nsecurity = "none"\n'
+            f'username = "{account.username}"\npassword = "{account.password}"\n'
+        )
+        wait_for(lambda: sorted(account.message_ids("Processed")) == sorted(ids), "the mail moved to Processed")
+        wait_for(lambda: daemon.confirmations() == 5, "5 confirmations")
+        assert daemon.counter("mailbot_intake_outcomes", "created") == 5
+        assert daemon.counter("mailbot_inbound_accepted", "imap") == 5
+        assert account.message_ids() == []
+        assert daemon.stop() == 0
+        every_message_one_ticket_one_confirmation(daemon, 5)
 
     def test_a_killed_intake_worker_is_replaced_and_nothing_is_lost_or_doubled(
         self, start: Callable[..., Daemon]

@@ -150,6 +150,18 @@ def release(session: Session, ids: Sequence[int], owner: str) -> None:
     )
 
 
+def settled(session: Session, ids: Sequence[int]) -> dict[int, bool]:
+    """Of these rows, the ones the intake is done with for now, each with whether it failed (could not be
+    read); pending ones it deferred (a DNS failure) or gave back count as done: they wait for a later try."""
+    rows = session.execute(
+        select(InboundMessage.id, InboundMessage.status).where(
+            InboundMessage.id.in_(ids),
+            or_(InboundMessage.status != "pending", and_(InboundMessage.attempts > 0, InboundMessage.claimed_by.is_(None))),
+        )
+    )
+    return {inbound_id: status == "failed" for inbound_id, status in rows}
+
+
 def get(session: Session, inbound_id: int, *, lock: bool = False) -> InboundMessage | None:
     """One row; `lock` holds it (SELECT ... FOR UPDATE on PostgreSQL; SQLite's write lock already does)."""
     return session.get(InboundMessage, inbound_id, with_for_update=lock)
