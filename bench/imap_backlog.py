@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -29,14 +28,12 @@ from mailbot.imap import MailboxWatcher
 from tests.dovecot import HOST, Account, dovecot_binary, running_dovecot, sample_message
 
 
-@dataclass(frozen=True)
-class Stored:
-    parse_failed: bool = False
-
-
 class NullSink:
-    async def accept(self, raw: bytes, *, source: str) -> Stored:
-        return Stored()
+    async def accept(self, raw: bytes, *, source: str) -> int:
+        return 0
+
+    async def unreadable(self, stored: list[int]) -> set[int]:
+        return set()
 
 
 class MemoryCursors:
