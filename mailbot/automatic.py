@@ -97,17 +97,19 @@ def automatic_reason(message: EmailMessage, envelope_sender: str | None) -> str 
     `envelope_sender` is the SMTP MAIL FROM (`""` or `"<>"` for a bounce), or None when unknown; then the
     message's Return-Path header stands for it.
     """
+    # The field names present, read once: `name in message` lowercases every name of the message again.
+    names = frozenset(name.lower() for name in message)
     return_path = _return_path(message, envelope_sender)
     return (
-        _loop_mark(message)
+        _loop_mark(names)
         or ("null return path (a bounce or an auto-reply)" if return_path == "" else None)
-        or _auto_submitted(message)
-        or _precedence(message)
-        or _list_header(message)
-        or _responses_suppressed(message)
-        or _autoresponder_header(message)
+        or _auto_submitted(message, names)
+        or _precedence(message, names)
+        or _list_header(names)
+        or _responses_suppressed(message, names)
+        or _autoresponder_header(names)
         or _report(message)
-        or _system_address(message, return_path)
+        or _system_address(message, names, return_path)
     )
 
 
@@ -182,35 +184,38 @@ def _return_path(message: EmailMessage, envelope_sender: str | None) -> str | No
     return _without_comments(str(path)).strip().removeprefix("<").removesuffix(">").strip()
 
 
-def _loop_mark(message: EmailMessage) -> str | None:
-    return f"{LOOP_HEADER} header (sent by a mailbot)" if LOOP_HEADER in message else None
+def _loop_mark(names: frozenset[str]) -> str | None:
+    return f"{LOOP_HEADER} header (sent by a mailbot)" if LOOP_HEADER.lower() in names else None
 
 
-def _auto_submitted(message: EmailMessage) -> str | None:
-    for keyword in _keywords(message, "Auto-Submitted"):
+def _auto_submitted(message: EmailMessage, names: frozenset[str]) -> str | None:
+    for keyword in _keywords(message, names, "Auto-Submitted"):
         if keyword and keyword != "no":
             return f"Auto-Submitted: {keyword}"
     return None
 
 
-def _precedence(message: EmailMessage) -> str | None:
-    return next((f"Precedence: {k}" for k in _keywords(message, "Precedence") if k in _BULK_PRECEDENCE), None)
+def _precedence(message: EmailMessage, names: frozenset[str]) -> str | None:
+    keywords = _keywords(message, names, "Precedence")
+    return next((f"Precedence: {k}" for k in keywords if k in _BULK_PRECEDENCE), None)
 
 
-def _list_header(message: EmailMessage) -> str | None:
-    return next((f"mailing list ({name} header)" for name in _LIST_HEADERS if name in message), None)
+def _list_header(names: frozenset[str]) -> str | None:
+    return next((f"mailing list ({name} header)" for name in _LIST_HEADERS if name.lower() in names), None)
 
 
-def _responses_suppressed(message: EmailMessage) -> str | None:
+def _responses_suppressed(message: EmailMessage, names: frozenset[str]) -> str | None:
+    if "x-auto-response-suppress" not in names:
+        return None
     for value in message.get_all("X-Auto-Response-Suppress", []):
         if {item.strip().lower() for item in str(value).split(",")} & _SUPPRESSED_RESPONSES:
             return f"X-Auto-Response-Suppress: {str(value).strip()}"
     return None
 
 
-def _autoresponder_header(message: EmailMessage) -> str | None:
+def _autoresponder_header(names: frozenset[str]) -> str | None:
     return next(
-        (f"autoresponder ({name} header)" for name in _AUTORESPONDER_HEADERS if name in message), None
+        (f"autoresponder ({name} header)" for name in _AUTORESPONDER_HEADERS if name.lower() in names), None
     )
 
 
@@ -220,9 +225,12 @@ def _report(message: EmailMessage) -> str | None:
     return "multipart/report (a machine-made report)"
 
 
-def _system_address(message: EmailMessage, return_path: str | None) -> str | None:
+def _system_address(message: EmailMessage, names: frozenset[str], return_path: str | None) -> str | None:
     candidates = [
-        address.addr_spec for name in ("From", "Sender") for address in header_addresses(message, name)
+        address.addr_spec
+        for name in ("From", "Sender")
+        if name.lower() in names
+        for address in header_addresses(message, name)
     ]
     if return_path:
         candidates.append(return_path)
@@ -239,8 +247,10 @@ def _system_address(message: EmailMessage, return_path: str | None) -> str | Non
     return None
 
 
-def _keywords(message: EmailMessage, name: str) -> Iterator[str]:
+def _keywords(message: EmailMessage, names: frozenset[str], name: str) -> Iterator[str]:
     """The leading keyword of each `name` header, lowercased, without comments or `;` parameters."""
+    if name.lower() not in names:
+        return
     for value in message.get_all(name, []):
         yield _without_comments(str(value)).partition(";")[0].strip().lower()
 

@@ -219,9 +219,10 @@ def parse(raw: bytes, limits: ParseLimits = ParseLimits()) -> ParsedMessage:
     message_policy = policy.default.clone(header_factory=_HeaderCache())
     shape = _prescan(raw, limits, message_policy)
     msg = _parse_bytes(raw, message_policy)
-    hint = _charset_hint(msg)
+    charsets = _Charsets()
+    hint = _charset_hint(msg, charsets)
     headers = _Headers(msg, hint, defects)
-    body = _Walker(limits, message_policy, hint, defects, shape.parts).body(msg)
+    body = _Walker(limits, message_policy, hint, charsets, defects, shape.parts).body(msg)
     author, shown = _authors(headers, bool(block.repairs) or _block_cut(msg), defects)
     return ParsedMessage(
         message_id=_message_id(headers.text("message-id")),
@@ -516,7 +517,21 @@ _CONTROLS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 def _clean(text: str) -> str:
     """Text safe to store and print: line endings as \\n, no NULs, lone surrogates replaced."""
     text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "")
-    return _SURROGATES.sub("\ufffd", text).removeprefix("\ufeff")
+    if _has_surrogates(text):
+        text = _SURROGATES.sub("\ufffd", text)
+    return text.removeprefix("\ufeff")
+
+
+def _has_surrogates(text: str) -> bool:
+    """Whether `text` holds one of the lone surrogates the parser keeps raw 8-bit bytes as. Never in ASCII
+    text, nor in text that encodes as UTF-8: both checks are many times faster than the regex's scan."""
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATES.search(text) is not None
+    return False
 
 
 def _clean_header(text: str) -> str:
@@ -608,7 +623,7 @@ class _Headers:
 def _header_text(raw: str, hint: str | None) -> str:
     value = "".join(_FOLD.split(raw))  # RFC 5322 §2.2.3 unfolding
     # Raw 8-bit bytes (kept by the parser as surrogate escapes), or ISO-2022-JP sent without encoded words.
-    if _SURROGATES.search(value) or "\x1b" in value:
+    if _has_surrogates(value) or "\x1b" in value:
         value = decode_header_bytes(value.encode("ascii", "surrogateescape"), hint)
     return value.replace("\x00", "")
 
@@ -810,10 +825,20 @@ def _date(value: str, defects: list[str]) -> datetime | None:
     return date if date.tzinfo else date.replace(tzinfo=UTC)
 
 
-def _charset_hint(msg: EmailMessage) -> str | None:
+class _Charsets(dict[EmailMessage, str | None]):
+    """The charset each part declares, read once: the header hint and the body's text both ask, and each
+    reading parses the Content-Type's parameters again. Keyed by the part itself (parts compare by
+    identity), so a part dropped during the walk (a recovery's) never lends its entry to another."""
+
+    def __missing__(self, part: EmailMessage) -> str | None:
+        charset = self[part] = part.get_content_charset()
+        return charset
+
+
+def _charset_hint(msg: EmailMessage, charsets: _Charsets) -> str | None:
     """The first charset any part declares: the best guess for raw 8-bit bytes in headers."""
     for part in msg.walk():
-        charset = part.get_content_charset()
+        charset = charsets[part]
         if charset:
             return charset
     return None
@@ -873,12 +898,14 @@ class _Walker:
         limits: ParseLimits,
         message_policy: EmailPolicy[EmailMessage],
         hint: str | None,
+        charsets: _Charsets,
         defects: list[str],
         parts_used: int,
     ) -> None:
         self.limits = limits
         self.policy = message_policy
         self.hint = hint
+        self.charsets = charsets
         self.defects = defects
         self.parts_used = parts_used
 
@@ -992,7 +1019,7 @@ class _Walker:
         self.defects.append("a multipart part has no usable boundary; its content was recovered")
         found = _GUESSED_DELIMITER.search(raw)
         if found is None:
-            body.plain.append(self.decode(raw, part.get_content_charset()))
+            body.plain.append(self.decode(raw, self.charsets[part]))
             return
         wrapper = b'Content-Type: multipart/mixed; boundary="' + found[1] + b'"\r\n\r\n' + raw
         try:
@@ -1015,10 +1042,10 @@ class _Walker:
         if _subparts(recovered) is not None:
             self.collect(recovered, body, depth)
         else:
-            body.plain.append(self.decode(raw, part.get_content_charset()))
+            body.plain.append(self.decode(raw, self.charsets[part]))
 
     def text(self, part: EmailMessage) -> str:
-        text = self.decode(_payload_bytes(part), part.get_content_charset())
+        text = self.decode(_payload_bytes(part), self.charsets[part])
         if part.get_content_type() == "text/plain" and _param(part, "format") == "flowed":
             return unflow(text, delsp=_param(part, "delsp") == "yes")
         return text
@@ -1109,6 +1136,8 @@ def _message_body(part: EmailMessage, defects: list[str]) -> bytes:
 
 def _param(part: EmailMessage, name: str) -> str:
     """A Content-Type parameter, lowercased; "" when absent or unreadable."""
+    if not _may_name([value for key, value in part.raw_items() if key.lower() == "content-type"], name):
+        return ""
     try:
         value = part.get_param(name)
     except _STDLIB_FAILURES:
@@ -1130,14 +1159,28 @@ def _is_attachment(part: EmailMessage) -> bool:
 
 def _raw_filename(part: EmailMessage, hint: str | None) -> str | None:
     """The filename parameter (RFC 2231 decoded), from Content-Disposition or Content-Type's name."""
+    fields = [
+        (name, _header_text(value, hint))
+        for name, value in part.raw_items()
+        if name.lower() in ("content-disposition", "content-type")
+    ]
+    if not _may_name([value for _, value in fields], "name"):  # neither `filename` nor `name`
+        return None
     probe = EmailMessage(policy=part.policy)  # the message's policy, which caches parsed fields
-    for name, value in part.raw_items():
-        if name.lower() in ("content-disposition", "content-type"):
-            probe.set_raw(name, _header_text(value, hint))
+    for name, value in fields:
+        probe.set_raw(name, value)
     try:
         return probe.get_filename()
     except _STDLIB_FAILURES:
         return None
+
+
+def _may_name(values: list[str], parameter: str) -> bool:
+    """Whether any of these field values may carry `parameter`: a parameter's name is spelled out in its
+    field (RFC 2231 only appends `*` and a section number), unless an encoded word or a quoted pair hides
+    it; those take the standard parser's full reading. Most parts carry neither, and that reading costs
+    more than the rest of a small part's."""
+    return any(parameter in value.lower() or "=?" in value or "\\" in value for value in values)
 
 
 _DEFAULT_NAMES = {"message/rfc822": "message.eml"}
