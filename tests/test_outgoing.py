@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import re
 from datetime import UTC, datetime, timedelta
-from email import message_from_bytes, policy
+from email import message_from_bytes, policy, quoprimime
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mailbot.automatic import LOOP_HEADER, loop_mark
-from mailbot.compose import File, Thread, UnsafeHeader, one_line, thread_index
+from mailbot.compose import File, Thread, UnsafeHeader, _quoted_printable, one_line, thread_index
 from mailbot.dns import FixedResolver, dkim_dnsfunc
 from mailbot.store import registry
 from mailbot.store.schema import Ticket
@@ -95,6 +95,20 @@ HOSTILE = {
         True,
     ),
 }
+
+
+class TestQuotedPrintable:
+    """The text parts' quoted-printable body: byte for byte what the standard library's encoder writes."""
+
+    @settings(max_examples=500, deadline=None)
+    @given(
+        text=st.text(st.sampled_from("ab =\t\r\n.\x00\x0b\x7f\x85é€\u2028<>\"") | st.characters(codec="utf-8"), max_size=400)
+        | st.builds(lambda width, tail: "x" * width + tail, st.integers(60, 160), st.sampled_from(["", " ", "\t", "=", "é ", "=="]))
+    )
+    def test_the_same_as_quoprimime(self, text: str) -> None:
+        lines = text.encode("utf-8", "surrogatepass").splitlines()
+        expected = quoprimime.body_encode(b"\n".join(lines).decode("latin-1") + "\n", 76, eol="\r\n")
+        assert _quoted_printable(lines) == expected
 
 
 class TestHeaderInjection:
