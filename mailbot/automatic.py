@@ -37,6 +37,7 @@ docstring). None of this authenticates anyone: intake still answers only authent
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -89,6 +90,10 @@ _PARSER_FAILURES = (HeaderParseError, IndexError, ValueError, AttributeError, Ty
 # read. One mailbox, even with a long encoded name, fits in far less; a longer field names nobody we answer.
 MAX_ADDRESS_FIELD = 2000
 _COMMENT = re.compile(r"\([^()]*\)")  # RFC 5322 section 3.2.2; nested comments are peeled one level a pass
+# simple_mailboxes, remembered: one message's From is read three or four times (its authors, the bounce and
+# automatic-mail verdicts), and a customer's From repeats from message to message. Its answers are tuples of
+# immutable Addresses, so they can be shared.
+cached_mailboxes = functools.lru_cache(maxsize=1024)(simple_mailboxes)
 
 
 def automatic_reason(message: EmailMessage, envelope_sender: str | None) -> str | None:
@@ -292,7 +297,7 @@ def _reads_as_registry(message: EmailMessage, name: str) -> bool:
 def _field_addresses(message: EmailMessage, key: str, value: str, fast: bool) -> Sequence[Address]:
     """One field's mailboxes as message.get_all() reads them; with `fast`, a simple source value skips the
     registry (a header object, set in code, is already parsed)."""
-    found = simple_mailboxes(value) if fast and type(value) is str else None
+    found = cached_mailboxes(value) if fast and type(value) is str else None
     if found is None:
         return getattr(message.policy.header_fetch_parse(key, value), "addresses", ())
     return found

@@ -34,7 +34,7 @@ from typing import Any, cast
 
 from lxml.etree import LxmlError
 
-from mailbot.automatic import automatic_reason, header_addresses
+from mailbot.automatic import automatic_reason, cached_mailboxes, header_addresses
 from mailbot.bounces import Bounce, read_bounce
 from mailbot.charsets import codec, decode_header_bytes, decode_text, word_charset
 from mailbot.errors import MailbotError
@@ -42,7 +42,6 @@ from mailbot.flowed import unflow
 from mailbot.headerblock import HEADER_LINE as _HEADER_LINE
 from mailbot.headerblock import repair
 from mailbot.htmltext import html_to_text
-from mailbot.mailboxes import simple_mailboxes
 from mailbot.newlines import normalise
 from mailbot.senders import Address, lenient_mailbox, trusted_author
 from mailbot.tnef import is_tnef
@@ -551,6 +550,8 @@ _FOLD = re.compile(r"\r\n|\r|\n")
 
 def _prepare_encoded_words(value: str) -> str:
     """Widen encoded-word charsets to their supersets and join adjacent words (RFC 2047 §6.2)."""
+    if _ENCODED_WORD_START not in value:
+        return value  # no encoded word: nothing either pattern matches
     return _ADJACENT_WORDS.sub(r"\1", _WORD_CHARSET.sub(_widen_word_charset, value))
 
 
@@ -735,7 +736,7 @@ def _angle_mailbox(name: str, entry: str) -> list[Address] | None:
 
 def _registry_addresses(name: str, entry: str) -> list[Address] | None:
     """The complete mailboxes the registry reads in `entry`; None if it reports the entry invalid."""
-    addresses = simple_mailboxes(entry)
+    addresses = cached_mailboxes(entry)
     if addresses is None:
         addresses = _checked_registry_read(name, entry)
     if addresses is None:
@@ -765,6 +766,8 @@ def _checked_registry_read(name: str, entry: str) -> tuple[headerregistry.Addres
 
 def _split_address_list(text: str) -> list[str]:
     """Split at top-level commas (RFC 5322 §3.4), not inside quotes, comments, <...> or groups."""
+    if "," not in text:
+        return [text.strip()] if text.strip() else []  # one entry: what the walk below finds, without it
     entries: list[str] = []
     start = depth = 0
     quoted = angle = group = escaped = False
@@ -831,8 +834,24 @@ class _Charsets(dict[EmailMessage, str | None]):
     identity), so a part dropped during the walk (a recovery's) never lends its entry to another."""
 
     def __missing__(self, part: EmailMessage) -> str | None:
-        charset = self[part] = part.get_content_charset()
+        types = [value for name, value in part.raw_items() if name.lower() == "content-type"]
+        charset = None
+        if _may_name(types, "charset"):
+            charset = (_recent_charsets if len(types[0]) <= _SHORT_VALUE else _declared_charset)(types[0])
+        self[part] = charset
         return charset
+
+
+def _declared_charset(content_type: str) -> str | None:
+    """What get_content_charset reads in a part whose (first) Content-Type field is `content_type`: it reads
+    nothing else."""
+    probe = EmailMessage(policy=policy.default)
+    probe.set_raw("Content-Type", content_type)
+    return probe.get_content_charset()
+
+
+# Short Content-Type values repeat from message to message (`text/plain; charset="utf-8"`); see _HeaderCache.
+_recent_charsets = functools.lru_cache(maxsize=512)(_declared_charset)
 
 
 def _charset_hint(msg: EmailMessage, charsets: _Charsets) -> str | None:

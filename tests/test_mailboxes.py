@@ -181,7 +181,7 @@ class TestCallers:
         """parse() reads the same address fields and defects with the fast path as with the registry alone."""
         raw = f"From: {value}\r\nTo: {value}\r\nCc: {value}\r\nReply-To: {value}\r\n\r\nHi.\r\n"
         fast = parse(raw.encode("utf-8", "surrogateescape"))
-        with mock.patch.object(mailbot.parse, "simple_mailboxes", lambda value: None):
+        with mock.patch.object(mailbot.parse, "cached_mailboxes", lambda value: None):
             slow = parse(raw.encode("utf-8", "surrogateescape"))
         assert (fast.to_json(), fast.defects, fast.sender) == (slow.to_json(), slow.defects, slow.sender)
 
@@ -221,7 +221,7 @@ class TestCallers:
         """parse() reads the same mailboxes and defects with the fast path as with the registry alone."""
         raw = f"From: {from_}\nTo: {to}\nSubject: Login\n\nHello.\n".encode()
         fast = parse(raw)
-        monkeypatch.setattr(mailbot.parse, "simple_mailboxes", lambda value: None)
+        monkeypatch.setattr(mailbot.parse, "cached_mailboxes", lambda value: None)
         slow = parse(raw)
         assert (fast.from_, fast.to) == (author, recipients)
         assert (fast.to_json(), fast.defects) == (slow.to_json(), slow.defects)
