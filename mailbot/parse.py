@@ -805,7 +805,8 @@ def _message_ids(value: str) -> list[str]:
     found = ["".join(inner.split()) for inner in _MSG_ID.findall(value)]
     if not found:
         found = [token.strip("<>") for token in re.split(r"[\s,]+", value) if "@" in token]
-    return list(dict.fromkeys(f"<{_clean_header(i)}>" for i in found if i and _clean_header(i)))
+    cleaned = (_clean_header(i) for i in found if i)
+    return list(dict.fromkeys(f"<{i}>" for i in cleaned if i))
 
 
 def _message_id(value: str) -> str | None:
