@@ -23,7 +23,9 @@ mailboxes, charsets) are found more often than in a day's real mail.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -87,6 +89,7 @@ def measure(code: Path, messages: int, size: int, repeats: int) -> dict[str, flo
         )
 
     work = Path(tempfile.mkdtemp(prefix="bench-reading-"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)
     app = App(from_mapping(settings(f"sqlite:///{work}/mailbot.db", work / "sent"), "bench"), FrozenClock(TUESDAY_10_ET))
     app.db.upgrade()
     intake, composer, facts = app.intake, app.composer, app.workflow.facts
