@@ -83,7 +83,7 @@ class Door:
     async def _commit(self, batch: list[tuple[RawMessage, asyncio.Future[int]]]) -> None:
         messages = [message for message, _ in batch]
         try:
-            ids = await self.db.run(inbound_store.insert_many, messages, self.clock.now())
+            ids = await self.db.run_statements(inbound_store.insert_many, messages, self.clock.now())
         except Exception as exc:  # noqa: BLE001 - whatever failed, every waiter must learn it was not stored (451)
             log.error("could not store %d message(s): %s", len(batch), exc)
             error = exc if isinstance(exc, TransientStoreError) else TransientStoreError(str(exc))

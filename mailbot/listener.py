@@ -8,11 +8,14 @@ the sending server bounce the mail and would leak internals.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import ssl
 import time
 from collections import Counter
 from collections.abc import Sequence
+from email._header_value_parser import get_addr_spec, get_angle_addr
+from email.errors import HeaderParseError
 from email.utils import format_datetime
 from typing import TYPE_CHECKING, Any
 
@@ -141,8 +144,23 @@ class Handler:
         return "451 4.3.0 Temporary local problem, please try again later"
 
 
+@functools.lru_cache(maxsize=1024)
+def _address(arg: str) -> tuple[str | None, str | None]:
+    """aiosmtpd's reading of a MAIL FROM or RCPT TO argument (SMTP._getaddr): (address, the parameters
+    after it), ("", "") for none, (None, None) when it does not parse. The same few addresses come back all
+    day (ours in every RCPT, each customer's in MAIL): a parse costs 40 µs, a look-up here 0.1."""
+    if not arg:
+        return "", ""
+    try:
+        address, rest = get_angle_addr(arg) if arg.lstrip().startswith("<") else get_addr_spec(arg)
+    except HeaderParseError:
+        return None, None
+    return address.addr_spec, rest
+
+
 class _Limited:
-    """Mixed into aiosmtpd's protocol class: admits a connection only within the session limits."""
+    """Mixed into aiosmtpd's protocol class: admits a connection only within the session limits, and
+    reads addresses as aiosmtpd does, without its cost per command (`_getaddr`)."""
 
     limits: SessionLimits
     _client: str | None = None
@@ -169,6 +187,15 @@ class _Limited:
             self.transport.close()  # type: ignore[attr-defined]
             return
         await super()._handle_client()  # type: ignore[misc]
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        # aiosmtpd 1.4.6 defines a typing.Protocol class on every call (ABCMeta, __init_subclass__) and
+        # parses again what it parsed a moment ago: a quarter of the doors' CPU under load (issue 13).
+        address, rest = _address(arg)
+        limit = self.local_part_limit  # type: ignore[attr-defined]
+        if address and limit and len(address.rpartition("@")[0]) > limit:
+            return None, None
+        return address, rest
 
     def _timeout_cb(self) -> None:
         # RFC 5321 4.5.3.2: a server may close an idle session; a 421 tells the client why (aiosmtpd
