@@ -2,7 +2,8 @@
 
 `Database` owns the engine. Store functions are plain synchronous functions taking a `Session`; the CLI calls
 them directly, and the daemon runs them through `Database.run`, which keeps all blocking database work on
-worker threads so the event loop never waits on a disk or a socket.
+worker threads so the event loop never waits on a disk or a socket. The doors' insert also runs on a bare
+Core connection (`Database.statements`, `run_statements`): the one write before each 250.
 """
 
 from __future__ import annotations
