@@ -58,7 +58,6 @@ from mailbot.app import App
 from mailbot.config import Config, from_mapping
 from mailbot.daemon import Daemon
 from mailbot.door import Door
-from mailbot.store.inbound import RawMessage
 from mailbot.store.schema import InboundMessage
 
 SERVER_CPU, CLIENT_CPU = 0, 1
@@ -82,10 +81,11 @@ class CountingDoor(Door):
     commits = 0
     stored = 0
 
-    async def _commit(self, batch: list[tuple[RawMessage, asyncio.Future[int]]]) -> None:
+    async def _commit(self) -> int:
+        stored = await super()._commit()
         self.commits += 1
-        self.stored += len(batch)
-        await super()._commit(batch)
+        self.stored += stored
+        return stored
 
 
 @dataclass

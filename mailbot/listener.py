@@ -8,27 +8,33 @@ the sending server bounce the mail and would leak internals.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import ssl
 import time
 from collections import Counter
 from collections.abc import Sequence
+from datetime import datetime, timedelta
+from email._header_value_parser import get_addr_spec, get_angle_addr
+from email.errors import HeaderParseError
 from email.utils import format_datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from aiosmtpd.lmtp import LMTP
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 
 from mailbot.clock import Clock
 from mailbot.config import SmtpConfig
 from mailbot.door import Door
 from mailbot.errors import TransientError
 from mailbot.newlines import bare_newline
+from mailbot.smtpdata import Section, read_piece
 
 if TYPE_CHECKING:
     from mailbot.metrics import Metrics
 
 log = logging.getLogger("mailbot.listener")
+aiosmtpd_log = logging.getLogger("mail.log")
 
 
 def is_support_address(address: str, addresses: Sequence[str]) -> bool:
@@ -98,7 +104,8 @@ class Handler:
         peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
         protocol = "LMTP" if self.lmtp else ("ESMTPS" if session.ssl else "ESMTP")
         helo = (session.host_name or "unknown").replace("\r", "").replace("\n", "")[:100]
-        stamp = format_datetime(self.clock.now())
+        now = self.clock.now().replace(microsecond=0)
+        stamp = _stamp(now, now.utcoffset())
         return f"Received: from {helo} ([{peer}])\r\n\tby {self.hostname} (mailbot) with {protocol}; {stamp}\r\n".encode()
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
@@ -141,8 +148,30 @@ class Handler:
         return "451 4.3.0 Temporary local problem, please try again later"
 
 
+@functools.lru_cache(maxsize=4)
+def _stamp(second: datetime, offset: timedelta | None) -> str:
+    """RFC 5322's date of a Received field: to the second, so each second's is worked out once (formatting
+    it was 7% of the doors' CPU under load). `offset` too: the same instant in another zone is equal."""
+    return format_datetime(second)
+
+
+@functools.lru_cache(maxsize=1024)
+def _address(arg: str) -> tuple[str | None, str | None]:
+    """aiosmtpd's reading of a MAIL FROM or RCPT TO argument (SMTP._getaddr): (address, the parameters
+    after it), ("", "") for none, (None, None) when it does not parse. The same few addresses come back all
+    day (ours in every RCPT, each customer's in MAIL): a parse costs 40 µs, a look-up here 0.1."""
+    if not arg:
+        return "", ""
+    try:
+        address, rest = get_angle_addr(arg) if arg.lstrip().startswith("<") else get_addr_spec(arg)
+    except HeaderParseError:
+        return None, None
+    return address.addr_spec, rest
+
+
 class _Limited:
-    """Mixed into aiosmtpd's protocol class: admits a connection only within the session limits."""
+    """Mixed into aiosmtpd's protocol class: admits a connection only within the session limits, and reads
+    addresses and DATA as aiosmtpd does, with its answers, without its cost per command and per line."""
 
     limits: SessionLimits
     _client: str | None = None
@@ -169,6 +198,50 @@ class _Limited:
             self.transport.close()  # type: ignore[attr-defined]
             return
         await super()._handle_client()  # type: ignore[misc]
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        # aiosmtpd 1.4.6 defines a typing.Protocol class on every call (ABCMeta, __init_subclass__) and
+        # parses again what it parsed a moment ago: a quarter of the doors' CPU under load (issue 13).
+        address, rest = _address(arg)
+        limit = self.local_part_limit  # type: ignore[attr-defined]
+        if address and limit and len(address.rpartition("@")[0]) > limit:
+            return None, None
+        return address, rest
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        # aiosmtpd 1.4.6's smtp_DATA (same checks, same answers, the same message handed over), its section
+        # read by mailbot.smtpdata instead of line by line. Our protocols always give the handler bytes.
+        smtp = cast(SMTP, self)
+        if await smtp.check_helo_needed() or await smtp.check_auth_needed("DATA"):
+            return
+        assert smtp.envelope is not None
+        if not smtp.envelope.rcpt_tos:
+            await smtp.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await smtp.push("501 Syntax: DATA")
+            return
+        await smtp.push("354 End data with <CR><LF>.<CR><LF>")
+        section = Section(smtp.data_size_limit, smtp.line_length_limit)
+        while smtp.transport is not None:
+            try:
+                piece = await read_piece(smtp._reader)
+            except asyncio.CancelledError:
+                aiosmtpd_log.info("Connection lost during DATA")
+                smtp._writer.close()
+                raise
+            if section.add(piece):
+                break
+        else:
+            return  # the connection is gone: nothing to store, nobody to answer
+        answer, content = section.result()
+        if answer is None:
+            smtp.envelope.content = smtp.envelope.original_content = content
+            status = await smtp._call_handler_hook("DATA")
+            answer = "250 OK" if status is MISSING else status
+        smtp._set_post_data_state()
+        await smtp.push(answer)
 
     def _timeout_cb(self) -> None:
         # RFC 5321 4.5.3.2: a server may close an idle session; a 421 tells the client why (aiosmtpd

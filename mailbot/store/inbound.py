@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import (
     Connection,
+    Dialect,
     Table,
     and_,
     bindparam,
@@ -44,18 +46,26 @@ _SQLITE_INSERT = (
 )
 
 
-def insert_many(session: Session, messages: Sequence[RawMessage], now: datetime) -> list[int]:
-    """Store raw messages as pending rows; returns their ids in the order given."""
+def insert_many(session: Session | Connection, messages: Sequence[RawMessage], now: datetime) -> list[int]:
+    """Store raw messages as pending rows; returns their ids in the order given. On a session or, for the
+    doors' group commit, a bare connection (Database.statements)."""
     rows = [
         (now, m.source, m.envelope_from, list(m.envelope_to), m.peer, len(m.raw), m.raw, "pending", 0)
         for m in messages
     ]
-    connection = session.connection()
+    connection = session if isinstance(session, Connection) else session.connection()
     if connection.dialect.name == "sqlite":
         return _insert_sqlite(connection, rows)
     table = cast(Table, InboundMessage.__table__)
     statement = insert(table).returning(table.c.id, sort_by_parameter_order=True)
-    return list(session.scalars(statement, [dict(zip(_COLUMNS, row, strict=True)) for row in rows]))
+    return list(connection.scalars(statement, [dict(zip(_COLUMNS, row, strict=True)) for row in rows]))
+
+
+@functools.cache
+def _processors(dialect: Dialect) -> list[Callable[[Any], Any] | None]:
+    """The columns' own bind processors, in _COLUMNS order, worked out once per dialect."""
+    columns = InboundMessage.__table__.c
+    return [columns[name].type.dialect_impl(dialect).bind_processor(dialect) for name in _COLUMNS]
 
 
 def _insert_sqlite(connection: Connection, rows: list[tuple[Any, ...]]) -> list[int]:
@@ -66,8 +76,7 @@ def _insert_sqlite(connection: Connection, rows: list[tuple[Any, ...]]) -> list[
     the listener's rate at ten sessions (bench/RESULTS.md). The values still pass the columns' own type
     processors, so they are stored exactly as the ORM stores them.
     """
-    dialect, columns = connection.dialect, InboundMessage.__table__.c
-    processors = [columns[name].type.dialect_impl(dialect).bind_processor(dialect) for name in _COLUMNS]
+    processors = _processors(connection.dialect)
     cursor = cast(sqlite3.Connection, connection.connection.driver_connection).cursor()
     try:
         ids = []
