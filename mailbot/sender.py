@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -51,6 +52,8 @@ MAX_UNRECORDED = 2
 Envelope = tuple[str, Sequence[str], bytes]  # envelope from, recipients, the bytes
 # A group's outcomes, in order: None where the transport took the message (durably, once the call returns).
 Deliver = Callable[[Sequence[Envelope]], Awaitable[list["DeliveryError | None"]]]
+# What an SMTP command line can carry between < and > (RFC 5321 4.1.2, ASCII): no space, control or bracket.
+PATH = re.compile(r"[!-;=?-~]*")
 
 
 class DeliveryError(Exception):
@@ -107,7 +110,7 @@ class _Relay:
     async def deliver(self, envelope_from: str, recipients: Sequence[str], message: bytes) -> None:
         try:
             client = await self._connected()
-            await client.sendmail(envelope_from, list(recipients), message)  # accepted for one recipient at least
+            await _transaction(client, envelope_from, recipients, message)  # accepted for one recipient at least
         except aiosmtplib.SMTPResponseException as exc:
             self._drop()
             raise DeliveryError(f"relay answered {exc.code} {exc.message}", exc.code) from exc
@@ -135,6 +138,11 @@ class _Relay:
             )
             try:
                 await client.connect()  # EHLO, then STARTTLS and AUTH as configured
+                if client.is_ehlo_or_helo_needed:  # neither was: greet it now (HELO for a relay without ESMTP)
+                    try:
+                        await client.ehlo()
+                    except aiosmtplib.SMTPHeloError:
+                        await client.helo()
             except BaseException:
                 client.close()
                 raise
@@ -154,6 +162,30 @@ class _Relay:
                 await client.quit()
             except (aiosmtplib.SMTPException, OSError):
                 client.close()
+
+
+async def _transaction(client: aiosmtplib.SMTP, envelope_from: str, recipients: Sequence[str], message: bytes) -> None:
+    """MAIL, RCPT for each recipient, DATA: aiosmtplib's `sendmail` without its address parsing, which took a
+    quarter of the relay's CPU (each address through email.utils.parseaddr twice, for addr-specs we made)."""
+    reverse_path, forward_paths = _path(envelope_from), [_path(r) for r in recipients]  # before any command
+    size = [b"SIZE=%d" % len(message)] if client.supports_extension("size") else []
+    reply = await client.execute_command(b"MAIL", b"FROM:" + reverse_path, *size)
+    if reply.code != 250:
+        raise aiosmtplib.SMTPSenderRefused(reply.code, reply.message, envelope_from)
+    refused = []
+    for recipient, forward_path in zip(recipients, forward_paths):
+        reply = await client.execute_command(b"RCPT", b"TO:" + forward_path)
+        if reply.code not in (250, 251):
+            refused.append(aiosmtplib.SMTPRecipientRefused(reply.code, reply.message, recipient))
+    if len(refused) == len(recipients):
+        raise aiosmtplib.SMTPRecipientsRefused(refused)
+    await client.data(message)  # raises SMTPDataError unless 250
+
+
+def _path(address: str) -> bytes:
+    if not PATH.fullmatch(address):  # it would end the command or add parameters to it: never sent, never will be
+        raise DeliveryError(f"{address!r} cannot be sent over SMTP", 553)
+    return b"<" + address.encode() + b">"
 
 
 class MaildirTransport:

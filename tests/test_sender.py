@@ -157,6 +157,18 @@ class TestRelayConnection:
         assert refused.status == status and reply[:3] in (refused.last_error or "")
         assert relay.connections == 2  # the refusal closed the first; the next message opened a fresh one
 
+    async def test_an_address_no_command_can_carry_fails_for_good(self, make_app, relay: SmtpSink) -> None:
+        """An address that would smuggle parameters into RCPT is never sent; the messages around it go out
+        over the same connection."""
+        app = relayed_app(make_app, relay)
+        planned = [queued(0), queued(1, to="ana@lincoln.example> NOTIFY=NEVER"), queued(2)]
+        plan(app, *planned)
+        assert await app.sender.drain() == 2
+        assert message_ids(relay) == [planned[0].message_id, planned[2].message_id]
+        assert relay.connections == 1
+        refused = app.db.call(lambda s: s.scalars(select(OutboxItem).where(OutboxItem.message_id == planned[1].message_id)).one())
+        assert refused.status == "failed" and "cannot be sent over SMTP" in (refused.last_error or "")
+
 
 class TestRecords:
     async def test_a_drain_records_its_messages_a_group_at_a_time(self, app: App, tmp_path: Path) -> None:
