@@ -71,7 +71,7 @@ class Sending:
         # No new job runs; the one in progress (a drain of its own, a sweep) finishes.
         stopping = asyncio.create_task(self.scheduler.stop(2 * DRAIN_TIMEOUT), name="scheduler stop")
         await asyncio.wait([sending, stopping], timeout=within)
-        self.app.sender.stop()  # out of time: every drain ends after its message in hand, gives back the rest
+        self.app.sender.stop()  # out of time: every drain ends after its messages in hand, gives back the rest
         await stopping
         try:
             await sending

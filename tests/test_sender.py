@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sqlite3
 import sys
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -24,14 +22,13 @@ from mailbot.clock import FrozenClock
 from mailbot.compose import Outgoing
 from mailbot.leases import LEASE
 from mailbot.outbox import retry_delay
-from mailbot.sender import MAX_UNRECORDED, _Records
+from mailbot.sender import MAX_UNRECORDED
 from mailbot.store import outbox as outbox_store
 from mailbot.store.inbound import RawMessage, insert_many
 from mailbot.store.outbox import Delivered
 from mailbot.store.schema import OutboxItem, Ticket
 from tests.mailers import SinkHandler, SmtpSink, message
 from tests.test_schedule_flow import queued
-from tests.world import until
 
 
 def relayed_app(make_app: Callable[..., App], relay: SmtpSink, db: str | None = None) -> App:
@@ -160,36 +157,54 @@ class TestRelayConnection:
         assert refused.status == status and reply[:3] in (refused.last_error or "")
         assert relay.connections == 2  # the refusal closed the first; the next message opened a fresh one
 
+    async def test_an_address_no_command_can_carry_fails_for_good(self, make_app, relay: SmtpSink) -> None:
+        """An address that would smuggle parameters into RCPT is never sent; the messages around it go out
+        over the same connection."""
+        app = relayed_app(make_app, relay)
+        planned = [queued(0), queued(1, to="ana@lincoln.example> NOTIFY=NEVER"), queued(2)]
+        plan(app, *planned)
+        assert await app.sender.drain() == 2
+        assert message_ids(relay) == [planned[0].message_id, planned[2].message_id]
+        assert relay.connections == 1
+        refused = app.db.call(lambda s: s.scalars(select(OutboxItem).where(OutboxItem.message_id == planned[1].message_id)).one())
+        assert refused.status == "failed" and "cannot be sent over SMTP" in (refused.last_error or "")
+
 
 class TestRecords:
-    async def test_deliveries_that_finish_during_a_commit_share_the_next(
-        self, app: App, clock: FrozenClock, tmp_path: Path
-    ) -> None:
-        """The first record commits at once; the two that finished while it waited go in one transaction."""
-        plan(app, *(queued(n) for n in range(3)))
-        first, second, third = app.db.call(outbox_store.claim_due, clock.now(), app.sender.worker, LEASE)
+    async def test_a_drain_records_its_messages_a_group_at_a_time(self, app: App, tmp_path: Path) -> None:
+        """The messages go out MAX_UNRECORDED at a time, each group recorded as sent in one statement (one
+        transaction) before the next goes out; each a file in the maildir's new/."""
+        plan(app, *(queued(n) for n in range(5)))
         recorded: list[int] = []  # the deliveries each UPDATE of the outbox to "sent" carried
-        began = threading.Event()
 
         def seen(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, executemany: bool) -> None:
-            if statement == "BEGIN IMMEDIATE":
-                began.set()
             if statement.startswith("UPDATE outbox SET status"):
                 recorded.append(len(parameters) if executemany else 1)
 
         event.listen(app.db.engine, "before_cursor_execute", seen)
-        writer = sqlite3.connect(tmp_path / "mailbot.db")
-        writer.execute("BEGIN IMMEDIATE")  # another writer holds the database: the first commit waits for it
-        records = _Records(app.db, None)
-        records.add(Delivered(first, clock.now()))
-        await until(began.is_set, "the first record's transaction")
-        records.add(Delivered(second, clock.now()))
-        records.add(Delivered(third, clock.now()))
-        writer.rollback()
-        writer.close()
-        await records.flush()
-        assert recorded == [1, 2]
+        assert await app.sender.drain() == 5
+        assert recorded == [min(MAX_UNRECORDED, 5 - n) for n in range(0, 5, MAX_UNRECORDED)]
         assert set(statuses(app).values()) == {"sent"}
+        assert len(list((tmp_path / "sent" / "new").iterdir())) == 5
+
+    async def test_a_maildir_that_cannot_be_written_keeps_the_mail_for_later(
+        self, app: App, clock: FrozenClock, tmp_path: Path
+    ) -> None:
+        """Nothing is recorded as sent that is not in new/: the items wait for their retry, then go out."""
+        plan(app, *(queued(n) for n in range(3)))
+        sender = app.sender  # its maildir made
+        new = tmp_path / "sent" / "new"
+        new.rmdir()
+        new.write_text("")  # not a folder: no rename into it succeeds
+        assert await sender.drain() == 0
+        items = app.db.call(lambda s: s.scalars(select(OutboxItem)).all())
+        assert {(i.status, i.attempts) for i in items} == {("pending", 1)}
+        assert all("cannot write" in (i.last_error or "") for i in items)
+        new.unlink()
+        new.mkdir()
+        clock.advance(retry_delay(1, timedelta(seconds=60)))
+        assert await sender.drain() == 3
+        assert set(statuses(app).values()) == {"sent"} and len(list(new.iterdir())) == 3
 
     def test_a_ticket_keeps_when_its_first_confirmation_went_out(self, app: App, clock: FrozenClock) -> None:
         """A second confirmation (sent again by hand) changes nothing; the introduction sets its own time."""

@@ -319,7 +319,7 @@ class TestOperatorsSide:
         app = make_app()
         app.db.call(lambda s: None)
         assert stat.S_IMODE(os.stat(tmp_path / "mailbot.db").st_mode) == 0o600
-        await app.sender.transport.deliver(SUPPORT, [CUSTOMER], b"Subject: x\r\n\r\nx\r\n")
+        assert await app.sender.transport.deliver([(SUPPORT, [CUSTOMER], b"Subject: x\r\n\r\nx\r\n")]) == [None]
         [sent] = (tmp_path / "sent" / "new").iterdir()
         assert stat.S_IMODE(sent.stat().st_mode) == 0o600
         assert {stat.S_IMODE((tmp_path / "sent" / d).stat().st_mode) for d in ("", "new", "tmp", "cur")} == {0o700}
