@@ -31,7 +31,7 @@ from email.message import EmailMessage
 from sqlalchemy.orm import Session
 
 from mailbot.addresses import same_person
-from mailbot.automatic import aligned_author, automatic_reason, is_own_mail, loop_mark
+from mailbot.automatic import LOOP_HEADER, aligned_author, automatic_reason, is_own_mail, loop_mark
 from mailbot.bounces import Bounce, delivery_after
 from mailbot.facts import Facts
 from mailbot.parse import ParsedMessage
@@ -95,7 +95,9 @@ class MachineMail:
     def own(self, parsed: ParsedMessage) -> bool:
         """Rule 1: whether the message is our own, coming back (its loop mark is ours)."""
         message_id = parsed.message_id
-        return bool(message_id) and is_own_mail(parsed.message, loop_mark(self.secret, message_id or ""))
+        if not message_id or LOOP_HEADER not in parsed.message:  # no mark at all: no HMAC to work out
+            return False
+        return is_own_mail(parsed.message, loop_mark(self.secret, message_id))
 
     def record(self, session: Session, item: OutboxItem, bounce: Bounce, facts: Facts) -> None:
         """Rule 2: the delivery of `item` as the bounce tells it, and a hard bounce against its contacts."""
