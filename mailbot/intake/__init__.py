@@ -83,10 +83,12 @@ class Intake:
         raises (the unique index on message identities included), and the caller then runs each message
         alone (`process`)."""
         facts = self.facts(session, readings, now)
-        return [
+        outcomes = [
             self._recorded(row, reading, now, partial(self._decide, session, row, reading, facts))
             for row, reading in zip(inbound, readings, strict=True)
         ]
+        self.write.finish(session, inbound)
+        return outcomes
 
     def process(
         self, session: Session, inbound: InboundMessage, now: datetime, *, reading: Reading | None = None
@@ -138,7 +140,9 @@ class Intake:
             try:
                 with session.begin_nested():
                     facts = self.facts(session, [reading], now)
-                    return self._decide(session, inbound, reading, facts, trail)
+                    outcome = self._decide(session, inbound, reading, facts, trail)
+                    self.write.finish(session)
+                    return outcome
             except IntegrityError:
                 continue
         trail.add("duplicate", "duplicate", f"{reading.key} was stored by another instance meanwhile")
