@@ -268,6 +268,12 @@ class Facts:
 
     # --- what the batch's decisions write ------------------------------------------------------------------
 
+    @property
+    def opened_tickets(self) -> list[Ticket]:
+        """The tickets opened in this batch, in order, with their messages: the session does not hold them,
+        the batch's write writes them at its end (mailbot.store.batch)."""
+        return list(self._opened.values())
+
     def opened(self, ticket: Ticket) -> None:
         """A ticket opened in this batch: it exists, with no mail yet."""
         self._opened[ticket.id] = ticket

@@ -87,7 +87,7 @@ class Intake:
             self._recorded(row, reading, now, partial(self._decide, session, row, reading, facts))
             for row, reading in zip(inbound, readings, strict=True)
         ]
-        self.write.finish(session, inbound)
+        self.write.finish(session, facts, inbound)
         return outcomes
 
     def process(
@@ -141,7 +141,7 @@ class Intake:
                 with session.begin_nested():
                     facts = self.facts(session, [reading], now)
                     outcome = self._decide(session, inbound, reading, facts, trail)
-                    self.write.finish(session)
+                    self.write.finish(session, facts)
                     return outcome
             except IntegrityError:
                 continue

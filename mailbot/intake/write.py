@@ -68,10 +68,10 @@ class Write:
             return self._refuse(session, inbound, reading, decision, facts)
         return self._open(session, inbound, reading, decision, facts)
 
-    def finish(self, session: Session, inbound: Sequence[InboundMessage] = ()) -> None:
-        """Write what the decisions made, with the outcomes `inbound` records: an executemany per table at the
-        batch's end (mailbot.store.batch), not a unit of work."""
-        batch.write(session, inbound)
+    def finish(self, session: Session, facts: Facts, inbound: Sequence[InboundMessage] = ()) -> None:
+        """Write what the decisions made (the tickets the facts were told of, what the session holds new), with
+        the outcomes `inbound` records: an executemany per table at the batch's end (mailbot.store.batch)."""
+        batch.write(session, facts.opened_tickets, inbound)
 
     def _join(
         self, session: Session, inbound: InboundMessage, reading: Reading, follow_up: FollowUp, facts: Facts

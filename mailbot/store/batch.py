@@ -1,12 +1,14 @@
 """The intake's batch written at its end as Core statements: one executemany per table, not a unit of work.
 
-The decisions of a batch build its new rows as mapped objects (tickets, their messages and attachments,
-attachment bytes, outbox items) that the session holds unwritten: nothing reads them back through the
-session, the batch's facts answer every question (mailbot.facts). Here their column values are taken as
-they stand and written, table by table in the order of the foreign keys, the ids the database allocates
-read back in order (RETURNING); the inbound rows get their outcomes in one UPDATE per set of columns. Then
-they leave the session, written: its flush has nothing left of them. The unit of work cost about 0.6 ms
-of CPU a message for the same rows (bench/RESULTS.md, section 11.A).
+The decisions of a batch build its new rows as mapped objects: the tickets it opens (the session never
+holds them: the batch's facts list them, mailbot.facts), with their messages and attachments, and what the
+session holds new (attachment bytes, outbox items, a message on a stored ticket). Nothing reads them back
+through the session: the batch's facts answer every question. Here their column values are taken as they
+stand and written, table by table in the order of the foreign keys; an id the database allocates is read
+back (RETURNING, in order) only for a row whose children name it (a message with attachments). The
+inbound rows get their outcomes in one UPDATE per set of columns. Then the rows leave the session: its
+flush has nothing left of them. The unit of work's flush cost about 0.6 ms of CPU a message for the same
+rows, its session.add and expunge cascades more (bench/RESULTS.md, section 11.A).
 
 The unique indexes still refuse a duplicate (IntegrityError): the caller's savepoint undoes the batch.
 Anything else the decisions changed (a ticket a follow-up reopened, a specialist's turn, a bounced
@@ -67,13 +69,14 @@ def _layout(cls: type[Base]) -> _Layout:
     return _Layout(table, columns, generated, tuple(parents), tuple(children), tuple(collections))
 
 
-def write(session: Session, inbound: Sequence[InboundMessage] = ()) -> None:
-    """Write the session's new rows and the outcomes of `inbound` (rows it holds), then let them go.
+def write(session: Session, opened: Sequence[Ticket] = (), inbound: Sequence[InboundMessage] = ()) -> None:
+    """Write the tickets `opened` (the session does not hold them) with their messages and attachments, the
+    session's new rows, and the outcomes of `inbound` (rows it holds); then let them go.
 
     A new object of a kind not in ORDER leaves the whole batch to the session's flush, as before."""
-    new = sorted(session.new, key=lambda obj: inspect(obj).insert_order or 0)  # the order they were made
+    made = _made(session, opened)
     groups: dict[type[Base], list[Any]] = {cls: [] for cls in ORDER}
-    for obj in new:
+    for obj in made:
         if type(obj) not in groups:
             return
         groups[type(obj)].append(obj)
@@ -81,12 +84,33 @@ def write(session: Session, inbound: Sequence[InboundMessage] = ()) -> None:
     for cls, objects in groups.items():
         if objects:
             _insert(connection, _layout(cls), objects)
-    for obj in new:
+    for obj in made:
         _committed_collections(session, obj)
-    for obj in new:
-        if obj in session:  # not already let go with its parent (a ticket takes its messages along)
+    for obj in made:
+        if obj in session:
             session.expunge(obj)
     _outcomes(session, inbound)
+
+
+def _kind(obj: Any) -> type[Base]:
+    return cast(type[Base], type(obj))
+
+
+def _made(session: Session, opened: Sequence[Ticket]) -> list[Any]:
+    """The rows to write: what the session holds new, in the order it was made, and the tickets `opened` with
+    what hangs from them (their messages, their attachments), which no session holds."""
+    made = sorted(session.new, key=lambda obj: inspect(obj).insert_order or 0)
+    below: list[Any] = [ticket for ticket in opened if ticket not in session]
+    while below:
+        made.extend(below)
+        below = [
+            child
+            for obj in below
+            for link, _ in _layout(_kind(obj)).children
+            for child in obj.__dict__.get(link) or ()
+            if child not in session
+        ]
+    return made
 
 
 def _insert(connection: Any, layout: _Layout, objects: list[Any]) -> None:
@@ -106,7 +130,7 @@ def _insert(connection: Any, layout: _Layout, objects: list[Any]) -> None:
             }
         )
     table = layout.table
-    if layout.generated is not None and any(obj.__dict__.get(layout.generated) is None for obj in objects):
+    if layout.generated is not None and any(_unnamed_parent(layout, obj) for obj in objects):
         generated = table.c[layout.generated]
         statement = insert(table).returning(generated, sort_by_parameter_order=True)
         ids = connection.execute(statement, rows).scalars().all()
@@ -121,6 +145,13 @@ def _insert(connection: Any, layout: _Layout, objects: list[Any]) -> None:
                     set_committed_value(child, fk, getattr(obj, key))
 
 
+def _unnamed_parent(layout: _Layout, obj: Any) -> bool:
+    """Whether `obj` gets its id from the database and has children to name it: the ids are read back then
+    (RETURNING), else not (a plain executemany; nothing reads a written row's id after the batch)."""
+    values = obj.__dict__
+    return values.get(layout.generated) is None and any(values.get(link) for link, _ in layout.children)
+
+
 def _unset(default: Any) -> Any:
     """What the unit of work writes for an attribute never set: the column's default, else NULL."""
     if default is None:
@@ -131,8 +162,7 @@ def _unset(default: Any) -> Any:
 def _committed_collections(session: Session, obj: Any) -> None:
     """A stored parent's collection that gained `obj` (a follow-up on a stored ticket) holds it as written:
     the session's flush must not take it for an addition to make."""
-    cls: type[Base] = type(obj)
-    for link, collection in _layout(cls).collections:
+    for link, collection in _layout(_kind(obj)).collections:
         parent = obj.__dict__.get(link)
         if parent is not None and parent in session and inspect(parent).persistent:
             set_committed_value(parent, collection, list(getattr(parent, collection)))
