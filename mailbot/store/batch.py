@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, insert, inspect, update
+from sqlalchemy import Insert, Table, Update, bindparam, insert, inspect, update
 from sqlalchemy.orm import Mapper, RelationshipDirection, Session
 from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.sql.dml import ReturningInsert
 
 from mailbot.store.schema import Attachment, Base, Blob, InboundMessage, OutboxItem, Ticket, TicketMessage
 
@@ -43,6 +44,8 @@ class _Layout:
     parents: tuple[tuple[str, tuple[tuple[str, str], ...]], ...]  # many-to-one: (link, ((fk, parent's key),))
     children: tuple[tuple[str, tuple[tuple[str, str], ...]], ...]  # one-to-many: (link, ((key, child's fk),))
     collections: tuple[tuple[str, str], ...]  # many-to-one link, the parent's collection of these
+    insert: Insert  # built once: a statement's cache key is worked out on each new statement object
+    insert_returning: ReturningInsert[Any] | None  # the same, reading back the generated ids in order
 
 
 @cache
@@ -66,7 +69,13 @@ def _layout(cls: type[Base]) -> _Layout:
         elif rel.direction is RelationshipDirection.ONETOMANY:
             pairs = tuple((attribute(local), attribute(remote, other)) for local, remote in rel.local_remote_pairs)
             children.append((rel.key, pairs))
-    return _Layout(table, columns, generated, tuple(parents), tuple(children), tuple(collections))
+    statement = insert(table)
+    returning = (
+        statement.returning(table.c[generated], sort_by_parameter_order=True) if generated is not None else None
+    )
+    return _Layout(
+        table, columns, generated, tuple(parents), tuple(children), tuple(collections), statement, returning
+    )
 
 
 def write(session: Session, opened: Sequence[Ticket] = (), inbound: Sequence[InboundMessage] = ()) -> None:
@@ -129,15 +138,13 @@ def _insert(connection: Any, layout: _Layout, objects: list[Any]) -> None:
                 if not (name == layout.generated and values.get(name) is None)
             }
         )
-    table = layout.table
-    if layout.generated is not None and any(_unnamed_parent(layout, obj) for obj in objects):
-        generated = table.c[layout.generated]
-        statement = insert(table).returning(generated, sort_by_parameter_order=True)
-        ids = connection.execute(statement, rows).scalars().all()
+    generated, returning = layout.generated, layout.insert_returning
+    if generated is not None and returning is not None and any(_unnamed_parent(layout, obj) for obj in objects):
+        ids = connection.execute(returning, rows).scalars().all()
         for obj, id_ in zip(objects, ids, strict=True):
-            set_committed_value(obj, layout.generated, id_)
+            set_committed_value(obj, generated, id_)
     else:
-        connection.execute(insert(table), rows)
+        connection.execute(layout.insert, rows)
     for obj in objects:
         for link, pairs in layout.children:  # their children are written after them, naming them
             for child in obj.__dict__.get(link) or ():
@@ -174,6 +181,16 @@ def _columns(cls: type[Base], names: Sequence[str]) -> list[tuple[str, str]]:
     return [(name, known[name]) for name in names]
 
 
+@cache
+def _outcome_update(changed: tuple[str, ...]) -> Update:
+    """The UPDATE of these attributes of an inbound row, built once per set (a few sets ever)."""
+    return (
+        update(_inbound)
+        .where(_inbound.c.id == bindparam("row_id"))
+        .values({column: bindparam(f"v_{name}") for name, column in _columns(InboundMessage, changed)})
+    )
+
+
 def _outcomes(session: Session, inbound: Sequence[InboundMessage]) -> None:
     """The columns the decisions set on each inbound row, one UPDATE per set of columns; the rows then leave
     the session (their flush would write the same again)."""
@@ -185,11 +202,6 @@ def _outcomes(session: Session, inbound: Sequence[InboundMessage]) -> None:
             by_columns.setdefault(changed, []).append({"row_id": row.id, **values})
     connection = session.connection()
     for changed, rows in by_columns.items():
-        statement = (
-            update(_inbound)
-            .where(_inbound.c.id == bindparam("row_id"))
-            .values({column: bindparam(f"v_{name}") for name, column in _columns(InboundMessage, changed)})
-        )
-        connection.execute(statement, rows)
+        connection.execute(_outcome_update(changed), rows)
     for row in inbound:
         session.expunge(row)
