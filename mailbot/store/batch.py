@@ -82,12 +82,14 @@ def write(session: Session, opened: Sequence[Ticket] = (), inbound: Sequence[Inb
     """Write the tickets `opened` (the session does not hold them) with their messages and attachments, the
     session's new rows, and the outcomes of `inbound` (rows it holds); then let them go.
 
-    A new object of a kind not in ORDER leaves the whole batch to the session's flush, as before."""
+    A new object of a kind not in ORDER leaves the whole batch to the session's flush, as before: the
+    tickets `opened` join the session for it."""
     made = _made(session, opened)
     groups: dict[type[Base], list[Any]] = {cls: [] for cls in ORDER}
+    if any(type(obj) not in groups for obj in made):
+        session.add_all([ticket for ticket in opened if ticket not in session])
+        return
     for obj in made:
-        if type(obj) not in groups:
-            return
         groups[type(obj)].append(obj)
     connection = session.connection()
     for cls, objects in groups.items():
