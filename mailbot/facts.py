@@ -1,7 +1,7 @@
 """The batch's facts: what the intake's rules look up in the database, loaded once per batch and kept up to
 date in memory as the batch's decisions are made.
 
-A batch is decided in one transaction and written in one flush at its end (mailbot.processor), so what
+A batch is decided in one transaction and written at its end (mailbot.store.batch), so what
 an earlier message of the batch wrote is not in the database yet when a later one is decided. Every
 look-up that could see it goes through these facts instead of the session:
 
@@ -267,6 +267,12 @@ class Facts:
         return self._last_ticket_id
 
     # --- what the batch's decisions write ------------------------------------------------------------------
+
+    @property
+    def opened_tickets(self) -> list[Ticket]:
+        """The tickets opened in this batch, in order, with their messages: the session does not hold them,
+        the batch's write writes them at its end (mailbot.store.batch)."""
+        return list(self._opened.values())
 
     def opened(self, ticket: Ticket) -> None:
         """A ticket opened in this batch: it exists, with no mail yet."""

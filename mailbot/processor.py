@@ -140,7 +140,7 @@ class Processor:
         if None not in readings:  # else a message could not even be read: each runs isolated at once
             now = self.clock.now()
             try:
-                # Written in one flush when the savepoint is released: the rules see this batch's own writes
+                # Written at the batch's end (mailbot.store.batch): the rules see this batch's own writes
                 # through its facts (mailbot.facts), loaded once for the batch and kept up to date; the unique
                 # index on message identities is the last guard.
                 with session.begin_nested(), session.no_autoflush:

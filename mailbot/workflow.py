@@ -392,9 +392,10 @@ class Workflow:
 
         `parent_id`: the resolved ticket this one continues (a reply after the reopen window). `opening`: the
         customer's message that opens it, parsed (its Outlook Thread-Index is kept for our replies). `facts`:
-        the intake's batch (mailbot.facts), which allocates its id and learns of it.
+        the intake's batch (mailbot.facts), which allocates its id, learns of it and has it written at the batch's
+        end (mailbot.store.batch); without it, the session's next flush writes it.
         """
-        facts = facts or self.governor.facts(session, now)
+        batch, facts = facts, facts or self.governor.facts(session, now)
         ticket = Ticket(
             id=facts.next_ticket_id(),
             status="held" if held else "new",
@@ -410,7 +411,8 @@ class Workflow:
             updated_at=now,
             messages=[],  # a new ticket has none: without this, its first message costs a SELECT to find out
         )
-        session.add(ticket)  # written with the caller's next flush: its id is known already
+        if batch is None:
+            session.add(ticket)  # written with the caller's next flush: its id is known already
         facts.opened(ticket)
         return ticket
 

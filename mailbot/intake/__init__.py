@@ -7,7 +7,7 @@ A pipeline, one module per stage:
    on DNS, so a runner does it outside any transaction.
 2. the batch's facts (mailbot.facts): what the rules look up, loaded once for all the batch's readings
    and updated as each decision is written, so a message sees what the messages before it in the batch did
-   although nothing is flushed until the batch's end.
+   although nothing is written until the batch's end.
 3. the rules (mailbot.intake.rules): pure functions of a reading and the facts, in order, each deciding
    (mailbot.intake.decisions) or passing; each notes its step on the message's decision trail.
 4. the write (mailbot.intake.write): the decision carried out through the workflow and the store, the
@@ -79,14 +79,16 @@ class Intake:
         self, session: Session, inbound: list[InboundMessage], readings: list[Reading], now: datetime
     ) -> list[Outcome]:
         """Decide a batch, in order, with the facts loaded once for all of it; the inbound rows record the
-        outcomes. The caller keeps the batch in one savepoint and writes it in one flush: any failure
-        raises (the unique index on message identities included), and the caller then runs each message
-        alone (`process`)."""
+        outcomes. Written at the end, a few Core statements for the whole batch (mailbot.store.batch). The
+        caller keeps the batch in one savepoint: any failure raises (the unique index on message identities
+        included), and the caller then runs each message alone (`process`)."""
         facts = self.facts(session, readings, now)
-        return [
+        outcomes = [
             self._recorded(row, reading, now, partial(self._decide, session, row, reading, facts))
             for row, reading in zip(inbound, readings, strict=True)
         ]
+        self.write.finish(session, facts, inbound)
+        return outcomes
 
     def process(
         self, session: Session, inbound: InboundMessage, now: datetime, *, reading: Reading | None = None
@@ -116,8 +118,8 @@ class Intake:
             raise
         trail.add("decision", outcome.action, _decision_detail(outcome, trail))
         inbound.trail = trail.to_json()
-        # Set after the decision, so the row is written once with its outcome below (no flush of its own
-        # before the savepoint); nothing in the decision reads the row's stored message_id.
+        # Set after the decision, so the row is written once with its outcome (at the batch's end); nothing in
+        # the decision reads the row's stored message_id.
         inbound.message_id = reading.key
         inbound.status = "processed"
         inbound.action = outcome.action
@@ -138,7 +140,9 @@ class Intake:
             try:
                 with session.begin_nested():
                     facts = self.facts(session, [reading], now)
-                    return self._decide(session, inbound, reading, facts, trail)
+                    outcome = self._decide(session, inbound, reading, facts, trail)
+                    self.write.finish(session, facts)
+                    return outcome
             except IntegrityError:
                 continue
         trail.add("duplicate", "duplicate", f"{reading.key} was stored by another instance meanwhile")

@@ -7,6 +7,7 @@ message of the batch sees it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
@@ -17,6 +18,7 @@ from mailbot.followups import Followups
 from mailbot.intake.decisions import Decision, Duplicate, FollowUp, Ignore, Joining, Open, Refuse
 from mailbot.loops import MachineMail, Opening
 from mailbot.reading import Reading
+from mailbot.store import batch
 from mailbot.store.schema import InboundMessage
 from mailbot.trail import Trail
 from mailbot.workflow import Workflow
@@ -65,6 +67,11 @@ class Write:
         if isinstance(decision, Refuse):
             return self._refuse(session, inbound, reading, decision, facts)
         return self._open(session, inbound, reading, decision, facts)
+
+    def finish(self, session: Session, facts: Facts, inbound: Sequence[InboundMessage] = ()) -> None:
+        """Write what the decisions made (the tickets the facts were told of, what the session holds new), with
+        the outcomes `inbound` records: an executemany per table at the batch's end (mailbot.store.batch)."""
+        batch.write(session, facts.opened_tickets, inbound)
 
     def _join(
         self, session: Session, inbound: InboundMessage, reading: Reading, follow_up: FollowUp, facts: Facts

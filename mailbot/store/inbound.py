@@ -104,7 +104,7 @@ _CANDIDATES = (
 )
 _CLAIM = (
     update(InboundMessage)
-    .where(InboundMessage.id.in_(bindparam("ids", expanding=True)), _CLAIMABLE)
+    .where(InboundMessage.id.in_(_CANDIDATES), _CLAIMABLE)
     .values(claimed_by=bindparam("owner"), claimed_until=bindparam("until"), attempts=InboundMessage.attempts + 1)
     .returning(InboundMessage)
     .execution_options(synchronize_session=False, populate_existing=True)
@@ -118,14 +118,12 @@ def claim_pending(
 
     A lease that ran out (its holder died, its renewals stopped) makes the message claimable again. The conditional UPDATE is the
     lock: with several instances on one database, each row goes to exactly one of them (one statement for
-    the whole batch; its RETURNING gives the rows this instance won, with their new leases). On PostgreSQL
-    the candidates are read FOR UPDATE SKIP LOCKED: rows another instance is processing right now are passed
-    over, not waited for (waiting made two instances no faster than one).
+    the whole batch, its candidates a subquery; its RETURNING gives the rows this instance won, with their
+    new leases). On PostgreSQL the candidates are read FOR UPDATE SKIP LOCKED: rows another instance is
+    processing right now are passed over, not waited for (waiting made two instances no faster than one).
+    One statement, not a SELECT then an UPDATE: the claim runs once a batch (bench/RESULTS.md, 11.A).
     """
-    candidates = session.scalars(_CANDIDATES, {"now": now, "limit": limit}).all()
-    if not candidates:
-        return []
-    values = {"ids": list(candidates), "now": now, "until": now + lease, "owner": owner}
+    values = {"now": now, "limit": limit, "until": now + lease, "owner": owner}
     claimed = session.scalars(_CLAIM, values).all()
     return sorted(claimed, key=lambda row: row.id)
 

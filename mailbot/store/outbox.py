@@ -48,7 +48,7 @@ def plan(
         attempts=0,
         next_attempt_at=due_at or now,
     )
-    session.add(item)  # written with the caller's next flush; read `item.id` only after one
+    session.add(item)  # written with the caller's batch (mailbot.store.batch) or next flush; its id is not read
     return item
 
 
