@@ -2,9 +2,10 @@
 
 One `MailboxWatcher` per `[[imap]]` table. A pass selects the folder, asks for every UID above the stored
 cursor, fetches them in small batches with BODY.PEEK[] (a plain BODY[] would set \\Seen, RFC 3501 section
-6.4.5), hands each message to the sink, which commits it, and once the intake has decided them moves the batch
-(the unreadable ones to the failed folder, the others to the processed folder (RFC 6851 MOVE, or COPY + \\Deleted + EXPUNGE) or flags it \\Seen; then the cursor moves on. Between
-passes it waits in IDLE (RFC 2177), renewed well before servers drop it, or polls.
+6.4.5), hands each message to the sink, which commits it, and once the intake has decided the batch moves
+it: what could not be read to the failed folder, the rest to the processed folder (RFC 6851 MOVE, or COPY +
+\\Deleted + EXPUNGE) or flagged \\Seen; then the cursor moves on. Between passes it waits in IDLE (RFC
+2177), renewed well before servers drop it, or polls.
 
 A crash between the sink's commit and the move re-reads at most one batch; the sink's Message-ID and
 content-hash dedupe makes that harmless. Nothing leaves the folder before it is stored.

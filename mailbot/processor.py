@@ -173,7 +173,7 @@ class Processor:
             raise
 
     def process_one(self, inbound_id: int) -> Outcome:
-        """Process one stored message now (the CLI's ingest, the IMAP door). Read first, outside any
+        """Process one stored message now (`mailbot ingest`, `inbound retry`). Read first, outside any
         transaction, as the runner does: parsing and DNS never hold the write lock."""
         stored = self.db.call(inbound_store.get, inbound_id)
         reading = self._read_one(stored) if stored is not None and stored.status == "pending" else None
