@@ -151,6 +151,26 @@ class TestSmtp:
 
 
 class TestLmtp:
+    async def test_the_socket_is_paused_only_past_a_large_buffer(self, running, monkeypatch) -> None:
+        """Flow control stays (a sender that outruns us is paused), but not for every message over twice
+        the line length limit: that pause and resume cost the doors a tenth of their CPU (issue 13)."""
+        from asyncio.selector_events import _SelectorSocketTransport
+
+        pauses: list[int] = []
+        pause = _SelectorSocketTransport.pause_reading
+
+        def counted(transport: _SelectorSocketTransport) -> None:
+            pauses.append(len(transport._protocol._stream_reader._buffer))  # type: ignore[attr-defined]
+            pause(transport)
+
+        monkeypatch.setattr(_SelectorSocketTransport, "pause_reading", counted)
+        service = await running()
+        await asyncio.to_thread(smtp_send, service.port, message(body="question " * 1000))  # 10 KB
+        assert pauses == []
+        await asyncio.to_thread(smtp_send, service.port, message(body="question\r\n" * 100_000))  # 1 MB
+        assert pauses and min(pauses) > 64 * 1024
+        assert service.count(InboundMessage) == 2
+
     async def test_one_reply_per_recipient(self, running) -> None:
         """RFC 2033: after DATA, one reply for each accepted recipient."""
         service = await running({"smtp": {"protocol": "lmtp"}})

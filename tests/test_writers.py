@@ -32,6 +32,15 @@ def waiting_door(turns: Turns) -> bool:
     return False
 
 
+def _free(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return True
+
+
 def in_thread(turns: Turns, order: list[str], name: str) -> threading.Thread:
     def write() -> None:
         with turns.writing():
@@ -80,6 +89,29 @@ class TestTurns:
     def test_a_waiter_gives_up_after_the_lock_timeout(self, make: Callable[..., Turns]) -> None:
         with make().writing(), pytest.raises(TransientStoreError, match="database busy"), make(timeout=0.05).writing():
             pass
+
+    def test_a_lock_taken_after_its_waiter_gave_up_is_let_go(self, make: Callable[..., Turns]) -> None:
+        holder, late = make(), make(timeout=0.05)
+        with holder.writing(), pytest.raises(TransientStoreError), late.writing():
+            pass
+        # The late one's thread still waited in flock when the holder let go: it must not keep the lock.
+        probe = os.open(late.paths[1], os.O_RDWR)
+        try:
+            wait_for(lambda: _free(probe), "the abandoned lock let go")
+        finally:
+            os.close(probe)
+
+    def test_a_waiter_after_one_that_gave_up_gets_the_lock(self, make: Callable[..., Turns]) -> None:
+        holder, door = make(), make(timeout=0.05)
+        order: list[str] = []
+        with holder.writing():
+            with pytest.raises(TransientStoreError), door.writing():
+                pass
+            door.timeout = 30.0
+            second = in_thread(door, order, "door")  # the first wait's flock is still in the kernel
+            order.append("holder")
+        second.join(timeout=20)
+        assert order == ["holder", "door"]
 
     def test_threads_of_one_process_take_turns(self, make: Callable[..., Turns]) -> None:
         turns, order = make(), []
