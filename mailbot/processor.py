@@ -135,8 +135,6 @@ class Processor:
             log.warning("%d claimed inbound message(s) were taken over by another instance", len(rows) - len(held))
             kept = [(row, read) for row, read in zip(rows, readings, strict=True) if row.id in held]
             rows, readings = [row for row, _ in kept], [read for _, read in kept]
-        for row in rows:
-            session.add(row)  # claimed in a transaction of its own
         if None not in readings:  # else a message could not even be read: each runs isolated at once
             now = self.clock.now()
             try:
@@ -151,6 +149,9 @@ class Processor:
                 for row, outcome in zip(rows, outcomes, strict=True):
                     _log(row, outcome)
                 return outcomes
+        # Alone, each row is the session's (claimed in a transaction of its own, and held by none since): its
+        # outcome is written with the session's flush.
+        rows = inbound_store.many(session, [row.id for row in rows])
         return [self.process_row(session, row, read) for row, read in zip(rows, readings, strict=True)]
 
     def _give_back(self, rows: list[InboundMessage]) -> None:

@@ -194,8 +194,8 @@ def _outcome_update(changed: tuple[str, ...]) -> Update:
 
 
 def _outcomes(session: Session, inbound: Sequence[InboundMessage]) -> None:
-    """The columns the decisions set on each inbound row, one UPDATE per set of columns; the rows then leave
-    the session (their flush would write the same again)."""
+    """The columns the decisions set on each inbound row (claimed rows no session holds,
+    mailbot.store.inbound.claim_pending), one UPDATE per set of columns."""
     by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for row in inbound:
         changed = tuple(sorted(inspect(row).committed_state))
@@ -205,5 +205,3 @@ def _outcomes(session: Session, inbound: Sequence[InboundMessage]) -> None:
     connection = session.connection()
     for changed, rows in by_columns.items():
         connection.execute(_outcome_update(changed), rows)
-    for row in inbound:
-        session.expunge(row)

@@ -10,7 +10,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, selectinload
 
 from mailbot.store import chunks
-from mailbot.store.schema import Attachment, Blob, InboundMessage, Specialist, Ticket, TicketMessage
+from mailbot.store.schema import Attachment, Blob, InboundMessage, Specialist, Ticket, TicketMessage, fresh
 
 if TYPE_CHECKING:  # a type only: `ticket list` need not load the mail parser
     from mailbot.parse import Attachment as ParsedAttachment
@@ -60,7 +60,8 @@ def add_message(
 ) -> TicketMessage:
     """`identity`: what makes a received message the same one (mailbot.identity); ours are their Message-ID.
     `blobs`: which attachments are stored or being stored (mailbot.facts); without it, each is looked up."""
-    message = TicketMessage(
+    message = fresh(
+        TicketMessage,
         direction=direction,
         kind=kind,
         message_id=message_id,
@@ -79,11 +80,12 @@ def add_message(
     for parsed in attachments:
         known = blobs.known(parsed.sha256) if blobs is not None else session.get(Blob, parsed.sha256) is not None
         if not known:
-            session.add(Blob(sha256=parsed.sha256, size=parsed.size, data=parsed.data))
+            session.add(fresh(Blob, sha256=parsed.sha256, size=parsed.size, data=parsed.data))
             if blobs is not None:
                 blobs.adding(parsed.sha256, parsed.data)
         message.attachments.append(
-            Attachment(
+            fresh(
+                Attachment,
                 filename=parsed.filename,
                 content_type=parsed.content_type,
                 size=parsed.size,
