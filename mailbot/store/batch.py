@@ -4,7 +4,8 @@ The decisions of a batch build its new rows as mapped objects: the tickets it op
 holds them: the batch's facts list them, mailbot.facts), with their messages and attachments, and what the
 session holds new (attachment bytes, outbox items, a message on a stored ticket). Nothing reads them back
 through the session: the batch's facts answer every question. Here their column values are taken as they
-stand and written, table by table in the order of the foreign keys; an id the database allocates is read
+stand and written, table by table in the order of the foreign keys, through the driver's executemany (each
+value bound by its column type, as SQLAlchemy binds it); an id the database allocates is read
 back (RETURNING, in order) only for a row whose children name it (a message with attachments). The
 inbound rows get their outcomes in one UPDATE per set of columns. Then the rows leave the session: its
 flush has nothing left of them. The unit of work's flush cost about 0.6 ms of CPU a message for the same
@@ -17,12 +18,12 @@ contact) is few rows, left to the session's flush.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any, cast
 
-from sqlalchemy import Insert, Table, Update, bindparam, insert, inspect, update
+from sqlalchemy import Connection, Dialect, Insert, Table, Update, bindparam, insert, inspect, update
 from sqlalchemy.orm import Mapper, RelationshipDirection, Session
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.sql.dml import ReturningInsert
@@ -124,8 +125,7 @@ def _made(session: Session, opened: Sequence[Ticket]) -> list[Any]:
     return made
 
 
-def _insert(connection: Any, layout: _Layout, objects: list[Any]) -> None:
-    rows = []
+def _insert(connection: Connection, layout: _Layout, objects: list[Any]) -> None:
     for obj in objects:
         values = obj.__dict__
         for link, pairs in layout.parents:  # the parent is written: its key is known now
@@ -133,25 +133,75 @@ def _insert(connection: Any, layout: _Layout, objects: list[Any]) -> None:
                 for fk, key in pairs:
                     if values.get(fk) is None:
                         set_committed_value(obj, fk, getattr(parent, key))
-        rows.append(
-            {
-                column: values[name] if name in values else _unset(default)
-                for name, column, default in layout.columns
-                if not (name == layout.generated and values.get(name) is None)
-            }
-        )
     generated, returning = layout.generated, layout.insert_returning
     if generated is not None and returning is not None and any(_unnamed_parent(layout, obj) for obj in objects):
-        ids = connection.execute(returning, rows).scalars().all()
+        ids = connection.execute(returning, [_values(layout, obj) for obj in objects]).scalars().all()
         for obj, id_ in zip(objects, ids, strict=True):
             set_committed_value(obj, generated, id_)
     else:
-        connection.execute(layout.insert, rows)
+        _insert_many(connection, layout, objects)
     for obj in objects:
         for link, pairs in layout.children:  # their children are written after them, naming them
             for child in obj.__dict__.get(link) or ():
                 for key, fk in pairs:
                     set_committed_value(child, fk, getattr(obj, key))
+
+
+def _insert_many(connection: Connection, layout: _Layout, objects: list[Any]) -> None:
+    """The rows through the driver's executemany, each value through its column type's bind processor, as
+    SQLAlchemy's executemany binds them, but without a parameter dict made and read again for each row
+    (bench/RESULTS.md, 13.D). An id the database allocates is left out when no row has one; rows that
+    differ in that take SQLAlchemy's path."""
+    generated = layout.generated
+    allocated = {obj.__dict__.get(generated) is None for obj in objects} if generated is not None else {False}
+    if len(allocated) > 1:
+        connection.execute(layout.insert, [_values(layout, obj) for obj in objects])
+        return
+    attributes = {
+        column: (name, default) for name, column, default in layout.columns if not (name == generated and True in allocated)
+    }
+    plain = _plain(layout.insert, tuple(attributes), connection.dialect)
+    order = [(*attributes[column], plain.binds[column]) for column in plain.order]
+    rows = [_bound(obj.__dict__, order) for obj in objects]
+    connection.exec_driver_sql(plain.sql, rows if plain.positional else [dict(zip(plain.order, row)) for row in rows])
+
+
+def _bound(values: dict[str, Any], order: list[tuple[str, Any, Callable[[Any], Any] | None]]) -> tuple[Any, ...]:
+    """One row's parameters, in the driver's order, as the column types bind them."""
+    row = []
+    for name, default, bind in order:
+        value = values[name] if name in values else _unset(default)
+        row.append(value if bind is None else bind(value))
+    return tuple(row)
+
+
+def _values(layout: _Layout, obj: Any) -> dict[str, Any]:
+    values = obj.__dict__
+    return {
+        column: values[name] if name in values else _unset(default)
+        for name, column, default in layout.columns
+        if not (name == layout.generated and values.get(name) is None)
+    }
+
+
+@dataclass(frozen=True)
+class _Plain:
+    """An INSERT as the driver runs it on one dialect: its SQL, and for each column it names, in the
+    driver's order, the bind processor SQLAlchemy would apply (the column type's own)."""
+
+    sql: str
+    order: tuple[str, ...]
+    positional: bool
+    binds: Mapping[str, Callable[[Any], Any] | None]
+
+
+@cache
+def _plain(statement: Insert, columns: tuple[str, ...], dialect: Dialect) -> _Plain:
+    compiled = statement.compile(dialect=dialect, column_keys=list(columns), for_executemany=True)
+    order = tuple(compiled.positiontup or ()) if compiled.positional else columns
+    binds = {name: compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in columns}
+    assert set(order) == set(columns), compiled.string  # every parameter is one of the row's columns
+    return _Plain(compiled.string, order, compiled.positional, binds)
 
 
 def _unnamed_parent(layout: _Layout, obj: Any) -> bool:

@@ -27,13 +27,15 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.orm.instrumentation import manager_of_class
 
 
-def naive_utc(value: datetime | None) -> datetime | None:
-    """An aware instant as the store keeps it: naive UTC."""
-    if value is None:
-        return None
+def _utc(value: datetime) -> datetime:
     if value.tzinfo is None:
         raise ValueError("naive datetime given to the store; pass an aware instant")
-    return value.astimezone(UTC).replace(tzinfo=None)
+    return value.astimezone(UTC)
+
+
+def naive_utc(value: datetime | None) -> datetime | None:
+    """An aware instant as the store keeps it: naive UTC."""
+    return None if value is None else _utc(value).replace(tzinfo=None)
 
 
 # SQLAlchemy's SQLite DATETIME stores this text (its default storage format), which isoformat writes too.
@@ -41,8 +43,7 @@ _SQLITE_TEXT = "%(year)04d-%(month)02d-%(day)02d %(hour)02d:%(minute)02d:%(secon
 
 
 def _sqlite_text(value: datetime | None) -> str | None:
-    instant = naive_utc(value)
-    return None if instant is None else instant.isoformat(" ", "microseconds")
+    return None if value is None else _utc(value).isoformat(" ", "microseconds")[:26]  # without "+00:00"
 
 
 class UtcDateTime(TypeDecorator[datetime]):
