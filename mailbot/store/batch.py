@@ -28,6 +28,7 @@ from sqlalchemy.orm import Mapper, RelationshipDirection, Session
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.sql.dml import ReturningInsert
 
+from mailbot.store.inbound import TakenOver
 from mailbot.store.schema import Attachment, Base, Blob, InboundMessage, OutboxItem, Ticket, TicketMessage
 
 # Parents before the rows that name them.
@@ -79,9 +80,12 @@ def _layout(cls: type[Base]) -> _Layout:
     )
 
 
-def write(session: Session, opened: Sequence[Ticket] = (), inbound: Sequence[InboundMessage] = ()) -> None:
+def write(
+    session: Session, opened: Sequence[Ticket] = (), inbound: Sequence[InboundMessage] = (), owner: str = ""
+) -> None:
     """Write the tickets `opened` (the session does not hold them) with their messages and attachments, the
-    session's new rows, and the outcomes of `inbound` (rows it holds); then let them go.
+    session's new rows, and the outcomes of `inbound`, rows `owner` claimed (TakenOver when it no longer
+    holds one of them); then let them go.
 
     A new object of a kind not in ORDER leaves the whole batch to the session's flush, as before: the
     tickets `opened` join the session for it."""
@@ -101,7 +105,7 @@ def write(session: Session, opened: Sequence[Ticket] = (), inbound: Sequence[Inb
     for obj in made:
         if obj in session:
             session.expunge(obj)
-    _outcomes(session, inbound)
+    _outcomes(session, inbound, owner)
 
 
 def _kind(obj: Any) -> type[Base]:
@@ -235,23 +239,32 @@ def _columns(cls: type[Base], names: Sequence[str]) -> list[tuple[str, str]]:
 
 @cache
 def _outcome_update(changed: tuple[str, ...]) -> Update:
-    """The UPDATE of these attributes of an inbound row, built once per set (a few sets ever)."""
+    """The UPDATE of these attributes of an inbound row its claimer still holds, pending (mailbot.leases),
+    built once per set (a few sets ever)."""
     return (
         update(_inbound)
-        .where(_inbound.c.id == bindparam("row_id"))
+        .where(
+            _inbound.c.id == bindparam("row_id"),
+            _inbound.c.status == "pending",
+            _inbound.c.claimed_by == bindparam("owner"),
+        )
         .values({column: bindparam(f"v_{name}") for name, column in _columns(InboundMessage, changed)})
     )
 
 
-def _outcomes(session: Session, inbound: Sequence[InboundMessage]) -> None:
+def _outcomes(session: Session, inbound: Sequence[InboundMessage], owner: str) -> None:
     """The columns the decisions set on each inbound row (claimed rows no session holds,
-    mailbot.store.inbound.claim_pending), one UPDATE per set of columns."""
+    mailbot.store.inbound.claim_pending), one UPDATE per set of columns, on the rows `owner` still holds:
+    the claim's check, made with the write instead of a statement before the batch (bench/RESULTS.md, 13.D).
+    A row another instance took over meanwhile (this one stalled past its lease) is not written: TakenOver,
+    and the caller undoes the batch."""
     by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for row in inbound:
         changed = tuple(sorted(inspect(row).committed_state))
         if changed:
             values = {f"v_{name}": getattr(row, name) for name in changed}
-            by_columns.setdefault(changed, []).append({"row_id": row.id, **values})
+            by_columns.setdefault(changed, []).append({"row_id": row.id, "owner": owner, **values})
     connection = session.connection()
     for changed, rows in by_columns.items():
-        connection.execute(_outcome_update(changed), rows)
+        if connection.execute(_outcome_update(changed), rows).rowcount != len(rows):
+            raise TakenOver(f"another instance took over some of inbound messages {[r['row_id'] for r in rows]}")

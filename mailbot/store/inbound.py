@@ -26,6 +26,11 @@ from mailbot.errors import TransientStoreError
 from mailbot.store.schema import InboundMessage, fresh
 
 
+class TakenOver(Exception):
+    """Claimed rows another instance took over meanwhile (this one stalled past its lease): nothing of the
+    batch may be written."""
+
+
 @dataclass(frozen=True)
 class RawMessage:
     """What a door hands over: the bytes exactly as received, and the envelope."""
