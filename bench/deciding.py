@@ -68,14 +68,21 @@ def main() -> None:
         app = make_app(url, Path(tmp))
         try:
             register_senders(app, SENDERS)
-            for first in range(0, len(raws), 25):
-                stored = [
-                    RawMessage(raw, "smtp", sender(n, SENDERS)[1], (SUPPORT,), "127.0.0.1")
-                    for n, raw in enumerate(raws[first : first + 25], start=first)
-                ]
-                app.db.call(inbound_store.insert_many, stored, app.clock.now())
             processor = app.processor
             processor.batch = args.batch
+
+            def store(first: int, last: int) -> None:
+                for start in range(first, last, 25):
+                    stored = [
+                        RawMessage(raw, "smtp", sender(n, SENDERS)[1], (SUPPORT,), "127.0.0.1")
+                        for n, raw in enumerate(raws[start : min(start + 25, last)], start=start)
+                    ]
+                    app.db.call(inbound_store.insert_many, stored, app.clock.now())
+
+            store(0, args.batch)  # a batch to warm up (templates, the public suffix list), not counted
+            first = app.db.call(processor._claim)
+            warm = len(app.db.call(processor._decide, first, processor._read(first)))
+            store(args.batch, len(raws))
             gc.collect()
             gc.freeze()  # as the daemon's workers do after their start (mailbot.workers)
             profiler = cProfile.Profile(time.process_time) if args.profile else None
@@ -91,8 +98,6 @@ def main() -> None:
 
             timed_apart(Composer, "compose")
             timed_apart(Governor, "limit")
-            first = app.db.call(processor._claim)  # a batch to warm up: templates, the public suffix list
-            warm = len(app.db.call(processor._decide, first, processor._read(first)))
             APART[0] = claim = decide = 0.0
             decided = 0
             while True:
