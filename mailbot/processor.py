@@ -130,27 +130,31 @@ class Processor:
         return [self._read_one(row) for row in rows]
 
     def _decide(self, session: Session, rows: list[InboundMessage], readings: list[Read]) -> list[Outcome]:
-        held = inbound_store.still_held(session, [row.id for row in rows], self.owner)
-        if len(held) < len(rows):
-            log.warning("%d claimed inbound message(s) were taken over by another instance", len(rows) - len(held))
-            kept = [(row, read) for row, read in zip(rows, readings, strict=True) if row.id in held]
-            rows, readings = [row for row, _ in kept], [read for _, read in kept]
-        for row in rows:
-            session.add(row)  # claimed in a transaction of its own
         if None not in readings:  # else a message could not even be read: each runs isolated at once
             now = self.clock.now()
             try:
                 # Written at the batch's end (mailbot.store.batch): the rules see this batch's own writes
                 # through its facts (mailbot.facts), loaded once for the batch and kept up to date; the unique
-                # index on message identities is the last guard.
+                # index on message identities is the last guard. The outcomes are written only on rows this
+                # instance still holds: one taken over meanwhile (a stall) undoes the batch (TakenOver).
                 with session.begin_nested(), session.no_autoflush:
-                    outcomes = self.intake.decide(session, rows, [r for r in readings if r is not None], now)
+                    outcomes = self.intake.decide(
+                        session, rows, [r for r in readings if r is not None], now, owner=self.owner
+                    )
             except Exception:  # noqa: BLE001, S110 - one message failed (or the database did): isolate each
                 pass
             else:
                 for row, outcome in zip(rows, outcomes, strict=True):
                     _log(row, outcome)
                 return outcomes
+        held = inbound_store.still_held(session, [row.id for row in rows], self.owner)
+        if len(held) < len(rows):
+            log.warning("%d claimed inbound message(s) were taken over by another instance", len(rows) - len(held))
+            kept = [(row, read) for row, read in zip(rows, readings, strict=True) if row.id in held]
+            rows, readings = [row for row, _ in kept], [read for _, read in kept]
+        # Alone, each row is the session's (claimed in a transaction of its own, held by this instance, locked
+        # now): its outcome is written with the session's flush.
+        rows = inbound_store.many(session, [row.id for row in rows])
         return [self.process_row(session, row, read) for row, read in zip(rows, readings, strict=True)]
 
     def _give_back(self, rows: list[InboundMessage]) -> None:

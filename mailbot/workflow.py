@@ -17,6 +17,7 @@ from typing import Protocol, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.orm import Session, object_session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from mailbot import promises, sla
 from mailbot.compose import (
@@ -42,7 +43,7 @@ from mailbot.parse import Attachment as ReadAttachment
 from mailbot.store import outbox, registry
 from mailbot.store import sla as sla_store
 from mailbot.store import tickets as ticket_store
-from mailbot.store.schema import Attachment, OutboxItem, Specialist, Ticket, TicketMessage
+from mailbot.store.schema import Attachment, OutboxItem, Specialist, Ticket, TicketMessage, fresh
 from mailbot.tokens import ReplyTokens, Side
 
 # Messages between mailbot and the support team: never part of the customer's thread (their Message-IDs may
@@ -396,7 +397,8 @@ class Workflow:
         end (mailbot.store.batch); without it, the session's next flush writes it.
         """
         batch, facts = facts, facts or self.governor.facts(session, now)
-        ticket = Ticket(
+        ticket = fresh(
+            Ticket,
             id=facts.next_ticket_id(),
             status="held" if held else "new",
             held_reason=held.reason.value if held else None,
@@ -409,8 +411,8 @@ class Workflow:
             customer_thread_index=(_outlook_block(opening) or b"") if opening is not None else None,
             created_at=now,
             updated_at=now,
-            messages=[],  # a new ticket has none: without this, its first message costs a SELECT to find out
         )
+        set_committed_value(ticket, "messages", [])  # it has none: else its first message costs a SELECT
         if batch is None:
             session.add(ticket)  # written with the caller's next flush: its id is known already
         facts.opened(ticket)

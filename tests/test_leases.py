@@ -160,6 +160,20 @@ class TestLeases:
         assert slow.db.call(slow.processor._decide, rows, readings) == []
         assert tickets(slow) == 3
 
+    def test_rows_claimed_by_another_meanwhile_are_not_written(
+        self, make_app: Callable[..., App], db_url: str, clock: FrozenClock
+    ) -> None:
+        """Taken over but not decided yet by the other instance: the stalled one's batch writes nothing (its
+        outcomes would be written on rows it no longer holds), and the rows stay the other's, pending."""
+        slow = make_app(db=db_url)
+        store(slow, 3)
+        rows = slow.db.call(slow.processor._claim)
+        readings = slow.processor._read(rows)
+        clock.advance(LEASE + timedelta(seconds=1))
+        assert len(claim_as(slow, ELSEWHERE)) == 3
+        assert slow.db.call(slow.processor._decide, rows, readings) == []
+        assert (tickets(slow), pending(slow)) == (0, 3)
+
     async def test_a_stalled_sender_sends_nothing_more(self, app: App, clock: FrozenClock) -> None:
         """Its renewals late (a stall, a database out of reach): what it claimed may be another's by now."""
         store(app, 1)

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import select
+from sqlalchemy import Dialect, TypeDecorator, select
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.dialects.postgresql import psycopg
 
 from mailbot.compose import Outgoing
 from mailbot.store import Database
 from mailbot.store import inbound as inbound_store
 from mailbot.store import outbox as outbox_store
 from mailbot.store.inbound import RawMessage
-from mailbot.store.schema import Base, ImapCursor, InboundMessage
+from mailbot.store.schema import Base, ImapCursor, InboundMessage, UtcDateTime
 
 NOW = datetime(2026, 12, 1, 15, 0, tzinfo=UTC)
 
@@ -49,6 +52,26 @@ class TestSchema:
         stored = db.call(lambda s: s.get(ImapCursor, "m"))
         assert stored.updated_at == eastern and stored.updated_at.tzinfo == UTC
         assert stored.uidvalidity == 2**32 - 1  # RFC 3501 allows the full unsigned 32-bit range
+
+    @pytest.mark.parametrize("dialect", [sqlite.dialect(), psycopg.dialect()], ids=["sqlite", "postgresql"])
+    def test_instants_bound_as_the_column_type_binds_them(self, dialect: Dialect) -> None:
+        """UtcDateTime's one-step bind gives what its two steps chained give (naive UTC, then the driver's
+        DATETIME text on SQLite), and refuses a naive instant as they do."""
+        column = UtcDateTime().dialect_impl(dialect)
+        fused, chained = column.bind_processor(dialect), TypeDecorator.bind_processor(column, dialect)
+        assert fused is not None and chained is not None
+        instants = [
+            datetime(2026, 12, 1, 10, 0, tzinfo=timezone(timedelta(hours=-5))),
+            datetime(2026, 3, 8, 6, 59, 59, 999_999, tzinfo=ZoneInfo("America/New_York")),
+            datetime(2027, 1, 1, 0, 30, 0, 1, tzinfo=timezone(timedelta(hours=5, minutes=30))),
+            datetime(999, 12, 31, 23, 59, tzinfo=UTC),
+            NOW,
+        ]
+        assert [fused(i) for i in instants] == [chained(i) for i in instants]
+        assert fused(None) is None is chained(None)
+        for bind in (fused, chained):
+            with pytest.raises(ValueError, match="naive"):
+                bind(datetime(2026, 12, 1, 10, 0))
 
 
 class TestInbound:

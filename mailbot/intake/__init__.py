@@ -76,18 +76,19 @@ class Intake:
         return Facts.load(session, readings, now=now, since=now - self.workflow.governor.horizon)
 
     def decide(
-        self, session: Session, inbound: list[InboundMessage], readings: list[Reading], now: datetime
+        self, session: Session, inbound: list[InboundMessage], readings: list[Reading], now: datetime, *, owner: str
     ) -> list[Outcome]:
-        """Decide a batch, in order, with the facts loaded once for all of it; the inbound rows record the
-        outcomes. Written at the end, a few Core statements for the whole batch (mailbot.store.batch). The
-        caller keeps the batch in one savepoint: any failure raises (the unique index on message identities
-        included), and the caller then runs each message alone (`process`)."""
+        """Decide a batch, in order, with the facts loaded once for all of it; the inbound rows, claimed by
+        `owner`, record the outcomes. Written at the end, a few Core statements for the whole batch
+        (mailbot.store.batch). The caller keeps the batch in one savepoint: any failure raises (the unique
+        index on message identities included, and TakenOver when `owner` no longer holds a row), and the
+        caller then runs each message alone (`process`)."""
         facts = self.facts(session, readings, now)
         outcomes = [
             self._recorded(row, reading, now, partial(self._decide, session, row, reading, facts))
             for row, reading in zip(inbound, readings, strict=True)
         ]
-        self.write.finish(session, facts, inbound)
+        self.write.finish(session, facts, inbound, owner)
         return outcomes
 
     def process(

@@ -68,10 +68,11 @@ class Write:
             return self._refuse(session, inbound, reading, decision, facts)
         return self._open(session, inbound, reading, decision, facts)
 
-    def finish(self, session: Session, facts: Facts, inbound: Sequence[InboundMessage] = ()) -> None:
+    def finish(self, session: Session, facts: Facts, inbound: Sequence[InboundMessage] = (), owner: str = "") -> None:
         """Write what the decisions made (the tickets the facts were told of, what the session holds new), with
-        the outcomes `inbound` records: an executemany per table at the batch's end (mailbot.store.batch)."""
-        batch.write(session, facts.opened_tickets, inbound)
+        the outcomes `inbound` (claimed by `owner`) records: an executemany per table at the batch's end
+        (mailbot.store.batch)."""
+        batch.write(session, facts.opened_tickets, inbound, owner)
 
     def _join(
         self, session: Session, inbound: InboundMessage, reading: Reading, follow_up: FollowUp, facts: Facts

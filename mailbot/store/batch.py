@@ -4,7 +4,8 @@ The decisions of a batch build its new rows as mapped objects: the tickets it op
 holds them: the batch's facts list them, mailbot.facts), with their messages and attachments, and what the
 session holds new (attachment bytes, outbox items, a message on a stored ticket). Nothing reads them back
 through the session: the batch's facts answer every question. Here their column values are taken as they
-stand and written, table by table in the order of the foreign keys; an id the database allocates is read
+stand and written, table by table in the order of the foreign keys, through the driver's executemany (each
+value bound by its column type, as SQLAlchemy binds it); an id the database allocates is read
 back (RETURNING, in order) only for a row whose children name it (a message with attachments). The
 inbound rows get their outcomes in one UPDATE per set of columns. Then the rows leave the session: its
 flush has nothing left of them. The unit of work's flush cost about 0.6 ms of CPU a message for the same
@@ -17,16 +18,17 @@ contact) is few rows, left to the session's flush.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any, cast
 
-from sqlalchemy import Insert, Table, Update, bindparam, insert, inspect, update
+from sqlalchemy import Connection, Dialect, Insert, Table, Update, bindparam, insert, inspect, update
 from sqlalchemy.orm import Mapper, RelationshipDirection, Session
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.sql.dml import ReturningInsert
 
+from mailbot.store.inbound import TakenOver
 from mailbot.store.schema import Attachment, Base, Blob, InboundMessage, OutboxItem, Ticket, TicketMessage
 
 # Parents before the rows that name them.
@@ -78,9 +80,12 @@ def _layout(cls: type[Base]) -> _Layout:
     )
 
 
-def write(session: Session, opened: Sequence[Ticket] = (), inbound: Sequence[InboundMessage] = ()) -> None:
+def write(
+    session: Session, opened: Sequence[Ticket] = (), inbound: Sequence[InboundMessage] = (), owner: str = ""
+) -> None:
     """Write the tickets `opened` (the session does not hold them) with their messages and attachments, the
-    session's new rows, and the outcomes of `inbound` (rows it holds); then let them go.
+    session's new rows, and the outcomes of `inbound`, rows `owner` claimed (TakenOver when it no longer
+    holds one of them); then let them go.
 
     A new object of a kind not in ORDER leaves the whole batch to the session's flush, as before: the
     tickets `opened` join the session for it."""
@@ -100,7 +105,7 @@ def write(session: Session, opened: Sequence[Ticket] = (), inbound: Sequence[Inb
     for obj in made:
         if obj in session:
             session.expunge(obj)
-    _outcomes(session, inbound)
+    _outcomes(session, inbound, owner)
 
 
 def _kind(obj: Any) -> type[Base]:
@@ -124,8 +129,7 @@ def _made(session: Session, opened: Sequence[Ticket]) -> list[Any]:
     return made
 
 
-def _insert(connection: Any, layout: _Layout, objects: list[Any]) -> None:
-    rows = []
+def _insert(connection: Connection, layout: _Layout, objects: list[Any]) -> None:
     for obj in objects:
         values = obj.__dict__
         for link, pairs in layout.parents:  # the parent is written: its key is known now
@@ -133,25 +137,75 @@ def _insert(connection: Any, layout: _Layout, objects: list[Any]) -> None:
                 for fk, key in pairs:
                     if values.get(fk) is None:
                         set_committed_value(obj, fk, getattr(parent, key))
-        rows.append(
-            {
-                column: values[name] if name in values else _unset(default)
-                for name, column, default in layout.columns
-                if not (name == layout.generated and values.get(name) is None)
-            }
-        )
     generated, returning = layout.generated, layout.insert_returning
     if generated is not None and returning is not None and any(_unnamed_parent(layout, obj) for obj in objects):
-        ids = connection.execute(returning, rows).scalars().all()
+        ids = connection.execute(returning, [_values(layout, obj) for obj in objects]).scalars().all()
         for obj, id_ in zip(objects, ids, strict=True):
             set_committed_value(obj, generated, id_)
     else:
-        connection.execute(layout.insert, rows)
+        _insert_many(connection, layout, objects)
     for obj in objects:
         for link, pairs in layout.children:  # their children are written after them, naming them
             for child in obj.__dict__.get(link) or ():
                 for key, fk in pairs:
                     set_committed_value(child, fk, getattr(obj, key))
+
+
+def _insert_many(connection: Connection, layout: _Layout, objects: list[Any]) -> None:
+    """The rows through the driver's executemany, each value through its column type's bind processor, as
+    SQLAlchemy's executemany binds them, but without a parameter dict made and read again for each row
+    (bench/RESULTS.md, 13.D). An id the database allocates is left out when no row has one; rows that
+    differ in that take SQLAlchemy's path."""
+    generated = layout.generated
+    allocated = {obj.__dict__.get(generated) is None for obj in objects} if generated is not None else {False}
+    if len(allocated) > 1:
+        connection.execute(layout.insert, [_values(layout, obj) for obj in objects])
+        return
+    attributes = {
+        column: (name, default) for name, column, default in layout.columns if not (name == generated and True in allocated)
+    }
+    plain = _plain(layout.insert, tuple(attributes), connection.dialect)
+    order = [(*attributes[column], plain.binds[column]) for column in plain.order]
+    rows = [_bound(obj.__dict__, order) for obj in objects]
+    connection.exec_driver_sql(plain.sql, rows if plain.positional else [dict(zip(plain.order, row)) for row in rows])
+
+
+def _bound(values: dict[str, Any], order: list[tuple[str, Any, Callable[[Any], Any] | None]]) -> tuple[Any, ...]:
+    """One row's parameters, in the driver's order, as the column types bind them."""
+    row = []
+    for name, default, bind in order:
+        value = values[name] if name in values else _unset(default)
+        row.append(value if bind is None else bind(value))
+    return tuple(row)
+
+
+def _values(layout: _Layout, obj: Any) -> dict[str, Any]:
+    values = obj.__dict__
+    return {
+        column: values[name] if name in values else _unset(default)
+        for name, column, default in layout.columns
+        if not (name == layout.generated and values.get(name) is None)
+    }
+
+
+@dataclass(frozen=True)
+class _Plain:
+    """An INSERT as the driver runs it on one dialect: its SQL, and for each column it names, in the
+    driver's order, the bind processor SQLAlchemy would apply (the column type's own)."""
+
+    sql: str
+    order: tuple[str, ...]
+    positional: bool
+    binds: Mapping[str, Callable[[Any], Any] | None]
+
+
+@cache
+def _plain(statement: Insert, columns: tuple[str, ...], dialect: Dialect) -> _Plain:
+    compiled = statement.compile(dialect=dialect, column_keys=list(columns), for_executemany=True)
+    order = tuple(compiled.positiontup or ()) if compiled.positional else columns
+    binds = {name: compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in columns}
+    assert set(order) == set(columns), compiled.string  # every parameter is one of the row's columns
+    return _Plain(compiled.string, order, compiled.positional, binds)
 
 
 def _unnamed_parent(layout: _Layout, obj: Any) -> bool:
@@ -185,25 +239,32 @@ def _columns(cls: type[Base], names: Sequence[str]) -> list[tuple[str, str]]:
 
 @cache
 def _outcome_update(changed: tuple[str, ...]) -> Update:
-    """The UPDATE of these attributes of an inbound row, built once per set (a few sets ever)."""
+    """The UPDATE of these attributes of an inbound row its claimer still holds, pending (mailbot.leases),
+    built once per set (a few sets ever)."""
     return (
         update(_inbound)
-        .where(_inbound.c.id == bindparam("row_id"))
+        .where(
+            _inbound.c.id == bindparam("row_id"),
+            _inbound.c.status == "pending",
+            _inbound.c.claimed_by == bindparam("owner"),
+        )
         .values({column: bindparam(f"v_{name}") for name, column in _columns(InboundMessage, changed)})
     )
 
 
-def _outcomes(session: Session, inbound: Sequence[InboundMessage]) -> None:
-    """The columns the decisions set on each inbound row, one UPDATE per set of columns; the rows then leave
-    the session (their flush would write the same again)."""
+def _outcomes(session: Session, inbound: Sequence[InboundMessage], owner: str) -> None:
+    """The columns the decisions set on each inbound row (claimed rows no session holds,
+    mailbot.store.inbound.claim_pending), one UPDATE per set of columns, on the rows `owner` still holds:
+    the claim's check, made with the write instead of a statement before the batch (bench/RESULTS.md, 13.D).
+    A row another instance took over meanwhile (this one stalled past its lease) is not written: TakenOver,
+    and the caller undoes the batch."""
     by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for row in inbound:
         changed = tuple(sorted(inspect(row).committed_state))
         if changed:
             values = {f"v_{name}": getattr(row, name) for name in changed}
-            by_columns.setdefault(changed, []).append({"row_id": row.id, **values})
+            by_columns.setdefault(changed, []).append({"row_id": row.id, "owner": owner, **values})
     connection = session.connection()
     for changed, rows in by_columns.items():
-        connection.execute(_outcome_update(changed), rows)
-    for row in inbound:
-        session.expunge(row)
+        if connection.execute(_outcome_update(changed), rows).rowcount != len(rows):
+            raise TakenOver(f"another instance took over some of inbound messages {[r['row_id'] for r in rows]}")

@@ -23,7 +23,12 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from mailbot.errors import TransientStoreError
-from mailbot.store.schema import InboundMessage
+from mailbot.store.schema import InboundMessage, fresh
+
+
+class TakenOver(Exception):
+    """Claimed rows another instance took over meanwhile (this one stalled past its lease): nothing of the
+    batch may be written."""
 
 
 @dataclass(frozen=True)
@@ -91,23 +96,23 @@ def _insert_sqlite(connection: Connection, rows: list[tuple[Any, ...]]) -> list[
 
 
 # Built once (see mailbot.store.registry): the runner claims a batch every few milliseconds under load.
+_inbound = cast(Table, InboundMessage.__table__)
 _CLAIMABLE = and_(
-    InboundMessage.status == "pending",
-    or_(InboundMessage.claimed_until.is_(None), InboundMessage.claimed_until < bindparam("now")),
+    _inbound.c.status == "pending",
+    or_(_inbound.c.claimed_until.is_(None), _inbound.c.claimed_until < bindparam("now")),
 )
 _CANDIDATES = (
-    select(InboundMessage.id)
+    select(_inbound.c.id)
     .where(_CLAIMABLE)
-    .order_by(InboundMessage.id)
+    .order_by(_inbound.c.id)
     .limit(bindparam("limit"))
     .with_for_update(skip_locked=True)
 )
 _CLAIM = (
-    update(InboundMessage)
-    .where(InboundMessage.id.in_(_CANDIDATES), _CLAIMABLE)
-    .values(claimed_by=bindparam("owner"), claimed_until=bindparam("until"), attempts=InboundMessage.attempts + 1)
-    .returning(InboundMessage)
-    .execution_options(synchronize_session=False, populate_existing=True)
+    update(_inbound)
+    .where(_inbound.c.id.in_(_CANDIDATES), _CLAIMABLE)
+    .values(claimed_by=bindparam("owner"), claimed_until=bindparam("until"), attempts=_inbound.c.attempts + 1)
+    .returning(*(column for column in _inbound.c if column.key != "trail"))  # the trail is written, never read
 )
 
 
@@ -122,10 +127,20 @@ def claim_pending(
     new leases). On PostgreSQL the candidates are read FOR UPDATE SKIP LOCKED: rows another instance is
     processing right now are passed over, not waited for (waiting made two instances no faster than one).
     One statement, not a SELECT then an UPDATE: the claim runs once a batch (bench/RESULTS.md, 11.A).
-    """
+
+    The rows come back as new objects no session holds, built from the statement's values (a Core
+    statement: the ORM's loading of the same rows cost more than the statement, bench/RESULTS.md 13.D);
+    the intake writes their outcomes itself (mailbot.store.batch), and a row decided alone is read again
+    through the session (`many`)."""
     values = {"now": now, "limit": limit, "until": now + lease, "owner": owner}
-    claimed = session.scalars(_CLAIM, values).all()
-    return sorted(claimed, key=lambda row: row.id)
+    claimed = session.connection().execute(_CLAIM, values).mappings().all()
+    return sorted((fresh(InboundMessage, **row) for row in claimed), key=lambda row: row.id)
+
+
+def many(session: Session, ids: Sequence[int]) -> list[InboundMessage]:
+    """These rows through the session, in the order of `ids` (those that exist)."""
+    found = {row.id: row for row in session.scalars(select(InboundMessage).where(InboundMessage.id.in_(ids)))}
+    return [found[id_] for id_ in ids if id_ in found]
 
 
 _STILL_HELD = (

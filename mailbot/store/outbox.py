@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from mailbot.addresses import key_of
 from mailbot.compose import Outgoing
-from mailbot.store.schema import OutboxItem, Ticket
+from mailbot.store.schema import OutboxItem, Ticket, fresh
 
 
 def plan(
@@ -32,7 +32,8 @@ def plan(
     withheld: str | None = None,
 ) -> OutboxItem:
     """Queue `outgoing`; `withheld`: kept back for that reason (the loop governor), never sent as it stands."""
-    item = OutboxItem(
+    item = fresh(
+        OutboxItem,
         ticket_id=ticket_id,
         kind=outgoing.kind,
         message_id=outgoing.message_id,

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, date, datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -23,6 +24,26 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm.instrumentation import manager_of_class
+
+
+def _utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("naive datetime given to the store; pass an aware instant")
+    return value.astimezone(UTC)
+
+
+def naive_utc(value: datetime | None) -> datetime | None:
+    """An aware instant as the store keeps it: naive UTC."""
+    return None if value is None else _utc(value).replace(tzinfo=None)
+
+
+# SQLAlchemy's SQLite DATETIME stores this text (its default storage format), which isoformat writes too.
+_SQLITE_TEXT = "%(year)04d-%(month)02d-%(day)02d %(hour)02d:%(minute)02d:%(second)02d.%(microsecond)06d"
+
+
+def _sqlite_text(value: datetime | None) -> str | None:
+    return None if value is None else _utc(value).isoformat(" ", "microseconds")[:26]  # without "+00:00"
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -32,11 +53,19 @@ class UtcDateTime(TypeDecorator[datetime]):
     cache_ok = True
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given to the store; pass an aware instant")
-        return value.astimezone(UTC).replace(tzinfo=None)
+        return naive_utc(value)
+
+    def bind_processor(self, dialect: Dialect) -> Callable[[datetime | None], Any] | None:
+        """`process_bind_param` and the column type's own step as one function: the intake binds about 14
+        instants a message, and the two steps chained cost twice as much (bench/RESULTS.md, 13.D). The
+        same values: on PostgreSQL the driver takes the datetime itself; on SQLite, the text SQLAlchemy's
+        DATETIME writes (tests/test_store.py compares them)."""
+        inner = self.impl_instance.dialect_impl(dialect)
+        if inner.bind_processor(dialect) is None:
+            return naive_utc
+        if getattr(inner, "_storage_format", None) == _SQLITE_TEXT:
+            return _sqlite_text
+        return super().bind_processor(dialect)
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         return None if value is None else value.replace(tzinfo=UTC)
@@ -54,6 +83,19 @@ NAMING = {
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
     type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UtcDateTime, dict[str, Any]: JSON, list[str]: JSON}
+
+
+Row = TypeVar("Row", bound=Base)
+
+
+def fresh(cls: type[Row], **columns: Any) -> Row:
+    """A new object of `cls` with these column values, as its constructor makes it (transient; an unset
+    column takes its default when written) but without the constructor's instrumented set of each
+    attribute: the intake builds several rows a message, and that was a tenth of its CPU (bench/RESULTS.md,
+    13.D). Columns only: relationships are set through their attributes, which keep their events."""
+    row: Row = manager_of_class(cls).new_instance()
+    row.__dict__.update(columns)
+    return row
 
 
 class Organization(Base):

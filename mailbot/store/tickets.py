@@ -6,11 +6,21 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, inspect, select, text
 from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm.attributes import set_committed_value
 
 from mailbot.store import chunks
-from mailbot.store.schema import Attachment, Blob, InboundMessage, Specialist, Ticket, TicketMessage
+from mailbot.store.schema import (
+    Attachment,
+    Base,
+    Blob,
+    InboundMessage,
+    Specialist,
+    Ticket,
+    TicketMessage,
+    fresh,
+)
 
 if TYPE_CHECKING:  # a type only: `ticket list` need not load the mail parser
     from mailbot.parse import Attachment as ParsedAttachment
@@ -60,7 +70,8 @@ def add_message(
 ) -> TicketMessage:
     """`identity`: what makes a received message the same one (mailbot.identity); ours are their Message-ID.
     `blobs`: which attachments are stored or being stored (mailbot.facts); without it, each is looked up."""
-    message = TicketMessage(
+    message = fresh(
+        TicketMessage,
         direction=direction,
         kind=kind,
         message_id=message_id,
@@ -75,24 +86,38 @@ def add_message(
         text=text,
         quoted=quoted,
     )
-    ticket.messages.append(message)
+    _append(ticket, "messages", message)
     for parsed in attachments:
         known = blobs.known(parsed.sha256) if blobs is not None else session.get(Blob, parsed.sha256) is not None
         if not known:
-            session.add(Blob(sha256=parsed.sha256, size=parsed.size, data=parsed.data))
+            session.add(fresh(Blob, sha256=parsed.sha256, size=parsed.size, data=parsed.data))
             if blobs is not None:
                 blobs.adding(parsed.sha256, parsed.data)
-        message.attachments.append(
-            Attachment(
-                filename=parsed.filename,
-                content_type=parsed.content_type,
-                size=parsed.size,
-                sha256=parsed.sha256,
-                inline=parsed.inline,
-            )
+        attachment = fresh(
+            Attachment,
+            filename=parsed.filename,
+            content_type=parsed.content_type,
+            size=parsed.size,
+            sha256=parsed.sha256,
+            inline=parsed.inline,
         )
+        _append(message, "attachments", attachment)
     ticket.updated_at = at
     return message
+
+
+def _append(parent: Base, collection: str, child: Base) -> None:
+    """`child` added to `parent`'s `collection`. A parent no session holds (a ticket the intake's batch
+    opened, mailbot.facts, and its messages) is written by the batch's own write, which reads its
+    collections as they stand (mailbot.store.batch): a plain list append then, without the attribute events
+    (the backref, the cascade into a session) that cost a third of storing a message (bench/RESULTS.md,
+    13.D). Any other parent's append is the session's to write."""
+    if not inspect(parent).transient:
+        getattr(parent, collection).append(child)
+    elif (items := parent.__dict__.get(collection)) is not None:
+        list.append(items, child)
+    else:  # an empty collection is kept out of the object's values until its first evented append
+        set_committed_value(parent, collection, [child])
 
 
 def stored_blobs(session: Session, sha256s: Collection[str]) -> set[str]:
