@@ -18,6 +18,7 @@ character (UnsafeHeader otherwise: the composition is refused, nothing is sent).
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import re
 import secrets
@@ -36,6 +37,7 @@ from jinja2 import (
     Environment,
     FileSystemLoader,
     StrictUndefined,
+    Template,
     TemplateError,
     TemplateNotFound,
     TemplateSyntaxError,
@@ -62,9 +64,14 @@ def one_line(text: str, limit: int = 200) -> str:
     return _CONTROL.sub(" ", text).replace(_ENCODED_WORD_START, "= ?").strip()[:limit]
 
 
+# What keeps a Message-ID out of In-Reply-To/References: white space (str.isspace's, which `\s` is), a C0
+# control, an encoded-word start.
+_UNTHREADABLE = re.compile(r"[\s\x00-\x1f]|=\?")
+
+
 def _threadable(message_id: str) -> bool:
     """Whether a Message-ID can go into In-Reply-To/References as is: no whitespace, controls or `=?`."""
-    return _ENCODED_WORD_START not in message_id and not any(c.isspace() or c < " " for c in message_id)
+    return _UNTHREADABLE.search(message_id) is None
 
 
 # RFC 5322 section 2.1.1: lines SHOULD stay within 78 characters; RFC 2045 section 6.7: 76 in a QP body;
@@ -104,14 +111,19 @@ def _mailbox(address: Address) -> str:
     """`Name <local@domain>`: an ASCII name quoted as it needs (email.utils.formataddr, given a stand-in for
     the address, which it would refuse when not ASCII), any other as UTF-8 encoded words of at most 75
     characters each (email.header; RFC 2047 sections 2 and 5)."""
-    spec, name = _addr_spec(address), one_line(address.display_name)
+    spec, phrase = _addr_spec(address), _phrase(address.display_name)
+    return f"{phrase} <{spec}>" if phrase else spec
+
+
+@functools.lru_cache(maxsize=1024)  # ours (the Reply-To's, every message) and those of frequent writers
+def _phrase(display_name: str) -> str:
+    """A display name as `_mailbox` writes it ("" for none)."""
+    name = one_line(display_name)
     if not name:
-        return spec
+        return ""
     if name.isascii():
-        phrase = formataddr((name, "_@_")).removesuffix(" <_@_>")
-    else:
-        phrase = Header(name, "utf-8", maxlinelen=_WORDS_LINE).encode(linesep=_CRLF)
-    return f"{phrase} <{spec}>"
+        return formataddr((name, "_@_")).removesuffix(" <_@_>")
+    return Header(name, "utf-8", maxlinelen=_WORDS_LINE).encode(linesep=_CRLF)
 
 
 def _fold(tokens: Sequence[str], separator: str) -> str:
@@ -158,6 +170,7 @@ def _quoted_printable(lines: list[bytes]) -> str:
     return _CRLF.join(split) + _CRLF
 
 
+@functools.lru_cache(maxsize=1024)  # a template's long lines come back in every message it composes
 def _wrapped(line: str) -> str:
     """An escaped line as body_encode wraps it (Python 3.11's email.quoprimime, the same steps): soft breaks
     never inside an `=XX`, and white space at its end escaped (RFC 2045 section 6.7 rules 3 and 5)."""
@@ -246,9 +259,10 @@ def _file_part(file: File) -> tuple[Fields, str]:
 
 def _serialize(fields: Fields, body: str) -> bytes:
     """The message's bytes; UnsafeHeader when a field value would hold a line break or control of its own."""
-    for name, value in fields:
-        if _CONTROL.search(value.replace(f"{_CRLF} ", " ")):
-            raise UnsafeHeader(f"the {name} field would hold a control character: {value!r}")
+    # All values in one search ("x" between them: no fold can span two); the field is named only on failure.
+    if _CONTROL.search("x".join(value for _, value in fields).replace(f"{_CRLF} ", " ")):
+        name, value = next((n, v) for n, v in fields if _CONTROL.search(v.replace(f"{_CRLF} ", " ")))
+        raise UnsafeHeader(f"the {name} field would hold a control character: {value!r}")
     data = _entity(fields, body).encode()
     _check_header_fields([name for name, _ in fields], data)
     return data
@@ -257,13 +271,11 @@ def _serialize(fields: Fields, body: str) -> bytes:
 def _check_header_fields(names: Sequence[str], data: bytes) -> None:
     """Raise UnsafeHeader unless the header block of `data` has exactly the fields `names`."""
     head = data.partition(b"\r\n\r\n")[0]
-    written = [
-        line.partition(b":")[0].strip().decode("ascii", "replace").lower()
-        for line in head.split(b"\r\n")
-        if line[:1] not in (b" ", b"\t")
-    ]
-    if written != [name.lower() for name in names]:
-        raise UnsafeHeader(f"composed header fields {written} differ from those set {list(names)}")
+    # Compared as bytes (the names are ours, ASCII), decoded for the message only.
+    written = [line.partition(b":")[0].strip().lower() for line in head.split(b"\r\n") if line[:1] not in (b" ", b"\t")]
+    if written != [name.lower().encode() for name in names]:
+        shown = [name.decode("ascii", "replace") for name in written]
+        raise UnsafeHeader(f"composed header fields {shown} differ from those set {list(names)}")
 
 
 def base_subject(subject: str) -> str:
@@ -384,6 +396,9 @@ def ticket_subject(ticket_id: int, subject: str) -> str:
     return f"Re: {base} {reference}"
 
 
+_Loaded = tuple[Template, dict[str, Any]]  # a template as first looked up, with its globals
+
+
 class Composer:
     def __init__(self, templates: Path, identity: Identity, *, loop_secret: bytes) -> None:
         self.identity = identity
@@ -394,9 +409,14 @@ class Composer:
             undefined=StrictUndefined,
             keep_trailing_newline=True,
             auto_reload=False,  # read each template once (a changed one applies from the next start), no stat per use
+            cache_size=-1,  # a handful of templates, all kept: a dict instead of an LRU cache's lock per look-up
         )
         self._env.filters["paragraphs"] = lambda text: Markup(richtext.from_text(text))  # plain text in HTML
         self._from = _mailboxes([identity.header()])  # the same on every message
+        # Templates as first looked up (a template added or changed applies from the next start, as with
+        # auto_reload off), and the kinds that have no HTML one.
+        self._loaded: dict[str, _Loaded] = {}
+        self._text_only: set[str] = set()
 
     def check_templates(self) -> list[str]:
         """Each template of the folder that does not compile, one line each (`check-config`, `run`): a typo
@@ -409,6 +429,34 @@ class Composer:
                 line = f" line {exc.lineno}" if isinstance(exc, TemplateSyntaxError) else ""
                 problems.append(f"template {name}{line}: {exc.message or type(exc).__name__}")
         return problems
+
+    def _template(self, name: str) -> _Loaded:
+        """The template `name` with its globals, looked up once (TemplateNotFound when there is none)."""
+        if (found := self._loaded.get(name)) is None:
+            template = self._env.get_template(name)
+            found = self._loaded[name] = (template, dict(template.globals))
+        return found
+
+    def _html(self, kind: str) -> _Loaded | None:
+        """The HTML template of `kind`, None when it has none (remembered too: a look-up is cheaper than
+        listing the folder, a miss costs the loader's file system checks)."""
+        if kind in self._text_only:
+            return None
+        try:
+            return self._template(f"{kind}.html")
+        except TemplateNotFound:
+            self._text_only.add(kind)
+            return None
+
+    def _render(self, loaded: _Loaded, values: Mapping[str, Any]) -> str:
+        """`template.render(values)` without the copy of the environment's globals through a ChainMap that
+        `render` makes on every call (a third of rendering a confirmation's text): they were copied once."""
+        template, globals_ = loaded
+        context = template.new_context({**globals_, **values}, shared=True)
+        try:
+            return self._env.concat(template.root_render_func(context))
+        except Exception:  # noqa: BLE001 - raised again by handle_exception, as `render` does
+            self._env.handle_exception()  # its traceback then points into the template
 
     def compose(
         self,
@@ -427,11 +475,9 @@ class Composer:
         """Render templates/<kind>.txt (and <kind>.html when present) into a threaded, loop-marked message,
         with `files` attached."""
         values = {"support_name": self.identity.name, "support_address": self.identity.address, **context}
-        text = self._env.get_template(f"{kind}.txt").render(values)
-        try:  # cheaper than listing the folder: a template's source is looked up (and cached) by name
-            html = self._env.get_template(f"{kind}.html").render(values)
-        except TemplateNotFound:
-            html = None
+        text = self._render(self._template(f"{kind}.txt"), values)
+        rich = self._html(kind)
+        html = self._render(rich, values) if rich is not None else None
         message_id = mint_message_id(self.identity.domain)
         subject = one_line(subject, 300)
         fields: Fields = [("From", self._from if from_name is None else _mailboxes([self.identity.header(from_name)]))]

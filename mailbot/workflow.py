@@ -6,6 +6,7 @@ stored together or not at all (the outbox is the promise, written down).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -101,6 +102,10 @@ def _outlook_block(message: Message) -> bytes | None:
     return thread_index_header(str(value)) if value else None
 
 
+# The deadlines a batch's tickets are told in mail are the same instants (see `Workflow._business_add`).
+_shown = functools.lru_cache(maxsize=256)(shown)
+
+
 def address_of(addr_spec: str, name: str = "") -> Address:
     username, _, domain = addr_spec.rpartition("@")
     return Address(display_name=one_line(name), username=username, domain=domain)  # a name is customer text
@@ -138,10 +143,13 @@ class Workflow:
         # Told, once the transaction that starts a ticket's clock committed, the first instant its SLA verdict
         # can change (its automatic assignment, an at-risk instant): the daemon's sweep runs then.
         self.deadlines: Callable[[datetime], None] | None = None
+        # The tickets of an intake batch start their clocks at the batch's one `now`: their business-time
+        # deadlines are worked out once (BusinessHours.add is pure: the result depends on the instant alone).
+        self._business_add = functools.lru_cache(maxsize=64)(hours.add)
 
     def local_time(self, instant: datetime) -> str:
         """An instant as people read it, in mail as on the command line: '2026-11-30 11:00 -05:00'."""
-        return shown(instant, self.hours.zone)
+        return _shown(instant, self.hours.zone)
 
     def thread_of(self, ticket: Ticket) -> Thread:
         """Our next message replies to the customer's latest and references the whole conversation."""
@@ -354,8 +362,8 @@ class Workflow:
         """The promise starts: deadlines set, the confirmation queued to go out at once."""
         ticket.clock_started_at = now
         ticket.confirmation_due_at = now + self.sla.confirmation_within
-        ticket.assign_due_at = self.hours.add(now, self.sla.auto_assign_after)
-        ticket.introduction_due_at = self.hours.add(now, self.sla.introduction_within)
+        ticket.assign_due_at = self._business_add(now, self.sla.auto_assign_after)
+        ticket.introduction_due_at = self._business_add(now, self.sla.introduction_within)
         due = ticket.confirmation_due_at
         if self.answer(session, ticket, "confirmation", now=now, deadline=due, opening=opening, facts=facts) is None:
             # Nothing is promised to a machine or an unverifiable sender (a withheld one is still owed).

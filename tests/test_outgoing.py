@@ -15,9 +15,19 @@ import dkim
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from jinja2 import TemplateNotFound
 
 from mailbot.automatic import LOOP_HEADER, loop_mark
-from mailbot.compose import File, Thread, UnsafeHeader, _quoted_printable, one_line, thread_index
+from mailbot.compose import (
+    Composer,
+    File,
+    Identity,
+    Thread,
+    UnsafeHeader,
+    _quoted_printable,
+    one_line,
+    thread_index,
+)
 from mailbot.dns import FixedResolver, dkim_dnsfunc
 from mailbot.store import registry
 from mailbot.store.schema import Ticket
@@ -196,6 +206,59 @@ class TestComposeProperty:
         with pytest.raises(UnsafeHeader):
             app.workflow.composer.compose(
                 "confirmation", to=[evil], subject="hi", thread=Thread(), context=app.workflow.context(self.ticket("", ""))
+            )
+
+
+class TestComposerRemembers:
+    """What a Composer keeps across messages (templates, display names) still follows each message's input."""
+
+    def compose_to(self, app, name: str) -> bytes:
+        ticket = Ticket(id=7, subject="x", requester=CUSTOMER, requester_name=name)
+        return app.workflow.composer.compose(
+            "confirmation", to=[address_of(CUSTOMER, name)], subject="x", thread=Thread(),
+            context=app.workflow.context(ticket), reply_to=app.workflow.reply_to(ticket),
+        ).body
+
+    def test_each_name_is_written_as_its_own(self, app) -> None:
+        bodies = [self.compose_to(app, name) for name in ("Ana Diaz", "Bo Li, Jr.", "Zoë", "Ana Diaz", "")]
+        to = [line for body in bodies for line in body.split(b"\r\n") if line.startswith(b"To: ")]
+        assert to == [
+            b"To: Ana Diaz <ana@lincoln.example>",
+            b'To: "Bo Li, Jr." <ana@lincoln.example>',
+            b"To: =?utf-8?q?Zo=C3=AB?= <ana@lincoln.example>",
+            b"To: Ana Diaz <ana@lincoln.example>",
+            b"To: ana@lincoln.example",
+        ]
+        assert all(b"\r\nReply-To: Hero Support <herosupport+t7-" in body for body in bodies)
+
+    def test_templates_by_kind(self, tmp_path: Path) -> None:
+        """A kind with an HTML template gets both parts, one without gets text alone, each time; a kind
+        without a text template is refused each time it is asked for."""
+        (tmp_path / "both.txt").write_text("text {{ n }}\n")
+        (tmp_path / "both.html").write_text("<p>html {{ n }}</p>\n")
+        (tmp_path / "plain.txt").write_text("plain {{ n }}\n")
+        composer = Composer(tmp_path, Identity.parse("Hero Support <herosupport@schoolmint.com>"), loop_secret=b"k")
+
+        def parts(kind: str, n: int) -> list[tuple[str, str]]:
+            parsed = message_from_bytes(
+                composer.compose(kind, to=[], subject="s", thread=Thread(), context={"n": n}).body, policy=policy.default
+            )
+            return [(part.get_content_type(), part.get_content().strip()) for part in parsed.walk() if not part.is_multipart()]
+
+        assert parts("both", 1) == [("text/plain", "text 1"), ("text/html", "<p>html 1</p>")]
+        assert parts("plain", 2) == [("text/plain", "plain 2")]
+        assert parts("both", 3) == [("text/plain", "text 3"), ("text/html", "<p>html 3</p>")]
+        assert parts("plain", 4) == [("text/plain", "plain 4")]
+        for _ in range(2):
+            with pytest.raises(TemplateNotFound):
+                composer.compose("none", to=[], subject="s", thread=Thread(), context={})
+
+    def test_a_refusal_names_the_field(self, app) -> None:
+        """All values are checked at once; the one that fails is named."""
+        with pytest.raises(UnsafeHeader, match="^the To field"):
+            app.workflow.composer.compose(
+                "confirmation", to=[address_of("ana\x0bBcc: x@evil.example")], subject="hi", thread=Thread(),
+                context=app.workflow.context(Ticket(id=7, subject="x", requester=CUSTOMER, requester_name="")),
             )
 
 
