@@ -216,12 +216,15 @@ def parse(raw: bytes, limits: ParseLimits = ParseLimits()) -> ParsedMessage:
     defects = list(block.repairs)
     raw = block.raw
     message_policy = policy.default.clone(header_factory=_HeaderCache())
-    shape = _prescan(raw, limits, message_policy)
-    msg = _parse_bytes(raw, message_policy)
+    msg = _single_part(raw, limits, message_policy)
+    parts = 1
+    if msg is None:
+        parts = _prescan(raw, limits, message_policy).parts
+        msg = _parse_bytes(raw, message_policy)
     charsets = _Charsets()
     hint = _charset_hint(msg, charsets)
     headers = _Headers(msg, hint, defects)
-    body = _Walker(limits, message_policy, hint, charsets, defects, shape.parts).body(msg)
+    body = _Walker(limits, message_policy, hint, charsets, defects, parts).body(msg)
     author, shown = _authors(headers, bool(block.repairs) or _block_cut(msg), defects)
     return ParsedMessage(
         message_id=_message_id(headers.text("message-id")),
@@ -369,22 +372,7 @@ class _Prescan:
         if not self.field_lines:
             return
         value = b"".join(self.field_lines)
-        is_mime = value[:8].lower() == b"content-"
-        limit = self.limits.max_mime_header_bytes if is_mime else self.limits.max_header_bytes
-        if len(value) > limit:
-            raise UnparseableMessage(f"a header field is {len(value)} bytes, over the limit of {limit}")
-        if is_mime:
-            specials = len(_MIME_SPECIALS.findall(value.partition(b":")[2].strip()))
-            self.mime_complexity += specials * (1 + len(value) // 1024)
-            if self.mime_complexity > self.limits.max_mime_complexity:
-                raise UnparseableMessage(
-                    f"Content-* fields more complex than the limit of {self.limits.max_mime_complexity}"
-                )
-        if (
-            value.count(b"(") > self.limits.max_comment_depth
-            and _comment_depth(value) > self.limits.max_comment_depth
-        ):
-            raise UnparseableMessage(f"header comments nested over {self.limits.max_comment_depth} deep")
+        self.mime_complexity = _checked_field(value, self.limits, self.mime_complexity)
         if self.content_type is None and value[:13].lower() == b"content-type:":
             self.content_type = self.field_lines
         self.field_lines = []
@@ -447,6 +435,69 @@ class _Prescan:
 def _prescan(raw: bytes, limits: ParseLimits, message_policy: EmailPolicy[EmailMessage]) -> _Shape:
     """Count parts, depth and header sizes in linear time; raise UnparseableMessage past `limits`."""
     return _Prescan(limits, message_policy).run(raw)
+
+
+def _checked_field(value: bytes, limits: ParseLimits, mime_complexity: int) -> int:
+    """Check one header field (its lines joined) against `limits`, raising UnparseableMessage past them;
+    return the Content-* fields' complexity so far, this field's added."""
+    is_mime = value[:8].lower() == b"content-"
+    limit = limits.max_mime_header_bytes if is_mime else limits.max_header_bytes
+    if len(value) > limit:
+        raise UnparseableMessage(f"a header field is {len(value)} bytes, over the limit of {limit}")
+    if is_mime:
+        specials = len(_MIME_SPECIALS.findall(value.partition(b":")[2].strip()))
+        mime_complexity += specials * (1 + len(value) // 1024)
+        if mime_complexity > limits.max_mime_complexity:
+            raise UnparseableMessage(f"Content-* fields more complex than the limit of {limits.max_mime_complexity}")
+    if value.count(b"(") > limits.max_comment_depth and _comment_depth(value) > limits.max_comment_depth:
+        raise UnparseableMessage(f"header comments nested over {limits.max_comment_depth} deep")
+    return mime_complexity
+
+
+# --- The common case: one entity, a clean header block ---------------------------------------------------
+
+# A field's first line as email.feedparser reads one (its headerRE), with a name: `From ` lines and `:x`
+# (a field without a name) are the parser's defects, and take its path.
+_FIELD_START = re.compile(rb"[\x21-\x39\x3b-\x7e]+:")
+
+
+def _single_part(raw: bytes, limits: ParseLimits, message_policy: EmailPolicy[EmailMessage]) -> EmailMessage | None:
+    """The message the standard parser makes of `raw` when it is one entity (neither multipart nor
+    message/*) whose header block is clean: CRLF line ends, every line a field or its continuation, a
+    blank line after it; within `limits`, as the pre-scan counts them. None for any other message, which
+    the pre-scan and the standard parser then read.
+
+    For such a message the parser does this much: each field's lines go through the policy's
+    header_source_parse into set_raw, and the rest of the text after the blank line is the payload, as
+    it is. Most mail is such a message, and the parser's line-by-line generators cost more than
+    everything else a reading does (tests/test_parse.py compares the two readings).
+    """
+    end = raw.find(b"\r\n\r\n")
+    head = raw[: end + 2]
+    if end < 0 or not head.count(b"\r") == head.count(b"\n") == head.count(b"\r\n"):
+        return None
+    fields: list[list[bytes]] = []
+    for line in head.split(b"\r\n")[:-1]:
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1].append(line + b"\r\n")
+        elif _FIELD_START.match(line):
+            fields.append([line + b"\r\n"])
+        else:
+            return None  # a first line that continues nothing, an unnamed field, a `From ` line
+    if len(fields) > limits.max_headers:
+        return None
+    msg = EmailMessage(policy=message_policy)
+    mime_complexity = 0
+    try:
+        for lines in fields:
+            mime_complexity = _checked_field(b"".join(lines), limits, mime_complexity)
+            msg.set_raw(*message_policy.header_source_parse([line.decode("ascii", "surrogateescape") for line in lines]))
+        if msg.get_content_maintype() in ("multipart", "message"):
+            return None
+    except (UnparseableMessage, *_STDLIB_FAILURES):
+        return None
+    msg.set_payload(raw[end + 4 :].decode("ascii", "surrogateescape"))
+    return msg
 
 
 def _entity_type(
