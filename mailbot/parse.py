@@ -456,47 +456,55 @@ def _checked_field(value: bytes, limits: ParseLimits, mime_complexity: int) -> i
 
 # --- The common case: one entity, a clean header block ---------------------------------------------------
 
-# A field's first line as email.feedparser reads one (its headerRE), with a name: `From ` lines and `:x`
-# (a field without a name) are the parser's defects, and take its path.
-_FIELD_START = re.compile(rb"[\x21-\x39\x3b-\x7e]+:")
+# A header field as email.feedparser reads one (its headerRE) when it has nothing to note: a name (`:x` is
+# a defect, and a `From ` line has a space in it), then continuation lines; CRLF after each line. Its
+# groups are what the policy's header_source_parse makes of it: the name, and the value without the
+# blanks after the colon (its final CRLF is stripped from the group below). Possessive, so that no line
+# can be matched two ways: a block that does not match fails in linear time.
+_FIELD = r"([\x21-\x39\x3b-\x7e]+):[ \t]*+([^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*)"
+_CLEAN_FIELD = re.compile(_FIELD)
+_CLEAN_BLOCK = re.compile(f"(?:{_FIELD})+")
 
 
 def _single_part(raw: bytes, limits: ParseLimits, message_policy: EmailPolicy[EmailMessage]) -> EmailMessage | None:
     """The message the standard parser makes of `raw` when it is one entity (neither multipart nor
-    message/*) whose header block is clean: CRLF line ends, every line a field or its continuation, a
-    blank line after it; within `limits`, as the pre-scan counts them. None for any other message, which
+    message/*) whose header block is clean: every line a field or its continuation, each ended by CRLF,
+    then a blank line; within `limits`, as the pre-scan counts them. None for any other message, which
     the pre-scan and the standard parser then read.
 
-    For such a message the parser does this much: each field's lines go through the policy's
-    header_source_parse into set_raw, and the rest of the text after the blank line is the payload, as
-    it is. Most mail is such a message, and the parser's line-by-line generators cost more than
-    everything else a reading does (tests/test_parse.py compares the two readings).
+    For such a message the parser does this much: each field's name and value (header_source_parse of
+    policy.default) go to set_raw, and the text after the blank line is the payload, as it is. Most
+    mail is such a message, and the parser's line-by-line generators cost more than the rest of a
+    reading (tests/test_parse.py TestSinglePart compares the two readings).
     """
-    end = raw.find(b"\r\n\r\n")
-    head = raw[: end + 2]
-    if end < 0 or not head.count(b"\r") == head.count(b"\n") == head.count(b"\r\n"):
+    text = raw.decode("ascii", "surrogateescape")
+    end = text.find("\r\n\r\n") + 2
+    head = text[:end]
+    if end < 2 or head.count("\r") != head.count("\n") or not _CLEAN_BLOCK.fullmatch(head):
         return None
-    fields: list[list[bytes]] = []
-    for line in head.split(b"\r\n")[:-1]:
-        if line[:1] in (b" ", b"\t") and fields:
-            fields[-1].append(line + b"\r\n")
-        elif _FIELD_START.match(line):
-            fields.append([line + b"\r\n"])
-        else:
-            return None  # a first line that continues nothing, an unnamed field, a `From ` line
+    fields = _CLEAN_FIELD.findall(head)
     if len(fields) > limits.max_headers:
         return None
+    # No field of a short block can be past a limit (a field's complexity is at most its length, times the
+    # same factor): the fields of a longer one are checked one by one, as the pre-scan checks them.
+    checked = (
+        end > min(limits.max_header_bytes, limits.max_mime_header_bytes)
+        or end * (1 + end // 1024) > limits.max_mime_complexity
+        or head.count("(") > limits.max_comment_depth
+    )
     msg = EmailMessage(policy=message_policy)
-    mime_complexity = 0
     try:
-        for lines in fields:
-            mime_complexity = _checked_field(b"".join(lines), limits, mime_complexity)
-            msg.set_raw(*message_policy.header_source_parse([line.decode("ascii", "surrogateescape") for line in lines]))
+        if checked:
+            mime_complexity = 0
+            for field in _CLEAN_FIELD.finditer(head):
+                mime_complexity = _checked_field(field[0].encode("ascii", "surrogateescape"), limits, mime_complexity)
+        for name, value in fields:
+            msg.set_raw(name, value.rstrip("\r\n"))
         if msg.get_content_maintype() in ("multipart", "message"):
             return None
     except (UnparseableMessage, *_STDLIB_FAILURES):
         return None
-    msg.set_payload(raw[end + 4 :].decode("ascii", "surrogateescape"))
+    msg.set_payload(text[end + 2 :])
     return msg
 
 
@@ -586,6 +594,8 @@ def _has_surrogates(text: str) -> bool:
 
 def _clean_header(text: str) -> str:
     """A header value for display: one line, no control characters, trimmed."""
+    if text.isascii() and text.isprintable():
+        return text.strip()  # nothing below would change it: no line end, tab, NUL or other control
     return _CONTROLS.sub("", _clean(text).replace("\n", " ").replace("\t", " ")).strip()
 
 
@@ -849,13 +859,16 @@ def _split_address_list(text: str) -> list[str]:
 
 
 _MSG_ID = re.compile(r"<([^<>]*)>")
+_ID_SEPARATORS = re.compile(r"[\s,]+")
 
 
 def _message_ids(value: str) -> list[str]:
     """Message-IDs in `<...>` form, in order, without duplicates; bare `x@y` tokens are wrapped."""
+    if not value:
+        return []
     found = ["".join(inner.split()) for inner in _MSG_ID.findall(value)]
     if not found:
-        found = [token.strip("<>") for token in re.split(r"[\s,]+", value) if "@" in token]
+        found = [token.strip("<>") for token in _ID_SEPARATORS.split(value) if "@" in token]
     cleaned = (_clean_header(i) for i in found if i)
     return list(dict.fromkeys(f"<{i}>" for i in cleaned if i))
 
