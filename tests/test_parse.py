@@ -838,3 +838,47 @@ class TestSinglePart:
             assert outcome() == with_fast
         finally:
             parse_module._single_part = original
+
+
+class TestDates:
+    """The Date field's common form, read without the standard library's general reader, reads the same."""
+
+    @staticmethod
+    def outcome(read: object, value: str) -> object:
+        try:
+            date = read(value)  # type: ignore[operator]
+        except Exception as exc:  # noqa: BLE001 - the kind of failure is what is compared
+            return type(exc)
+        return (date, date.utcoffset())
+
+    @settings(max_examples=500, deadline=None)
+    @given(
+        st.sampled_from(["", "Tue, ", "Mon, ", "tue, ", "Xyz, ", "Tue,"]),
+        st.integers(min_value=0, max_value=99),
+        st.sampled_from(["Jan", "Feb", "Dec", "dec", "Sept"]),
+        st.integers(min_value=0, max_value=9999),
+        st.tuples(*[st.integers(min_value=0, max_value=99)] * 3),
+        st.sampled_from(["+", "-"]),
+        st.integers(min_value=0, max_value=9999),
+        st.sampled_from(["", " ", " (EST)"]),
+    )
+    def test_reads_as_parsedate_to_datetime(
+        self, weekday: str, day: int, month: str, year: int, time: tuple[int, int, int], sign: str, zone: int, tail: str
+    ) -> None:
+        """Days, hours and zones past their ranges, short years, -0000, day names: the same datetime, or the
+        same exception."""
+        from email.utils import parsedate_to_datetime
+
+        from mailbot.parse import _read_date
+
+        value = f"{weekday}{day:02d} {month} {year:04d} {time[0]:02d}:{time[1]:02d}:{time[2]:02d} {sign}{zone:04d}{tail}"
+        assert self.outcome(_read_date, value) == self.outcome(parsedate_to_datetime, value)
+
+    def test_common_dates(self) -> None:
+        """A zone east and west, +0000 and -0000 (no zone: read as UTC)."""
+        assert parse(headers("Date: Tue, 01 Dec 2026 10:00:00 -0500")).date == datetime(
+            2026, 12, 1, 15, 0, tzinfo=UTC
+        )
+        assert parse(headers("Date: 1 Dec 2026 10:00:00 +0530")).date.utcoffset() == timedelta(hours=5, minutes=30)  # type: ignore[union-attr]
+        assert parse(headers("Date: Tue, 01 Dec 2026 10:00:00 +0000")).date.utcoffset() == timedelta(0)  # type: ignore[union-attr]
+        assert parse(headers("Date: Tue, 01 Dec 2026 10:00:00 -0000")).date == datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
