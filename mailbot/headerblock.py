@@ -18,6 +18,9 @@ from dataclasses import dataclass
 # email.feedparser.headerRE, on bytes: what the standard parser accepts as a header or continuation line.
 HEADER_LINE = re.compile(rb"From |[\x21-\x39\x3b-\x7e]*:|[\t ]")
 
+# Lines that each match HEADER_LINE, split where bytes.splitlines splits; one pass, as each line can match
+# only one way.
+_WHOLE_BLOCK = re.compile(rb"(?:(?:From |[\x21-\x39\x3b-\x7e]*:|[\t ])[^\r\n]*+(?:\r\n|\r|\n)?)*+")
 # Fields worth rescuing when a stray line splits the header block.
 _KNOWN_FIELDS = re.compile(
     rb"(from|to|cc|bcc|subject|date|message-id|in-reply-to|references|reply-to|sender|mime-version|"
@@ -49,6 +52,8 @@ def repair(raw: bytes) -> HeaderBlock:
         raw = stripped
     blank = _END_OF_HEADERS.search(raw)
     end = blank.start() if blank else len(raw)
+    if _WHOLE_BLOCK.fullmatch(raw, 0, end):
+        return HeaderBlock(raw, tuple(repairs))  # every line a field or a continuation: nothing to mend
     lines = raw[:end].splitlines(keepends=True)
     folded = renamed = 0
     for index, line in enumerate(lines):
