@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailbot.headerblock import _WHOLE_BLOCK, HEADER_LINE, repair
+from mailbot.headerblock import _WHOLE_BLOCK, HEADER_LINE, _block_end, repair
 
 
 class TestRepair:
@@ -50,3 +50,14 @@ def test_whole_block_pattern_is_the_line_by_line_check(lines: list[bytes], end: 
     block = end.join(lines)
     line_by_line = all(HEADER_LINE.match(line) for line in block.splitlines(keepends=True))
     assert (_WHOLE_BLOCK.fullmatch(block) is not None) == line_by_line
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b"a", b": "]), max_size=12))
+def test_block_end_is_where_a_blank_line_first_starts(pieces: list[bytes]) -> None:
+    """The first match of `\\r?\\n\\r?\\n`, or the length when there is none."""
+    import re
+
+    raw = b"".join(pieces)
+    blank = re.search(rb"\r?\n\r?\n", raw)
+    assert _block_end(raw) == (blank.start() if blank else len(raw))
