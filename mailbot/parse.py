@@ -682,7 +682,14 @@ class _Headers:
         return found
 
 
+def _as_is(raw: str) -> bool:
+    """Whether _header_text gives `raw` back unchanged: one line of ASCII without NUL or escape."""
+    return raw.isascii() and not any(char in raw for char in "\r\n\x00\x1b")
+
+
 def _header_text(raw: str, hint: str | None) -> str:
+    if _as_is(raw):
+        return raw
     value = "".join(_FOLD.split(raw))  # RFC 5322 §2.2.3 unfolding
     # Raw 8-bit bytes (kept by the parser as surrogate escapes), or ISO-2022-JP sent without encoded words.
     if _has_surrogates(value) or "\x1b" in value:
@@ -1044,7 +1051,7 @@ class _Walker:
         elif content_type.startswith("multipart/"):
             self.recover(part, body, depth)
         elif content_type in ("text/plain", "text/html") and not _is_attachment(part):
-            text = self.text(part)
+            text = self.text(part, content_type)
             (body.plain if content_type == "text/plain" else body.html).append(text)
         else:
             data = _payload_bytes(part)
@@ -1154,9 +1161,9 @@ class _Walker:
         else:
             body.plain.append(self.decode(raw, self.charsets[part]))
 
-    def text(self, part: EmailMessage) -> str:
+    def text(self, part: EmailMessage, content_type: str) -> str:
         text = self.decode(_payload_bytes(part), self.charsets[part])
-        if part.get_content_type() == "text/plain" and _param(part, "format") == "flowed":
+        if content_type == "text/plain" and _param(part, "format") == "flowed":
             return unflow(text, delsp=_param(part, "delsp") == "yes")
         return text
 
@@ -1269,12 +1276,11 @@ def _is_attachment(part: EmailMessage) -> bool:
 
 def _raw_filename(part: EmailMessage, hint: str | None) -> str | None:
     """The filename parameter (RFC 2231 decoded), from Content-Disposition or Content-Type's name."""
-    fields = [
-        (name, _header_text(value, hint))
-        for name, value in part.raw_items()
-        if name.lower() in ("content-disposition", "content-type")
-    ]
-    if not _may_name([value for _, value in fields], "name"):  # neither `filename` nor `name`
+    raw = [(name, value) for name, value in part.raw_items() if name.lower() in ("content-disposition", "content-type")]
+    if all(_as_is(value) for _, value in raw) and not _may_name([value for _, value in raw], "name"):
+        return None  # neither `filename` nor `name`, nor anything that decodes to them
+    fields = [(name, _header_text(value, hint)) for name, value in raw]
+    if not _may_name([value for _, value in fields], "name"):
         return None
     probe = EmailMessage(policy=part.policy)  # the message's policy, which caches parsed fields
     for name, value in fields:
