@@ -683,8 +683,8 @@ class _Headers:
 
 
 def _as_is(raw: str) -> bool:
-    """Whether _header_text gives `raw` back unchanged: one line of ASCII without NUL or escape."""
-    return raw.isascii() and not any(char in raw for char in "\r\n\x00\x1b")
+    """Whether _header_text surely gives `raw` back unchanged: printable ASCII (no line end, NUL, escape)."""
+    return raw.isascii() and raw.isprintable()
 
 
 def _header_text(raw: str, hint: str | None) -> str:
@@ -774,19 +774,22 @@ def _addresses(name: str, value: str, strict: bool) -> tuple[list[Address], list
     return found, notes
 
 
-def _entry_mailboxes(name: str, entry: str) -> list[Address] | None:
-    """The mailboxes of one address-list entry; None when it cannot be read safely."""
+@functools.lru_cache(maxsize=1024)
+def _entry_mailboxes(name: str, entry: str) -> tuple[Address, ...] | None:
+    """The mailboxes of one address-list entry; None when it cannot be read safely. Remembered, as
+    cached_mailboxes is: a customer's From and the support address come again and again, and the
+    answer is made of immutable Addresses."""
     parsed = _registry_addresses(name, entry)
     if parsed is None:
         return _angle_mailbox(name, entry)
     if len(parsed) == 1 and not parsed[0].name and '"' not in entry:
         comments = _COMMENT.findall(entry)
         if comments:  # `ana@x.org (Ana Diaz)`: the only name is in a comment (RFC 5322 §3.4)
-            return [Address(_unstructured(re.sub(r"\\(.)", r"\1", comments[-1]))[0], parsed[0].address)]
-    return parsed
+            return (Address(_unstructured(re.sub(r"\\(.)", r"\1", comments[-1]))[0], parsed[0].address),)
+    return tuple(parsed)
 
 
-def _angle_mailbox(name: str, entry: str) -> list[Address] | None:
+def _angle_mailbox(name: str, entry: str) -> tuple[Address, ...] | None:
     """`ana@x.org <ana@x.org>`, `"=?utf-8?q?Ana?=" <ana@x.org>`: a phrase the registry rejects (unquoted
     specials, an encoded word inside quotes), before one angle address.
 
@@ -799,7 +802,7 @@ def _angle_mailbox(name: str, entry: str) -> list[Address] | None:
     phrase = angle[1].strip()
     if phrase.startswith('"'):
         phrase = re.sub(r"\\(.)", r"\1", phrase[1:-1])
-    return [Address(_unstructured(phrase)[0], parsed[0].address)]
+    return (Address(_unstructured(phrase)[0], parsed[0].address),)
 
 
 def _registry_addresses(name: str, entry: str) -> list[Address] | None:
