@@ -7,7 +7,10 @@ From headers and the two readings of the author (mailbot.senders), names given o
 header blocks (mailbot.headerblock) and boundaries, several inline text parts, HTML and flowed text
 rendered alike (mailbot.htmltext, mailbot.flowed), Outlook's winmail.dat (mailbot.tnef). Hostile mail is refused early: a linear pre-scan of the raw bytes counts parts, nesting depth
 and header sizes before the standard parser (recursive, and slow on long or intricate header fields)
-sees it, and parse() raises UnparseableMessage instead (ParseLimits has the figures).
+sees it, and parse() raises UnparseableMessage instead (ParseLimits has the figures). Most mail is one
+text part under a clean header block: that is read without the parser's line-by-line generators and the
+pre-scan, into the very message object the parser makes of it (`_single_part`), and everything after
+that is the same for every message.
 """
 
 from __future__ import annotations
