@@ -21,6 +21,7 @@ guesses the charset of undeclared 8-bit bytes. What is ours is only the order of
 from __future__ import annotations
 
 import codecs
+import functools
 import re
 import unicodedata
 
@@ -104,8 +105,11 @@ def _search(name: str) -> codecs.CodecInfo | None:
 codecs.register(_search)
 
 
+@functools.lru_cache(maxsize=256)
 def codec(label: str) -> str | None:
-    """The Python codec for a MIME charset label, widened to its superset; None when unknown."""
+    """The Python codec for a MIME charset label, widened to its superset; None when unknown. Remembered:
+    the same few labels come in every message, and the codec registry does not change once this module
+    registered its own search function."""
     name = label.strip().strip("\"'").lower()
     name = _ALIASES.get(name, name)
     for candidate in (name, name[2:] if name.startswith("x-") else None):

@@ -15,6 +15,7 @@ not change when a relay re-encodes the body. Pure.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 
@@ -22,6 +23,8 @@ from mailbot.addresses import key_of
 from mailbot.parse import ParsedMessage
 
 PREFIX = "sha256:"
+# key_of, remembered: pure, and the same senders and support addresses come in message after message.
+_key_of = functools.lru_cache(maxsize=1024)(key_of)
 
 
 def identity(key: str, parsed: ParsedMessage, *, authenticated: bool) -> str:
@@ -32,10 +35,10 @@ def identity(key: str, parsed: ParsedMessage, *, authenticated: bool) -> str:
     """
     fields = [
         key,
-        key_of(parsed.author.address) if parsed.author else "",  # whom it trusts (mailbot.senders)
+        _key_of(parsed.author.address) if parsed.author else "",  # whom it trusts (mailbot.senders)
         "authenticated" if authenticated else "unproven",
-        " ".join(key_of(a.address) for a in parsed.to),
-        " ".join(key_of(a.address) for a in parsed.cc),
+        " ".join(_key_of(a.address) for a in parsed.to),
+        " ".join(_key_of(a.address) for a in parsed.cc),
         parsed.subject,
         parsed.date.isoformat() if parsed.date else "",
         parsed.in_reply_to or "",

@@ -7,7 +7,10 @@ From headers and the two readings of the author (mailbot.senders), names given o
 header blocks (mailbot.headerblock) and boundaries, several inline text parts, HTML and flowed text
 rendered alike (mailbot.htmltext, mailbot.flowed), Outlook's winmail.dat (mailbot.tnef). Hostile mail is refused early: a linear pre-scan of the raw bytes counts parts, nesting depth
 and header sizes before the standard parser (recursive, and slow on long or intricate header fields)
-sees it, and parse() raises UnparseableMessage instead (ParseLimits has the figures).
+sees it, and parse() raises UnparseableMessage instead (ParseLimits has the figures). Most mail is one
+text part under a clean header block: that is read without the parser's line-by-line generators and the
+pre-scan, into the very message object the parser makes of it (`_single_part`), and everything after
+that is the same for every message.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import re
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from email import errors, headerregistry, policy
 from email.generator import BytesGenerator
 from email.headerregistry import BaseHeader, HeaderRegistry
@@ -216,12 +219,15 @@ def parse(raw: bytes, limits: ParseLimits = ParseLimits()) -> ParsedMessage:
     defects = list(block.repairs)
     raw = block.raw
     message_policy = policy.default.clone(header_factory=_HeaderCache())
-    shape = _prescan(raw, limits, message_policy)
-    msg = _parse_bytes(raw, message_policy)
+    msg = _single_part(raw, limits, message_policy)
+    parts = 1
+    if msg is None:
+        parts = _prescan(raw, limits, message_policy).parts
+        msg = _parse_bytes(raw, message_policy)
     charsets = _Charsets()
     hint = _charset_hint(msg, charsets)
     headers = _Headers(msg, hint, defects)
-    body = _Walker(limits, message_policy, hint, charsets, defects, shape.parts).body(msg)
+    body = _Walker(limits, message_policy, hint, charsets, defects, parts).body(msg)
     author, shown = _authors(headers, bool(block.repairs) or _block_cut(msg), defects)
     return ParsedMessage(
         message_id=_message_id(headers.text("message-id")),
@@ -369,22 +375,7 @@ class _Prescan:
         if not self.field_lines:
             return
         value = b"".join(self.field_lines)
-        is_mime = value[:8].lower() == b"content-"
-        limit = self.limits.max_mime_header_bytes if is_mime else self.limits.max_header_bytes
-        if len(value) > limit:
-            raise UnparseableMessage(f"a header field is {len(value)} bytes, over the limit of {limit}")
-        if is_mime:
-            specials = len(_MIME_SPECIALS.findall(value.partition(b":")[2].strip()))
-            self.mime_complexity += specials * (1 + len(value) // 1024)
-            if self.mime_complexity > self.limits.max_mime_complexity:
-                raise UnparseableMessage(
-                    f"Content-* fields more complex than the limit of {self.limits.max_mime_complexity}"
-                )
-        if (
-            value.count(b"(") > self.limits.max_comment_depth
-            and _comment_depth(value) > self.limits.max_comment_depth
-        ):
-            raise UnparseableMessage(f"header comments nested over {self.limits.max_comment_depth} deep")
+        self.mime_complexity = _checked_field(value, self.limits, self.mime_complexity)
         if self.content_type is None and value[:13].lower() == b"content-type:":
             self.content_type = self.field_lines
         self.field_lines = []
@@ -447,6 +438,77 @@ class _Prescan:
 def _prescan(raw: bytes, limits: ParseLimits, message_policy: EmailPolicy[EmailMessage]) -> _Shape:
     """Count parts, depth and header sizes in linear time; raise UnparseableMessage past `limits`."""
     return _Prescan(limits, message_policy).run(raw)
+
+
+def _checked_field(value: bytes, limits: ParseLimits, mime_complexity: int) -> int:
+    """Check one header field (its lines joined) against `limits`, raising UnparseableMessage past them;
+    return the Content-* fields' complexity so far, this field's added."""
+    is_mime = value[:8].lower() == b"content-"
+    limit = limits.max_mime_header_bytes if is_mime else limits.max_header_bytes
+    if len(value) > limit:
+        raise UnparseableMessage(f"a header field is {len(value)} bytes, over the limit of {limit}")
+    if is_mime:
+        specials = len(_MIME_SPECIALS.findall(value.partition(b":")[2].strip()))
+        mime_complexity += specials * (1 + len(value) // 1024)
+        if mime_complexity > limits.max_mime_complexity:
+            raise UnparseableMessage(f"Content-* fields more complex than the limit of {limits.max_mime_complexity}")
+    if value.count(b"(") > limits.max_comment_depth and _comment_depth(value) > limits.max_comment_depth:
+        raise UnparseableMessage(f"header comments nested over {limits.max_comment_depth} deep")
+    return mime_complexity
+
+
+# --- The common case: one entity, a clean header block ---------------------------------------------------
+
+# A header field as email.feedparser reads one (its headerRE) when it has nothing to note: a name (`:x` is
+# a defect, and a `From ` line has a space in it), then continuation lines; CRLF after each line. Its
+# groups are what the policy's header_source_parse makes of it: the name, and the value without the
+# blanks after the colon (its final CRLF is stripped from the group below). Possessive, so that no line
+# can be matched two ways: a block that does not match fails in linear time.
+_FIELD = r"([\x21-\x39\x3b-\x7e]+):[ \t]*+([^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*)"
+_CLEAN_FIELD = re.compile(_FIELD)
+_CLEAN_BLOCK = re.compile(f"(?:{_FIELD})+")
+
+
+def _single_part(raw: bytes, limits: ParseLimits, message_policy: EmailPolicy[EmailMessage]) -> EmailMessage | None:
+    """The message the standard parser makes of `raw` when it is one entity (neither multipart nor
+    message/*) whose header block is clean: every line a field or its continuation, each ended by CRLF,
+    then a blank line; within `limits`, as the pre-scan counts them. None for any other message, which
+    the pre-scan and the standard parser then read.
+
+    For such a message the parser does this much: each field's name and value (header_source_parse of
+    policy.default) go to set_raw, and the text after the blank line is the payload, as it is. Most
+    mail is such a message, and the parser's line-by-line generators cost more than the rest of a
+    reading (tests/test_parse.py TestSinglePart compares the two readings).
+    """
+    text = raw.decode("ascii", "surrogateescape")
+    end = text.find("\r\n\r\n") + 2
+    head = text[:end]
+    if end < 2 or head.count("\r") != head.count("\n") or not _CLEAN_BLOCK.fullmatch(head):
+        return None
+    fields = _CLEAN_FIELD.findall(head)
+    if len(fields) > limits.max_headers:
+        return None
+    # No field of a short block can be past a limit (a field's complexity is at most its length, times the
+    # same factor): the fields of a longer one are checked one by one, as the pre-scan checks them.
+    checked = (
+        end > min(limits.max_header_bytes, limits.max_mime_header_bytes)
+        or end * (1 + end // 1024) > limits.max_mime_complexity
+        or head.count("(") > limits.max_comment_depth
+    )
+    msg = EmailMessage(policy=message_policy)
+    try:
+        if checked:
+            mime_complexity = 0
+            for field in _CLEAN_FIELD.finditer(head):
+                mime_complexity = _checked_field(field[0].encode("ascii", "surrogateescape"), limits, mime_complexity)
+        for name, value in fields:
+            msg.set_raw(name, value.rstrip("\r\n"))
+        if msg.get_content_maintype() in ("multipart", "message"):
+            return None
+    except (UnparseableMessage, *_STDLIB_FAILURES):
+        return None
+    msg.set_payload(text[end + 2 :])
+    return msg
 
 
 def _entity_type(
@@ -535,6 +597,8 @@ def _has_surrogates(text: str) -> bool:
 
 def _clean_header(text: str) -> str:
     """A header value for display: one line, no control characters, trimmed."""
+    if text.isascii() and text.isprintable():
+        return text.strip()  # nothing below would change it: no line end, tab, NUL or other control
     return _CONTROLS.sub("", _clean(text).replace("\n", " ").replace("\t", " ")).strip()
 
 
@@ -621,7 +685,14 @@ class _Headers:
         return found
 
 
+def _as_is(raw: str) -> bool:
+    """Whether _header_text surely gives `raw` back unchanged: printable ASCII (no line end, NUL, escape)."""
+    return raw.isascii() and raw.isprintable()
+
+
 def _header_text(raw: str, hint: str | None) -> str:
+    if _as_is(raw):
+        return raw
     value = "".join(_FOLD.split(raw))  # RFC 5322 §2.2.3 unfolding
     # Raw 8-bit bytes (kept by the parser as surrogate escapes), or ISO-2022-JP sent without encoded words.
     if _has_surrogates(value) or "\x1b" in value:
@@ -706,19 +777,22 @@ def _addresses(name: str, value: str, strict: bool) -> tuple[list[Address], list
     return found, notes
 
 
-def _entry_mailboxes(name: str, entry: str) -> list[Address] | None:
-    """The mailboxes of one address-list entry; None when it cannot be read safely."""
+@functools.lru_cache(maxsize=1024)
+def _entry_mailboxes(name: str, entry: str) -> tuple[Address, ...] | None:
+    """The mailboxes of one address-list entry; None when it cannot be read safely. Remembered, as
+    cached_mailboxes is: a customer's From and the support address come again and again, and the
+    answer is made of immutable Addresses."""
     parsed = _registry_addresses(name, entry)
     if parsed is None:
         return _angle_mailbox(name, entry)
     if len(parsed) == 1 and not parsed[0].name and '"' not in entry:
         comments = _COMMENT.findall(entry)
         if comments:  # `ana@x.org (Ana Diaz)`: the only name is in a comment (RFC 5322 §3.4)
-            return [Address(_unstructured(re.sub(r"\\(.)", r"\1", comments[-1]))[0], parsed[0].address)]
-    return parsed
+            return (Address(_unstructured(re.sub(r"\\(.)", r"\1", comments[-1]))[0], parsed[0].address),)
+    return tuple(parsed)
 
 
-def _angle_mailbox(name: str, entry: str) -> list[Address] | None:
+def _angle_mailbox(name: str, entry: str) -> tuple[Address, ...] | None:
     """`ana@x.org <ana@x.org>`, `"=?utf-8?q?Ana?=" <ana@x.org>`: a phrase the registry rejects (unquoted
     specials, an encoded word inside quotes), before one angle address.
 
@@ -731,7 +805,7 @@ def _angle_mailbox(name: str, entry: str) -> list[Address] | None:
     phrase = angle[1].strip()
     if phrase.startswith('"'):
         phrase = re.sub(r"\\(.)", r"\1", phrase[1:-1])
-    return [Address(_unstructured(phrase)[0], parsed[0].address)]
+    return (Address(_unstructured(phrase)[0], parsed[0].address),)
 
 
 def _registry_addresses(name: str, entry: str) -> list[Address] | None:
@@ -798,13 +872,16 @@ def _split_address_list(text: str) -> list[str]:
 
 
 _MSG_ID = re.compile(r"<([^<>]*)>")
+_ID_SEPARATORS = re.compile(r"[\s,]+")
 
 
 def _message_ids(value: str) -> list[str]:
     """Message-IDs in `<...>` form, in order, without duplicates; bare `x@y` tokens are wrapped."""
+    if not value:
+        return []
     found = ["".join(inner.split()) for inner in _MSG_ID.findall(value)]
     if not found:
-        found = [token.strip("<>") for token in re.split(r"[\s,]+", value) if "@" in token]
+        found = [token.strip("<>") for token in _ID_SEPARATORS.split(value) if "@" in token]
     cleaned = (_clean_header(i) for i in found if i)
     return list(dict.fromkeys(f"<{i}>" for i in cleaned if i))
 
@@ -822,11 +899,37 @@ def _date(value: str, defects: list[str]) -> datetime | None:
     if not value.strip():
         return None
     try:
-        date = parsedate_to_datetime(value.strip())
+        date = _read_date(value.strip())
     except (ValueError, TypeError, IndexError, OverflowError):
         defects.append(f"date: cannot read {_clean_header(value)[:80]!r}")
         return None
     return date if date.tzinfo else date.replace(tzinfo=UTC)
+
+
+# RFC 5322 §3.3's date as nearly every mailer writes it, with a zone other than -0000.
+_COMMON_DATE = re.compile(
+    r"(?:[A-Za-z]{3}, )?([0-9]{1,2}) (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) ([1-9][0-9]{3}) "
+    r"([0-9]{2}):([0-9]{2}):([0-9]{2}) ([+-])([0-9]{2})([0-9]{2})"
+)
+_MONTHS = {"Jan": 1, "Feb": 2, "Mar": 3, "Apr": 4, "May": 5, "Jun": 6, "Jul": 7, "Aug": 8, "Sep": 9, "Oct": 10, "Nov": 11, "Dec": 12}
+
+
+def _read_date(value: str) -> datetime:
+    """parsedate_to_datetime(value): the same datetime, or the same exception. The common form is read here
+    (the standard function's general reading costs more than the rest of a short message's fields); any
+    other goes to it (tests/test_parse.py compares the two)."""
+    found = _COMMON_DATE.fullmatch(value)
+    if found is None or value.endswith("-0000"):
+        return parsedate_to_datetime(value)
+    day, month, year, hour, minute, second, sign, hours, minutes = found.groups()
+    offset = (-1 if sign == "-" else 1) * (int(hours) * 3600 + int(minutes) * 60)
+    return datetime(int(year), _MONTHS[month], int(day), int(hour), int(minute), int(second), tzinfo=_zone(offset))
+
+
+@functools.lru_cache(maxsize=64)
+def _zone(offset: int) -> timezone:
+    """The fixed zone `offset` seconds east of UTC; a few dozen are in use, and they are immutable."""
+    return timezone(timedelta(seconds=offset))
 
 
 class _Charsets(dict[EmailMessage, str | None]):
@@ -954,7 +1057,7 @@ class _Walker:
         elif content_type.startswith("multipart/"):
             self.recover(part, body, depth)
         elif content_type in ("text/plain", "text/html") and not _is_attachment(part):
-            text = self.text(part)
+            text = self.text(part, content_type)
             (body.plain if content_type == "text/plain" else body.html).append(text)
         else:
             data = _payload_bytes(part)
@@ -1064,9 +1167,9 @@ class _Walker:
         else:
             body.plain.append(self.decode(raw, self.charsets[part]))
 
-    def text(self, part: EmailMessage) -> str:
+    def text(self, part: EmailMessage, content_type: str) -> str:
         text = self.decode(_payload_bytes(part), self.charsets[part])
-        if part.get_content_type() == "text/plain" and _param(part, "format") == "flowed":
+        if content_type == "text/plain" and _param(part, "format") == "flowed":
             return unflow(text, delsp=_param(part, "delsp") == "yes")
         return text
 
@@ -1179,12 +1282,11 @@ def _is_attachment(part: EmailMessage) -> bool:
 
 def _raw_filename(part: EmailMessage, hint: str | None) -> str | None:
     """The filename parameter (RFC 2231 decoded), from Content-Disposition or Content-Type's name."""
-    fields = [
-        (name, _header_text(value, hint))
-        for name, value in part.raw_items()
-        if name.lower() in ("content-disposition", "content-type")
-    ]
-    if not _may_name([value for _, value in fields], "name"):  # neither `filename` nor `name`
+    raw = [(name, value) for name, value in part.raw_items() if name.lower() in ("content-disposition", "content-type")]
+    if all(_as_is(value) for _, value in raw) and not _may_name([value for _, value in raw], "name"):
+        return None  # neither `filename` nor `name`, nor anything that decodes to them
+    fields = [(name, _header_text(value, hint)) for name, value in raw]
+    if not _may_name([value for _, value in fields], "name"):
         return None
     probe = EmailMessage(policy=part.policy)  # the message's policy, which caches parsed fields
     for name, value in fields:

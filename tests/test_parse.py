@@ -716,3 +716,169 @@ def test_any_bytes_parse_or_raise_unparseable(raw: bytes) -> None:
         return
     assert isinstance(parsed, ParsedMessage)
     json.dumps(parsed.to_json(), ensure_ascii=False).encode("utf-8")
+
+
+# Header fields of single-part mail, clean and not: what the fast path (`_single_part`) must read as the
+# standard parser does, or leave to it.
+FIELD_PIECES = [
+    b"From: Ana Diaz <ana@lincoln.example>",
+    b"From: ana@lincoln.example (Ana)",
+    b"To: Hero Support <herosupport@schoolmint.com>, b@x.example",
+    b"Subject: =?utf-8?q?caf=C3=A9?= question",
+    b"Subject: caf\xc3\xa9 \xe9",
+    b"Subject:",
+    b"Subject:   \t",
+    b"Date: Tue, 01 Dec 2026 10:00:00 -0500",
+    b"Message-ID: <1.bench@lincoln.example>",
+    b"MIME-Version: 1.0",
+    b"Content-Type: text/plain; charset=utf-8",
+    b"Content-Type: text/plain; format=flowed; delsp=yes",
+    b"Content-Type: text/html",
+    b"Content-Type: multipart/mixed; boundary=x",
+    b"Content-Type: message/rfc822",
+    b"Content-Type: message/delivery-status",
+    b"Content-Type: Message/Partial; id=x",
+    b"Content-Type: ;",
+    b"Content-Type: text/plain; name*0=a; name*1=b.txt",
+    b"Content-Transfer-Encoding: base64",
+    b"Content-Disposition: attachment; filename=a.txt",
+    b"X-Comment: " + b"(" * 35 + b")" * 35,
+    b"X-Long: " + b"y" * 70_000,
+    b" continued",
+    b"\tcontinued",
+    b" ",
+    b"From someone@example.org Tue Dec  1 10:00:00 2026",
+    b":no name",
+    b"no colon at all",
+    b"Subject : spaced",
+    b"X-\x80: eight bit name",
+    b"X-Bare: cr\rinside",
+    b"X-Bare: lf\ninside",
+]
+
+
+@st.composite
+def single_part_messages(draw: st.DrawFn) -> bytes:
+    """Header lines drawn from FIELD_PIECES, fields of any value, any bytes; a blank line or not; a body."""
+    names = st.sampled_from([b"Subject", b"From", b"To", b"Content-Type", b"Content-Disposition", b"X-Any"])
+    any_value = st.builds(lambda name, value: name + b":" + value, names, st.binary(max_size=30))
+    line = st.one_of(st.sampled_from(FIELD_PIECES), st.sampled_from(FIELD_PIECES), any_value, st.binary(max_size=30))
+    lines = draw(st.lists(line, min_size=0, max_size=12))
+    separator = draw(st.sampled_from([b"\r\n\r\n", b"\r\n\r\n", b"\n\n", b"\r\n", b"\r\n \r\n\r\n"]))
+    body = draw(st.sampled_from([b"Hello.\r\n", b"", b"a\rb\nc\r\n\r\n--x\r\n", b"\xff\x00 body"]) | st.binary(max_size=40))
+    return b"\r\n".join(lines) + separator + body
+
+
+class TestSinglePart:
+    """The fast path for single-part mail reads a message exactly as the standard parser does, or leaves it."""
+
+    @staticmethod
+    def readings(raw: bytes, limits: ParseLimits | None = None) -> tuple[object, object] | None:
+        """(fast, full) standard-library messages of `raw`; None when the fast path leaves it."""
+        from email import policy
+
+        limits = limits or ParseLimits()
+        from mailbot.parse import _HeaderCache, _parse_bytes, _prescan, _single_part
+
+        message_policy = policy.default.clone(header_factory=_HeaderCache())
+        fast = _single_part(raw, limits, message_policy)
+        if fast is None:
+            return None
+        assert _prescan(raw, limits, message_policy).parts == 1  # never past a limit the pre-scan checks
+        return fast, _parse_bytes(raw, message_policy)
+
+    def test_common_mail_takes_the_fast_path(self) -> None:
+        """A plain question, and most of the corpus's single-part mail, is read by the fast path."""
+        question = headers("From: Ana <ana@x.example>", "Subject: Hi", "Content-Type: text/plain").replace(b"\n", b"\r\n")
+        assert self.readings(question) is not None
+        fast = [raw for raw in CORPUS if self.readings(raw) is not None]
+        assert len(fast) > len(CORPUS) // 4
+
+    def test_what_it_leaves_to_the_parser(self) -> None:
+        """Multipart, message/*, a `From ` line, a stray line, bare line ends, and a field over a limit."""
+        for raw in [
+            b"Content-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\n\r\nHi\r\n--x--\r\n",
+            b"Content-Type: message/rfc822\r\n\r\nSubject: inner\r\n\r\nHi\r\n",
+            b"From a@b Tue Dec  1 10:00:00 2026\r\nSubject: x\r\n\r\nHi\r\n",
+            b"Subject: x\r\nno colon\r\n\r\nHi\r\n",
+            b"Subject: x\nTo: a@b\n\nHi\n",
+            b"Subject: x\r\n",
+            b"X-Long: " + b"y" * 70_000 + b"\r\n\r\nHi\r\n",
+        ]:
+            assert self.readings(raw) is None, raw[:40]
+        assert self.readings(b"To: a@b\r\nSubject: x\r\n\r\nHi\r\n", ParseLimits(max_headers=1)) is None
+
+    @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.one_of(single_part_messages(), mutated_messages()))
+    def test_reads_as_the_standard_parser(self, raw: bytes) -> None:
+        """Every attribute of the message object the same: fields as received, payload, defects, types."""
+        found = self.readings(raw)
+        if found is not None:
+            fast, full = found
+            assert vars(fast) == vars(full)
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.one_of(single_part_messages(), mutated_messages()))
+    def test_parse_reads_as_without_it(self, raw: bytes) -> None:
+        """parse() with the fast path gives the same reading as the pre-scan and parser alone (or the same
+        refusal)."""
+        import mailbot.parse as parse_module
+
+        def outcome() -> object:
+            try:
+                parsed = parse(raw)
+            except UnparseableMessage as exc:
+                return str(exc)
+            return (repr(parsed), parsed.to_json(), [(k, v) for k, v in parsed.message.raw_items()])
+
+        with_fast = outcome()
+        original = parse_module._single_part
+        parse_module._single_part = lambda *args: None  # type: ignore[assignment]
+        try:
+            assert outcome() == with_fast
+        finally:
+            parse_module._single_part = original
+
+
+class TestDates:
+    """The Date field's common form, read without the standard library's general reader, reads the same."""
+
+    @staticmethod
+    def outcome(read: object, value: str) -> object:
+        try:
+            date = read(value)  # type: ignore[operator]
+        except Exception as exc:  # noqa: BLE001 - the kind of failure is what is compared
+            return type(exc)
+        return (date, date.utcoffset())
+
+    @settings(max_examples=500, deadline=None)
+    @given(
+        st.sampled_from(["", "Tue, ", "Mon, ", "tue, ", "Xyz, ", "Tue,"]),
+        st.integers(min_value=0, max_value=99),
+        st.sampled_from(["Jan", "Feb", "Dec", "dec", "Sept"]),
+        st.integers(min_value=0, max_value=9999),
+        st.tuples(*[st.integers(min_value=0, max_value=99)] * 3),
+        st.sampled_from(["+", "-"]),
+        st.integers(min_value=0, max_value=9999),
+        st.sampled_from(["", " ", " (EST)"]),
+    )
+    def test_reads_as_parsedate_to_datetime(
+        self, weekday: str, day: int, month: str, year: int, time: tuple[int, int, int], sign: str, zone: int, tail: str
+    ) -> None:
+        """Days, hours and zones past their ranges, short years, -0000, day names: the same datetime, or the
+        same exception."""
+        from email.utils import parsedate_to_datetime
+
+        from mailbot.parse import _read_date
+
+        value = f"{weekday}{day:02d} {month} {year:04d} {time[0]:02d}:{time[1]:02d}:{time[2]:02d} {sign}{zone:04d}{tail}"
+        assert self.outcome(_read_date, value) == self.outcome(parsedate_to_datetime, value)
+
+    def test_common_dates(self) -> None:
+        """A zone east and west, +0000 and -0000 (no zone: read as UTC)."""
+        assert parse(headers("Date: Tue, 01 Dec 2026 10:00:00 -0500")).date == datetime(
+            2026, 12, 1, 15, 0, tzinfo=UTC
+        )
+        assert parse(headers("Date: 1 Dec 2026 10:00:00 +0530")).date.utcoffset() == timedelta(hours=5, minutes=30)  # type: ignore[union-attr]
+        assert parse(headers("Date: Tue, 01 Dec 2026 10:00:00 +0000")).date.utcoffset() == timedelta(0)  # type: ignore[union-attr]
+        assert parse(headers("Date: Tue, 01 Dec 2026 10:00:00 -0000")).date == datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
