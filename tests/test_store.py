@@ -107,6 +107,15 @@ class TestInbound:
         )
         assert len(first) == 3 and second == [] and later == first
 
+    def test_a_claim_takes_its_limit_and_no_more(self, db: Database) -> None:
+        """The oldest `limit` rows, on PostgreSQL too (a subquery run again per row once took all 52)."""
+        ids = db.call(inbound_store.insert_many, [RawMessage(b"x", "smtp")] * 52, NOW)
+        claims = [
+            db.call(lambda s: [r.id for r in inbound_store.claim_pending(s, NOW, timedelta(minutes=5), 8, "me")])
+            for _ in range(8)
+        ]
+        assert claims == [ids[i : i + 8] for i in range(0, 52, 8)] + [[]]
+
     def test_failed_rows_can_be_retried(self, db: Database) -> None:
         [row_id] = db.call(inbound_store.insert_many, [RawMessage(b"x", "smtp")], NOW)
 

@@ -101,16 +101,21 @@ _CLAIMABLE = and_(
     _inbound.c.status == "pending",
     or_(_inbound.c.claimed_until.is_(None), _inbound.c.claimed_until < bindparam("now")),
 )
+# A common table expression, computed once. As a plain `IN (subquery)`, PostgreSQL may plan the subquery as
+# the inner side of a nested loop and run it again for each row: each run locks and skips the rows the
+# statement just updated, so a claim of 8 took the whole backlog (52 of 52 rows).
 _CANDIDATES = (
     select(_inbound.c.id)
     .where(_CLAIMABLE)
     .order_by(_inbound.c.id)
     .limit(bindparam("limit"))
     .with_for_update(skip_locked=True)
+    .cte("candidates")
+    .prefix_with("MATERIALIZED", dialect="postgresql")
 )
 _CLAIM = (
     update(_inbound)
-    .where(_inbound.c.id.in_(_CANDIDATES), _CLAIMABLE)
+    .where(_inbound.c.id.in_(select(_CANDIDATES.c.id)), _CLAIMABLE)
     .values(claimed_by=bindparam("owner"), claimed_until=bindparam("until"), attempts=_inbound.c.attempts + 1)
     .returning(*(column for column in _inbound.c if column.key != "trail"))  # the trail is written, never read
 )
