@@ -47,7 +47,7 @@ from mailbot.outbox import is_permanent, retry_delay
 from mailbot.signing import DkimSigner
 from mailbot.store import Database
 from mailbot.store import outbox as outbox_store
-from mailbot.store.outbox import Claimed, Sending
+from mailbot.store.outbox import Claimed, ItemState
 
 if TYPE_CHECKING:
     from mailbot.metrics import Tally
@@ -64,7 +64,7 @@ BATCH = 50  # outbox items per claim; the maildir's group
 Parcel = tuple[Claimed, bytes]  # an item and the bytes that go out (Date and DKIM-Signature added)
 # A group's outcomes, in order: None where the transport took the message (durably, once the call returns).
 Outcomes = list["DeliveryError | None"]
-Lookup = Callable[[Sequence[int]], Awaitable[dict[int, Sending]]]  # items by id, for a maildir's leftovers
+Lookup = Callable[[Sequence[int]], Awaitable[dict[int, ItemState]]]  # items by id, for a maildir's leftovers
 # What an SMTP command line can carry between < and > (RFC 5321 4.1.2, ASCII): no space, control or bracket.
 PATH = re.compile(r"[!-;=?-~]*")
 
@@ -495,5 +495,5 @@ class Sender:
     async def next_due(self) -> datetime | None:
         return await self.db.run_statements(outbox_store.next_due)
 
-    async def _lookup(self, ids: Sequence[int]) -> dict[int, Sending]:
-        return await self.db.run_statements(outbox_store.sending, ids)
+    async def _lookup(self, ids: Sequence[int]) -> dict[int, ItemState]:
+        return await self.db.run_statements(outbox_store.states, ids)

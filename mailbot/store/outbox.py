@@ -158,7 +158,7 @@ def record_sent(session: Session | Connection, items: Sequence[Claimed], at: dat
     return recorded
 
 
-class Sending(NamedTuple):
+class ItemState(NamedTuple):
     """Where an item stands, as a transport that finds its own leftovers asks (mailbot.sender)."""
 
     message_id: str
@@ -166,15 +166,15 @@ class Sending(NamedTuple):
     sent: bool
 
 
-_SENDING = select(_outbox.c.id, _outbox.c.message_id, _outbox.c.attempts, _outbox.c.status == "sent").where(
+_STATES = select(_outbox.c.id, _outbox.c.message_id, _outbox.c.attempts, _outbox.c.status == "sent").where(
     _outbox.c.id.in_(bindparam("ids", expanding=True))
 )
 
 
-def sending(session: Session | Connection, ids: Sequence[int]) -> dict[int, Sending]:
+def states(session: Session | Connection, ids: Sequence[int]) -> dict[int, ItemState]:
     """These items (those that exist), by id."""
-    rows = _connection(session).execute(_SENDING, {"ids": list(ids)})
-    return {row[0]: Sending(row[1], row[2], bool(row[3])) for row in rows}
+    rows = _connection(session).execute(_STATES, {"ids": list(ids)})
+    return {row[0]: ItemState(row[1], row[2], bool(row[3])) for row in rows}
 
 
 def mark_attempt_failed(
