@@ -1,26 +1,37 @@
 """Mail out: drains the outbox through a transport (an SMTP relay, or a maildir folder), DKIM-signs, retries.
 
 Each due item is claimed with a lease before sending, so several instances on one database never send the
-same item; a crash after the relay accepted but before we recorded it is the one case that sends twice, and
-then it is the very same message (same Message-ID), which mail clients merge. The lease is short and
-renewed while the instance lives (mailbot.leases); `stop` ends every drain after the messages in hand and
-gives back the items it claimed but did not send.
+same item; `stop` ends every drain after the messages in hand and gives back the items it claimed but did
+not send. The lease is short and renewed while the instance lives (mailbot.leases).
 
-A drain is cheap per message: a batch is claimed in two statements, the relay is reached over one
-connection for the drain's messages, and the messages go to the transport MAX_UNRECORDED at a time, then are
-recorded as sent together, in one transaction: a crash sends again at most that many messages. A maildir
-makes such a group durable with one fsync of its folder, not one per message.
+A drain claims a batch in one statement, then hands the transport a group of messages at a time and records
+the group as sent in one transaction (two statements) before the next group goes out. What a crash between
+the two does depends on the transport:
+
+- The relay's 250 cannot be taken back: a crash after it and before the record sends the message again
+  (the very same message, same Message-ID, which mail clients merge). So the relay gets MAX_UNRECORDED
+  messages at a time, the most a crash sends twice; it is reached over one connection for the drain.
+- The maildir delivers nothing before the record. Each message is written to tmp/ (fsynced, then tmp/
+  once for the group), the group is recorded as sent, and only then are its files renamed into new/ (then
+  new/ fsynced once). A file's name carries its item's id and claim (`attempts`) and a digest of its
+  Message-ID, and a record takes effect only for an item's latest claim (mailbot.store.outbox). A crash
+  before the record leaves files in tmp/ that no record names: never delivered, the items are sent again
+  by their next claim. A crash after it leaves recorded files in tmp/: every drain first looks there and
+  moves into new/ the files whose claim is recorded as sent (and removes those of claims that can no longer
+  be), so each is delivered once, late rather than twice, and none is lost. So a maildir group is the
+  whole claimed batch: one record transaction and two folder fsyncs for up to BATCH messages.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import re
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime, timedelta
 from email.utils import format_datetime
@@ -36,7 +47,7 @@ from mailbot.outbox import is_permanent, retry_delay
 from mailbot.signing import DkimSigner
 from mailbot.store import Database
 from mailbot.store import outbox as outbox_store
-from mailbot.store.outbox import Claimed, Delivered
+from mailbot.store.outbox import Claimed, ItemState
 
 if TYPE_CHECKING:
     from mailbot.metrics import Tally
@@ -45,13 +56,15 @@ log = logging.getLogger("mailbot.sender")
 # Some relays end a session after so many messages; a fresh connection now and then also lets a relay
 # behind a load balancer spread a long drain over its members.
 MESSAGES_PER_CONNECTION = 100
-# A drain hands the transport this many messages at most, then records them as sent before the next go out:
-# so a crash sends again at most this many messages, whatever the relay's and the disk's speeds. Each group
-# is one record transaction (and with a maildir, one fsync of its folder): the pair halves both per message.
+# A drain hands the relay this many messages at most, then records them as sent before the next go out: so a
+# crash sends again at most this many messages, whatever the relay's speed. Each group is one record
+# transaction: the pair halves those per message.
 MAX_UNRECORDED = 2
-Envelope = tuple[str, Sequence[str], bytes]  # envelope from, recipients, the bytes
+BATCH = 50  # outbox items per claim; the maildir's group
+Parcel = tuple[Claimed, bytes]  # an item and the bytes that go out (Date and DKIM-Signature added)
 # A group's outcomes, in order: None where the transport took the message (durably, once the call returns).
-Deliver = Callable[[Sequence[Envelope]], Awaitable[list["DeliveryError | None"]]]
+Outcomes = list["DeliveryError | None"]
+Lookup = Callable[[Sequence[int]], Awaitable[dict[int, ItemState]]]  # items by id, for a maildir's leftovers
 # What an SMTP command line can carry between < and > (RFC 5321 4.1.2, ASCII): no space, control or bracket.
 PATH = re.compile(r"[!-;=?-~]*")
 
@@ -62,9 +75,24 @@ class DeliveryError(Exception):
         self.code = code
 
 
+class Handover(Protocol):
+    """How one drain hands its messages over, a group at a time."""
+
+    group: int  # messages handed over before they are recorded as sent
+
+    async def deliver(self, parcels: Sequence[Parcel]) -> Outcomes:
+        """The group handed over; the outcome of each, in order."""
+        ...
+
+    async def recorded(self, ids: Collection[int]) -> None:
+        """Of the group's messages the transport took, these were recorded as sent (the others had been
+        claimed again meanwhile)."""
+        ...
+
+
 class Transport(Protocol):
-    def session(self) -> AbstractAsyncContextManager[Deliver]:
-        """How one drain hands its messages over, a group at a time."""
+    def session(self, lookup: Lookup) -> AbstractAsyncContextManager[Handover]:
+        """One drain's handover; `lookup` reads outbox items (for what an earlier drain left unfinished)."""
         ...
 
 
@@ -77,10 +105,10 @@ class SmtpTransport:
         self.password = password
 
     @asynccontextmanager
-    async def session(self) -> AsyncIterator[Deliver]:
+    async def session(self, lookup: Lookup) -> AsyncIterator[Handover]:
         relay = _Relay(self.config, self.password)
         try:
-            yield relay.deliver_all
+            yield relay
         finally:
             await relay.close()
 
@@ -90,24 +118,29 @@ class _Relay:
     so whatever the failure left behind (a refused envelope, a session the relay is ending) never touches the
     next message: that one gets a fresh connection."""
 
+    group = MAX_UNRECORDED  # what the relay took is out: a crash before its record sends it again
+
     def __init__(self, config: OutboundConfig, password: str | None) -> None:
         self.config = config
         self.password = password
         self._client: aiosmtplib.SMTP | None = None
         self._messages = 0  # sent over this connection
 
-    async def deliver_all(self, envelopes: Sequence[Envelope]) -> list[DeliveryError | None]:
-        outcomes: list[DeliveryError | None] = []
-        for envelope in envelopes:
+    async def deliver(self, parcels: Sequence[Parcel]) -> Outcomes:
+        outcomes: Outcomes = []
+        for item, message in parcels:
             try:
-                await self.deliver(*envelope)
+                await self.send(item.envelope_from, item.recipients, message)
             except DeliveryError as exc:
                 outcomes.append(exc)
             else:
                 outcomes.append(None)
         return outcomes
 
-    async def deliver(self, envelope_from: str, recipients: Sequence[str], message: bytes) -> None:
+    async def recorded(self, ids: Collection[int]) -> None:
+        pass  # sent already
+
+    async def send(self, envelope_from: str, recipients: Sequence[str], message: bytes) -> None:
         try:
             client = await self._connected()
             await _transaction(client, envelope_from, recipients, message)  # accepted for one recipient at least
@@ -189,9 +222,8 @@ def _path(address: str) -> bytes:
 
 
 class MaildirTransport:
-    """Writes each message into a maildir's new/ folder, durably: each file's fsync before its rename, as
-    Maildir intends, then one fsync of new/ for the group (what a crash before it loses was not recorded as
-    sent either: it is written again, at most MAX_UNRECORDED messages)."""
+    """Writes each message into a maildir's new/ folder, durably, and only once it is recorded as sent (the
+    module's docstring says how, and why a crash then delivers nothing twice)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -201,42 +233,170 @@ class MaildirTransport:
             (path / sub).mkdir(mode=0o700, exist_ok=True)
 
     @asynccontextmanager
-    async def session(self) -> AsyncIterator[Deliver]:
-        yield self.deliver
+    async def session(self, lookup: Lookup) -> AsyncIterator[Handover]:
+        try:
+            folders = _Folders(self.path)
+        except OSError as exc:  # nothing can be written: every message waits for its retry
+            yield _Refusing(_error(self.path, exc))
+            return
+        try:
+            await _recover(folders, lookup)
+            yield _Staging(folders, self.host)
+        finally:
+            folders.close()
 
-    async def deliver(self, envelopes: Sequence[Envelope]) -> list[DeliveryError | None]:
-        return await asyncio.to_thread(self._write_all, [message for _, _, message in envelopes])  # fsync blocks
 
-    def _write_all(self, messages: list[bytes]) -> list[DeliveryError | None]:
-        outcomes = [self._write(message) for message in messages]
-        if any(outcome is None for outcome in outcomes):
-            try:
-                directory = os.open(self.path / "new", os.O_RDONLY)
+class _Folders:
+    """The maildir's tmp/ and new/, open for one drain: files are made, renamed and removed by name in them
+    (no path built per file), and each folder is fsynced once for a group."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.tmp = os.open(path / "tmp", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            self.new = os.open(path / "new", os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            os.close(self.tmp)
+            raise
+
+    def write(self, name: str, message: bytes) -> None:
+        """The file in tmp/, its bytes durable (not yet its name: `os.fsync(self.tmp)`)."""
+        fd = os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600, dir_fd=self.tmp)
+        try:
+            view = memoryview(message.replace(b"\r\n", b"\n"))
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def settle(self, placed: Collection[str], removed: Collection[str]) -> None:
+        """Files from tmp/ into new/, durably, and others removed. One already gone was placed by another
+        drain (one that found it after a crash, below): a rename happens once, so no file is placed twice.
+        A file that cannot be moved stays in tmp/, recorded as sent: a later drain moves it (_recover)."""
+        self.remove(removed)
+        try:
+            for name in placed:
                 try:
-                    os.fsync(directory)  # the renames of the whole group
-                finally:
-                    os.close(directory)
+                    os.rename(name, name, src_dir_fd=self.tmp, dst_dir_fd=self.new)
+                except FileNotFoundError:
+                    pass
+            if placed:
+                os.fsync(self.new)
+        except OSError as exc:
+            log.error("cannot move sent mail into %s: %s; the next drain tries again", self.path / "new", exc.strerror)
+
+    def remove(self, names: Collection[str]) -> None:
+        """Files of tmp/ that will never be placed; one that cannot be removed is left there, harmless."""
+        for name in names:
+            try:
+                os.unlink(name, dir_fd=self.tmp)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        os.close(self.tmp)
+        os.close(self.new)
+
+
+class _Staging:
+    """A drain's handover to the maildir: each group written to tmp/, then placed in new/ as recorded."""
+
+    group = BATCH  # a crash delivers nothing twice, whatever the group's size
+
+    def __init__(self, folders: _Folders, host: str) -> None:
+        self.folders = folders
+        self.host = host
+        self._staged: dict[int, str] = {}  # the group's files in tmp/, by item
+
+    async def deliver(self, parcels: Sequence[Parcel]) -> Outcomes:
+        return await asyncio.to_thread(self._write, parcels)  # fsync blocks
+
+    def _write(self, parcels: Sequence[Parcel]) -> Outcomes:
+        outcomes: Outcomes = []
+        for item, message in parcels:
+            name = f"{time.time_ns()}.{_staged_name(item.id, item.attempts, item.message_id)}.{self.host}"
+            try:
+                self.folders.write(name, message)
             except OSError as exc:
-                failed = self._error(exc)
-                outcomes = [outcome or failed for outcome in outcomes]
+                self.folders.remove([name])
+                outcomes.append(_error(self.folders.path, exc))
+            else:
+                self._staged[item.id] = name
+                outcomes.append(None)
+        if self._staged:
+            try:
+                os.fsync(self.folders.tmp)  # the group's names: a record must never name a file a crash lost
+            except OSError as exc:
+                self.folders.remove(self._staged.values())
+                self._staged.clear()
+                return [_error(self.folders.path, exc)] * len(parcels)
         return outcomes
 
-    def _write(self, message: bytes) -> DeliveryError | None:
-        """The message's file in new/ (its rename not yet durable), or why not."""
-        name = f"{time.time_ns()}.{os.getpid()}_{os.urandom(4).hex()}.{self.host}"
-        tmp = self.path / "tmp" / name
-        try:
-            with open(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600), "wb") as handle:
-                handle.write(message.replace(b"\r\n", b"\n"))
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.rename(tmp, self.path / "new" / name)
-        except OSError as exc:
-            return self._error(exc)
-        return None
+    async def recorded(self, ids: Collection[int]) -> None:
+        staged, self._staged = self._staged, {}
+        placed = [name for item, name in staged.items() if item in ids]
+        withdrawn = [name for item, name in staged.items() if item not in ids]  # claimed again: not ours to send
+        await asyncio.to_thread(self.folders.settle, placed, withdrawn)
 
-    def _error(self, exc: OSError) -> DeliveryError:
-        return DeliveryError(f"cannot write to {self.path}: {exc.strerror}")
+
+class _Refusing:
+    """The handover of a maildir that cannot be opened: every message fails, to be retried."""
+
+    group = BATCH
+
+    def __init__(self, failure: DeliveryError) -> None:
+        self.failure = failure
+
+    async def deliver(self, parcels: Sequence[Parcel]) -> Outcomes:
+        return [self.failure] * len(parcels)
+
+    async def recorded(self, ids: Collection[int]) -> None:
+        pass  # nothing was taken
+
+
+def _error(path: Path, exc: OSError) -> DeliveryError:
+    return DeliveryError(f"cannot write to {path}: {exc.strerror}")
+
+
+# The middle of a staged file's name (between its time and its host): the item, its claim, and a digest of
+# its Message-ID (so a file of another database's item with the same id, in a shared folder, is left alone).
+STAGED = re.compile(r"mailbot-(\d+)-(\d+)-([0-9a-f]{16})")
+
+
+def _staged_name(item: int, attempts: int, message_id: str) -> str:
+    return f"mailbot-{item}-{attempts}-{_digest(message_id)}"
+
+
+def _digest(message_id: str) -> str:
+    return hashlib.sha256(message_id.encode()).hexdigest()[:16]
+
+
+async def _recover(folders: _Folders, lookup: Lookup) -> None:
+    """What earlier drains left in tmp/ (a crash, a failed record): files whose claim is recorded as sent go
+    into new/, files of a claim that can no longer be recorded (the item was sent by another claim, or
+    claimed again) are removed, and files of a claim still open are left to it."""
+    found: dict[str, tuple[int, int, str]] = {}
+    for name in os.listdir(folders.tmp):
+        parts = name.split(".", 2)
+        if len(parts) == 3 and (matched := STAGED.fullmatch(parts[1])):
+            found[name] = (int(matched[1]), int(matched[2]), matched[3])
+    if not found:
+        return
+    items = await lookup(sorted({item for item, _, _ in found.values()}))
+    placed, removed = [], []
+    for name, (item, attempts, digest) in found.items():
+        state = items.get(item)
+        if state is None or _digest(state.message_id) != digest:
+            continue  # not an item of this database
+        if state.sent and state.attempts == attempts:
+            placed.append(name)
+        elif state.sent or state.attempts > attempts:
+            removed.append(name)
+    if placed:
+        log.warning("delivering %d message(s) recorded as sent before a crash: %s", len(placed), ", ".join(placed))
+    if placed or removed:
+        await asyncio.to_thread(folders.settle, placed, removed)
 
 
 def make_transport(config: OutboundConfig) -> Transport:
@@ -281,16 +441,16 @@ class Sender:
     async def drain(self) -> int:
         """Send everything due now (until stopped); returns how many went out, every one of them recorded."""
         sent = 0
-        async with self.transport.session() as deliver:
+        async with self.transport.session(self._lookup) as handover:
             while not self._stopping and self.current():
-                items = await self.db.run(outbox_store.claim_due, self.clock.now(), self.worker, LEASE)
-                if not items:
-                    break
-                for start in range(0, len(items), MAX_UNRECORDED):
+                items = await self.db.run_statements(outbox_store.claim_due, self.clock.now(), self.worker, LEASE, BATCH)
+                for start in range(0, len(items), handover.group):
                     if self._stopping or not self.current():
-                        await self.db.run(outbox_store.release, [i.id for i in items[start:]], self.worker)
+                        await self.db.run_statements(outbox_store.release, [i.id for i in items[start:]], self.worker)
                         return sent
-                    sent += await self._send(items[start : start + MAX_UNRECORDED], deliver)
+                    sent += await self._send(items[start : start + handover.group], handover)
+                if len(items) < BATCH:  # all that was due when it claimed: what came since wakes the drain again
+                    break
         return sent
 
     def stop(self) -> None:
@@ -298,24 +458,29 @@ class Sender:
         its claims may have been taken over: another instance sends those)."""
         self._stopping = True
 
-    async def _send(self, items: Sequence[Claimed], deliver: Deliver) -> int:
+    async def _send(self, items: Sequence[Claimed], handover: Handover) -> int:
         """One group: handed to the transport, then what it took recorded as sent, and what it refused as a
         failed attempt. Returns how many went out."""
-        outcomes = await deliver(
-            [(item.envelope_from, item.recipients, message) for item, message in zip(items, await self.finish(items))]
-        )
-        now = self.clock.now()
-        delivered = [Delivered(item, now) for item, failure in zip(items, outcomes) if failure is None]
+        outcomes = await handover.deliver(list(zip(items, await self.finish(items))))
+        delivered = [item for item, failure in zip(items, outcomes) if failure is None]
+        recorded: set[int] = set()
         if delivered:
-            await self.db.run(outbox_store.record_sent, delivered)
+            now = self.clock.now()
+            recorded = await self.db.run_statements(outbox_store.record_sent, delivered, now)
+            await handover.recorded(recorded)
         for item, failure in zip(items, outcomes):
-            if failure is None:
+            if failure is not None:
+                await self._failed(item, failure)
+            elif item.id in recorded:
                 log.info("sent %s %s for ticket %s to %s", item.kind, item.message_id, item.ticket_id, ", ".join(item.recipients))
                 if self.metrics:
                     self.metrics.delivered(item.kind)
             else:
-                await self._failed(item, failure)
-        return len(delivered)
+                log.warning(
+                    "%s %s for ticket %s: handed over after another instance claimed it again; not recorded here",
+                    item.kind, item.message_id, item.ticket_id,
+                )
+        return len(recorded)
 
     async def _failed(self, item: Claimed, exc: DeliveryError) -> None:
         permanent = is_permanent(exc.code)
@@ -325,7 +490,10 @@ class Sender:
             item.kind, item.message_id, item.ticket_id, ", ".join(item.recipients), item.attempts, exc,
             "giving up" if permanent else f"retrying at {retry_at:%H:%M:%S}",
         )
-        await self.db.run(outbox_store.mark_attempt_failed, item.id, str(exc), retry_at)
+        await self.db.run_statements(outbox_store.mark_attempt_failed, item.id, str(exc), retry_at)
 
     async def next_due(self) -> datetime | None:
-        return await self.db.run(outbox_store.next_due)
+        return await self.db.run_statements(outbox_store.next_due)
+
+    async def _lookup(self, ids: Sequence[int]) -> dict[int, ItemState]:
+        return await self.db.run_statements(outbox_store.states, ids)

@@ -15,17 +15,16 @@ from typing import Any
 
 import pytest
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
-from sqlalchemy import event, select
+from sqlalchemy import select
 
 from mailbot.app import App
 from mailbot.clock import FrozenClock
 from mailbot.compose import Outgoing
 from mailbot.leases import LEASE
 from mailbot.outbox import retry_delay
-from mailbot.sender import MAX_UNRECORDED
+from mailbot.sender import BATCH, MAX_UNRECORDED
 from mailbot.store import outbox as outbox_store
 from mailbot.store.inbound import RawMessage, insert_many
-from mailbot.store.outbox import Delivered
 from mailbot.store.schema import OutboxItem, Ticket
 from tests.mailers import SinkHandler, SmtpSink, message
 from tests.test_schedule_flow import queued
@@ -46,6 +45,19 @@ def message_ids(relay: SmtpSink) -> list[str]:
 
 def statuses(app: App) -> dict[str, str]:
     return dict(app.db.call(lambda s: s.execute(select(OutboxItem.message_id, OutboxItem.status)).all()))
+
+
+def sent_records(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many items each record of a group as sent (one transaction) named, as they run."""
+    recorded: list[int] = []
+    record = outbox_store.record_sent
+
+    def counted(connection: Any, items: Any, at: Any) -> set[int]:
+        recorded.append(len(items))
+        return record(connection, items, at)
+
+    monkeypatch.setattr(outbox_store, "record_sent", counted)
+    return recorded
 
 
 def ingest(app: App, raw: bytes) -> int:
@@ -171,21 +183,28 @@ class TestRelayConnection:
 
 
 class TestRecords:
-    async def test_a_drain_records_its_messages_a_group_at_a_time(self, app: App, tmp_path: Path) -> None:
-        """The messages go out MAX_UNRECORDED at a time, each group recorded as sent in one statement (one
-        transaction) before the next goes out; each a file in the maildir's new/."""
+    async def test_the_relay_gets_its_messages_a_group_at_a_time(
+        self, make_app, relay: SmtpSink, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The relay's messages go out MAX_UNRECORDED at a time, each group recorded as sent in one statement
+        (one transaction) before the next goes out."""
+        app = relayed_app(make_app, relay)
         plan(app, *(queued(n) for n in range(5)))
-        recorded: list[int] = []  # the deliveries each UPDATE of the outbox to "sent" carried
-
-        def seen(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, executemany: bool) -> None:
-            if statement.startswith("UPDATE outbox SET status"):
-                recorded.append(len(parameters) if executemany else 1)
-
-        event.listen(app.db.engine, "before_cursor_execute", seen)
+        recorded = sent_records(monkeypatch)
         assert await app.sender.drain() == 5
         assert recorded == [min(MAX_UNRECORDED, 5 - n) for n in range(0, 5, MAX_UNRECORDED)]
+        assert set(statuses(app).values()) == {"sent"} and len(relay.messages) == 5
+
+    async def test_the_maildir_gets_a_claim_at_once(self, app: App, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A maildir delivers nothing before its record, so a claimed batch is one group: one record, each
+        message a file in new/, none left in tmp/."""
+        plan(app, *(queued(n) for n in range(BATCH + 3)))
+        recorded = sent_records(monkeypatch)
+        assert await app.sender.drain() == BATCH + 3
+        assert recorded == [BATCH, 3]
         assert set(statuses(app).values()) == {"sent"}
-        assert len(list((tmp_path / "sent" / "new").iterdir())) == 5
+        assert len(list((tmp_path / "sent" / "new").iterdir())) == BATCH + 3
+        assert list((tmp_path / "sent" / "tmp").iterdir()) == []
 
     async def test_a_maildir_that_cannot_be_written_keeps_the_mail_for_later(
         self, app: App, clock: FrozenClock, tmp_path: Path
@@ -206,16 +225,26 @@ class TestRecords:
         assert await sender.drain() == 3
         assert set(statuses(app).values()) == {"sent"} and len(list(new.iterdir())) == 3
 
+    def test_only_the_latest_claim_is_recorded(self, app: App, clock: FrozenClock) -> None:
+        """A claim taken over (its holder stalled past its lease) is not recorded as sent; the latest is."""
+        plan(app, queued(0))
+        [first] = app.db.call(outbox_store.claim_due, clock.now(), "stalled", LEASE)
+        clock.advance(LEASE + timedelta(seconds=1))
+        [second] = app.db.call(outbox_store.claim_due, clock.now(), "successor", LEASE)
+        assert app.db.call(outbox_store.record_sent, [first], clock.now()) == set()
+        assert app.db.call(outbox_store.record_sent, [second], clock.now()) == {second.id}
+        assert app.db.call(outbox_store.record_sent, [first], clock.now()) == set()  # not even once it is sent
+
     def test_a_ticket_keeps_when_its_first_confirmation_went_out(self, app: App, clock: FrozenClock) -> None:
         """A second confirmation (sent again by hand) changes nothing; the introduction sets its own time."""
         ticket_id = ingest(app, message())
         [confirmation] = app.db.call(outbox_store.claim_due, clock.now(), app.sender.worker, LEASE)
-        app.db.call(outbox_store.record_sent, [Delivered(confirmation, clock.now())])
+        app.db.call(outbox_store.record_sent, [confirmation], clock.now())
         first_sent = clock.now()
         clock.advance(timedelta(minutes=5))
         plan(app, replace(queued(1), kind="confirmation"), replace(queued(2), kind="introduction"), ticket_id=ticket_id)
         claimed = app.db.call(outbox_store.claim_due, clock.now(), app.sender.worker, LEASE)
-        app.db.call(outbox_store.record_sent, [Delivered(item, clock.now()) for item in claimed])
+        app.db.call(outbox_store.record_sent, claimed, clock.now())
         ticket = app.db.call(lambda s: s.get_one(Ticket, ticket_id))
         assert (ticket.confirmation_sent_at, ticket.introduction_sent_at) == (first_sent, clock.now())
         assert set(statuses(app).values()) == {"sent"}
@@ -280,3 +309,93 @@ class TestCrash:
         assert twice == sorted(set(before) - recorded)  # sent again: what went out unrecorded, that only
         assert max(after.count(mid) for mid in after) == 2
         assert set(statuses(app).values()) == {"sent"}
+
+
+# A maildir sender in a process of its own that kills itself around its `fatal`-th record of a group as sent:
+# "before" it commits (the group's files are in tmp/, nothing recorded), or "after" (recorded, not yet in new/).
+DRAIN_TO_MAILDIR = """
+import asyncio, os, signal, sys
+from datetime import datetime
+from mailbot.app import App
+from mailbot.clock import FrozenClock
+from mailbot.config import load
+from mailbot.store import outbox
+config, now, when, fatal = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+record, calls = outbox.record_sent, []
+
+def deadly(connection, items, at):
+    calls.append(items)
+    if len(calls) == fatal and when == "before":
+        os.kill(os.getpid(), signal.SIGKILL)
+    recorded = record(connection, items, at)
+    if len(calls) == fatal and when == "after":
+        connection.commit()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return recorded
+
+outbox.record_sent = deadly
+app = App(load(config), FrozenClock(datetime.fromisoformat(now)))
+asyncio.run(app.sender.drain())
+"""
+
+
+def delivered(maildir: Path) -> list[str]:
+    """The Message-IDs of the files in the maildir's new/ (what its reader gets), in no order."""
+    return [message_from_bytes(f.read_bytes(), policy=policy.default)["Message-ID"] for f in (maildir / "new").iterdir()]
+
+
+class TestMaildirCrash:
+    """A maildir sender killed between handing a group over and recording it, or between recording it and
+    placing its files in new/: no message is ever in new/ twice, and none is lost."""
+
+    async def killed(self, app: App, tmp_path: Path, db_url: str, clock: FrozenClock, when: str) -> list[Outgoing]:
+        planned = [queued(n) for n in range(BATCH + 10)]
+        plan(app, *planned)
+        config = tmp_path / "sender.toml"
+        config.write_text(
+            f'[database]\nurl = "{db_url}"\n[outbound]\ntransport = "maildir"\nmaildir = "{tmp_path / "sent"}"\n'
+            "[security]\nrequire_sender_auth = false\n"
+        )
+        victim = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", DRAIN_TO_MAILDIR, str(config), clock.now().isoformat(), when, "2"
+        )
+        assert await victim.wait() == -signal.SIGKILL
+        return planned
+
+    async def test_killed_before_the_record(self, make_app, tmp_path: Path, db_url: str, clock: FrozenClock) -> None:
+        """The second group's files were written to tmp/, never delivered: they go out with the items' next
+        claim, once, and the dead claim's files are removed."""
+        app = make_app(db=db_url)
+        planned = await self.killed(app, tmp_path, db_url, clock, "before")
+        maildir = tmp_path / "sent"
+        assert len(delivered(maildir)) == BATCH and len(list((maildir / "tmp").iterdir())) == 10
+        assert list(statuses(app).values()).count("sent") == BATCH
+        clock.advance(LEASE + timedelta(seconds=1))  # the dead sender's claims run out
+        assert await app.sender.drain() == 10
+        assert await app.sender.drain() == 0  # its first look at tmp/ finds the dead claim's files
+        assert sorted(delivered(maildir)) == sorted(o.message_id for o in planned)  # each once, none lost
+        assert list((maildir / "tmp").iterdir()) == []
+        assert set(statuses(app).values()) == {"sent"}
+
+    async def test_killed_after_the_record(self, make_app, tmp_path: Path, db_url: str, clock: FrozenClock) -> None:
+        """The second group was recorded as sent, its files still in tmp/: the next drain delivers them, once,
+        before anything else, and sends nothing again."""
+        app = make_app(db=db_url)
+        planned = await self.killed(app, tmp_path, db_url, clock, "after")
+        maildir = tmp_path / "sent"
+        assert len(delivered(maildir)) == BATCH and len(list((maildir / "tmp").iterdir())) == 10
+        assert set(statuses(app).values()) == {"sent"}
+        assert await app.sender.drain() == 0
+        assert sorted(delivered(maildir)) == sorted(o.message_id for o in planned)  # each once, none lost
+        assert list((maildir / "tmp").iterdir()) == []
+
+    async def test_a_file_of_another_database_is_left_alone(self, app: App, tmp_path: Path) -> None:
+        """A staged file in a shared maildir that names an item of this database's numbering but not its
+        message (another database's) is neither delivered nor removed."""
+        plan(app, queued(0))
+        assert await app.sender.drain() == 1
+        [item] = app.db.call(lambda s: s.scalars(select(OutboxItem)).all())
+        stranger = tmp_path / "sent" / "tmp" / f"1.mailbot-{item.id}-{item.attempts}-{'0' * 16}.elsewhere"
+        stranger.write_bytes(b"Subject: not ours\n\n")
+        assert await app.sender.drain() == 0
+        assert stranger.exists() and len(delivered(tmp_path / "sent")) == 1

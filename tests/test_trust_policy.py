@@ -23,7 +23,7 @@ from sqlalchemy import select
 
 from mailbot.cli import main
 from mailbot.dns import FixedResolver
-from mailbot.store import registry
+from mailbot.store import outbox, registry
 from mailbot.store.schema import Ticket
 from tests.mailers import message
 from tests.test_entitlement_flow import (  # noqa: F401  (fixtures: key, boot)
@@ -37,6 +37,7 @@ from tests.test_entitlement_flow import (  # noqa: F401  (fixtures: key, boot)
     key,
     signed,
 )
+from tests.test_schedule_flow import queued
 from tests.world import CUSTOMER, SUPPORT, World, relay, world  # noqa: F401  (fixtures)
 
 SAM = "sam@schoolmint.com"
@@ -319,7 +320,8 @@ class TestOperatorsSide:
         app = make_app()
         app.db.call(lambda s: None)
         assert stat.S_IMODE(os.stat(tmp_path / "mailbot.db").st_mode) == 0o600
-        assert await app.sender.transport.deliver([(SUPPORT, [CUSTOMER], b"Subject: x\r\n\r\nx\r\n")]) == [None]
+        app.db.call(lambda s: outbox.plan(s, queued(0), ticket_id=None, now=app.clock.now()))
+        assert await app.sender.drain() == 1
         [sent] = (tmp_path / "sent" / "new").iterdir()
         assert stat.S_IMODE(sent.stat().st_mode) == 0o600
         assert {stat.S_IMODE((tmp_path / "sent" / d).stat().st_mode) for d in ("", "new", "tmp", "cur")} == {0o700}

@@ -2,8 +2,13 @@
 
 Planning goes through the ORM with the rest of the intake's write. Sending does not: the sender claims a
 batch, then records what went out, many times a second under load, so those are Core statements built once
-(a claim of 50 items is two statements, a record of several deliveries three), and a claimed item is a small
-frozen value holding only what sending needs.
+(a claim of 50 items is one statement, a record of a group two), run on a bare connection
+(Database.statements) or a session's, and a claimed item is a small frozen value holding only what sending
+needs.
+
+A claim adds one to the item's `attempts`, and exactly one claimer wins each claim (a conditional UPDATE):
+so (id, attempts) names one claim of one item, and a record of it as sent takes effect only while no later
+claim took the item over. The sender's maildir relies on it (mailbot.sender).
 """
 
 from __future__ import annotations
@@ -11,9 +16,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Table, and_, bindparam, func, or_, select, update
+from sqlalchemy import Connection, Table, and_, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from mailbot.addresses import key_of
@@ -67,14 +72,6 @@ class Claimed:
     attempts: int  # this one included
 
 
-@dataclass(frozen=True, slots=True)
-class Delivered:
-    """A claimed item the transport took at `at` (the relay's 250, the maildir's rename)."""
-
-    item: Claimed
-    at: datetime
-
-
 _outbox = cast(Table, OutboxItem.__table__)
 _tickets = cast(Table, Ticket.__table__)
 _CLAIMABLE = and_(
@@ -82,44 +79,55 @@ _CLAIMABLE = and_(
     _outbox.c.next_attempt_at <= bindparam("now"),
     or_(_outbox.c.claimed_until.is_(None), _outbox.c.claimed_until < bindparam("now")),
 )
+# The candidates, a CTE: PostgreSQL then reads them once. As a plain subquery of the UPDATE it may read them
+# again for each row, each time past the rows this statement just claimed, and claim more than `limit`.
 _CANDIDATES = (
     select(_outbox.c.id)
     .where(_CLAIMABLE)
     .order_by(_outbox.c.next_attempt_at, _outbox.c.id)
     .limit(bindparam("limit"))
     .with_for_update(skip_locked=True)
+    .cte("candidates")
 )
 _CLAIM = (
     update(_outbox)
-    .where(_outbox.c.id.in_(bindparam("ids", expanding=True)), _CLAIMABLE)
+    .where(_outbox.c.id.in_(select(_CANDIDATES.c.id)), _CLAIMABLE)
     .values(claimed_by=bindparam("owner"), claimed_until=bindparam("until"), attempts=_outbox.c.attempts + 1)
     .returning(*(_outbox.c[name] for name in Claimed.__dataclass_fields__))
 )
 
 
-def claim_due(session: Session, now: datetime, worker: str, lease: timedelta, limit: int = 50) -> list[Claimed]:
+def claim_due(
+    session: Session | Connection, now: datetime, worker: str, lease: timedelta, limit: int = 50
+) -> list[Claimed]:
     """Take up to `limit` due items for sending, in id order. The conditional UPDATE is the lock: with several
     instances on one database, exactly one wins each item, so nothing is sent twice (one statement for the
     batch; its RETURNING gives the items this instance won). On PostgreSQL the candidates are read with
     FOR UPDATE SKIP LOCKED, so instances claiming at the same moment take different items instead of all
     queueing for the same ones and giving up."""
-    connection = session.connection()
-    candidates = connection.scalars(_CANDIDATES, {"now": now, "limit": limit}).all()
-    if not candidates:
-        return []
-    values = {"ids": list(candidates), "now": now, "until": now + lease, "owner": worker}
-    claimed = [_claimed(row._asdict()) for row in connection.execute(_CLAIM, values)]
+    values = {"now": now, "limit": limit, "until": now + lease, "owner": worker}
+    claimed = [_claimed(row._asdict()) for row in _connection(session).execute(_CLAIM, values)]
     return sorted(claimed, key=lambda item: item.id)
+
+
+def _connection(session: Session | Connection) -> Connection:
+    return session if isinstance(session, Connection) else session.connection()
 
 
 def _claimed(row: dict[str, Any]) -> Claimed:
     return Claimed(**{**row, "recipients": tuple(row["recipients"])})
 
 
+# Statements with a fixed text, run as executemany: an expanding IN list is rendered anew on each run (its
+# cost, not the database's, was most of a record's), and a list of (id, attempts) pairs is no index look-up
+# for SQLite.
 _SENT = (
     update(_outbox)
-    .where(_outbox.c.id == bindparam("item"))
+    .where(_outbox.c.id == bindparam("item"), _outbox.c.attempts == bindparam("claim"), _outbox.c.status == "pending")
     .values(status="sent", sent_at=bindparam("at"), claimed_until=None, last_error=None)
+)
+_SENT_BY = select(_outbox.c.id, _outbox.c.attempts).where(
+    _outbox.c.id.in_(bindparam("ids", expanding=True)), _outbox.c.status == "sent"
 )
 # A ticket's first confirmation or introduction sent is its promise kept: a later one (a resend) changes nothing.
 _TICKET_SENT = {
@@ -133,36 +141,68 @@ _TICKET_SENT = {
 }
 
 
-def record_sent(session: Session, delivered: Sequence[Delivered]) -> None:
-    """Mark these items sent and note on their tickets when a promised message first went out."""
-    connection = session.connection()
-    connection.execute(_SENT, [{"item": d.item.id, "at": d.at} for d in delivered])
+def record_sent(session: Session | Connection, items: Sequence[Claimed], at: datetime) -> set[int]:
+    """Mark these claimed items sent at `at` and note on their tickets when a promised message first went out;
+    returns the ids recorded: each item whose claim is still the latest one (no other instance claimed it
+    since: a stalled sender's lease ran out), and not recorded already."""
+    connection = _connection(session)
+    marked = connection.execute(_SENT, [{"item": i.id, "claim": i.attempts, "at": at} for i in items])
+    if marked.rowcount == len(items):
+        recorded = {item.id for item in items}
+    else:  # some claim was not the latest (or the driver does not count an executemany's rows): which
+        claims = {(item.id, item.attempts) for item in items}
+        recorded = {id for id, attempts in connection.execute(_SENT_BY, {"ids": [i.id for i in items]}) if (id, attempts) in claims}
     for kind, statement in _TICKET_SENT.items():
-        rows = [{"ticket": d.item.ticket_id, "at": d.at} for d in delivered if d.item.kind == kind and d.item.ticket_id]
+        rows = [{"ticket": i.ticket_id, "at": at} for i in items if i.id in recorded and i.kind == kind and i.ticket_id]
         if rows:
             connection.execute(statement, rows)
+    return recorded
 
 
-def mark_attempt_failed(session: Session, item_id: int, error: str, retry_at: datetime | None) -> None:
+class ItemState(NamedTuple):
+    """Where an item stands, as a transport that finds its own leftovers asks (mailbot.sender)."""
+
+    message_id: str
+    attempts: int
+    sent: bool
+
+
+_STATES = select(_outbox.c.id, _outbox.c.message_id, _outbox.c.attempts, _outbox.c.status == "sent").where(
+    _outbox.c.id.in_(bindparam("ids", expanding=True))
+)
+
+
+def states(session: Session | Connection, ids: Sequence[int]) -> dict[int, ItemState]:
+    """These items (those that exist), by id."""
+    rows = _connection(session).execute(_STATES, {"ids": list(ids)})
+    return {row[0]: ItemState(row[1], row[2], bool(row[3])) for row in rows}
+
+
+def mark_attempt_failed(
+    session: Session | Connection, item_id: int, error: str, retry_at: datetime | None
+) -> None:
     """Record a failed attempt; retry_at None means permanent failure (the relay refused it for good)."""
     retry = {"status": "failed"} if retry_at is None else {"next_attempt_at": retry_at}
-    session.connection().execute(
+    _connection(session).execute(
         update(_outbox).where(_outbox.c.id == item_id).values(last_error=error[:2000], claimed_until=None, **retry)
     )
 
 
-def release(session: Session, ids: list[int], owner: str) -> None:
+def release(session: Session | Connection, ids: list[int], owner: str) -> None:
     """Give back items `owner` claimed and did not send: due again at once, for any instance."""
-    session.connection().execute(
+    _connection(session).execute(
         update(_outbox)
         .where(_outbox.c.id.in_(ids), _outbox.c.status == "pending", _outbox.c.claimed_by == owner)
         .values(claimed_by=None, claimed_until=None)
     )
 
 
-def next_due(session: Session) -> datetime | None:
+_NEXT_DUE = select(func.min(_outbox.c.next_attempt_at)).where(_outbox.c.status == "pending")
+
+
+def next_due(session: Session | Connection) -> datetime | None:
     """When the earliest pending item becomes due (to wake the sender then)."""
-    return session.scalar(select(func.min(OutboxItem.next_attempt_at)).where(OutboxItem.status == "pending"))
+    return _connection(session).scalar(_NEXT_DUE)
 
 
 def for_ticket(session: Session, ticket_id: int) -> list[OutboxItem]:
