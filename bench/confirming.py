@@ -23,44 +23,29 @@ The trees take turns, --rounds times; medians are shown with the ratio to the fi
 from __future__ import annotations
 
 import argparse
-import atexit
 import json
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-TUESDAY_10_ET = datetime(2026, 12, 1, 15, 0, tzinfo=UTC)
+from trees import tree_app
+
 FIGURES = ("start_clock", "intake")
 
 
 def measure(code: Path, messages: int, size: int, repeats: int) -> dict[str, float]:
     """The figures of the tree at `code` (run in a process of its own: its mailbot is imported)."""
-    sys.path[:0] = [str(code), str(HERE)]
-    import mailbot
-
-    assert Path(mailbot.__file__).resolve().is_relative_to(code.resolve()), mailbot.__file__
+    app = tree_app(code, "bench-confirming-")
     from corpus import SUPPORT, customer_message, register_senders, sender
-    from instance import settings
 
-    from mailbot.app import App
-    from mailbot.clock import FrozenClock
-    from mailbot.config import from_mapping
     from mailbot.store import inbound as inbound_store
     from mailbot.store.inbound import RawMessage
     from mailbot.workflow import Workflow
 
-    work = Path(tempfile.mkdtemp(prefix="bench-confirming-"))
-    atexit.register(shutil.rmtree, work, ignore_errors=True)
-    app = App(from_mapping(settings(f"sqlite:///{work}/mailbot.db", work / "sent"), "bench"), FrozenClock(TUESDAY_10_ET))
-    app.db.upgrade()
     register_senders(app)
     app.workflow.deadlines = lambda at: None  # as the daemon's runner sets it: _arm does its work
     inside = [0.0]

@@ -30,23 +30,20 @@ mailbot.automatic; the trees' records must be equal, message by message.
 from __future__ import annotations
 
 import argparse
-import atexit
 import hashlib
 import json
 import random
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from trees import TUESDAY_10_ET, tree_app
+
 HERE = Path(__file__).resolve().parent
-TUESDAY_10_ET = datetime(2026, 12, 1, 15, 0, tzinfo=UTC)
 FIGURES = ("read bench", "read real", "compose")
 
 
@@ -169,24 +166,13 @@ def varied(real: list[bytes], questions: list[bytes]) -> list[bytes]:
 def records(code: Path, size: int) -> list[str]:
     """What the tree at `code` reads in each of `varied`'s messages, one JSON text a message."""
     real = real_world()
-    sys.path[:0] = [str(code), str(HERE)]
-    import mailbot
-
-    assert Path(mailbot.__file__).resolve().is_relative_to(code.resolve()), mailbot.__file__
+    app = tree_app(code, "bench-reading-")
     from corpus import customer_message, sender
-    from instance import settings
 
-    from mailbot.app import App
     from mailbot.automatic import automatic_reason, is_own_mail, may_auto_reply_to
-    from mailbot.clock import FrozenClock
-    from mailbot.config import from_mapping
     from mailbot.salvage import read
     from mailbot.store.schema import InboundMessage
 
-    work = Path(tempfile.mkdtemp(prefix="bench-reading-"))
-    atexit.register(shutil.rmtree, work, ignore_errors=True)
-    app = App(from_mapping(settings(f"sqlite:///{work}/mailbot.db", work / "sent"), "bench"), FrozenClock(TUESDAY_10_ET))
-    app.db.upgrade()
 
     class NoRecords:  # no DNS leaves the machine: every DKIM key is missing
         def txt(self, name: str) -> list[bytes]:
@@ -268,17 +254,10 @@ def best(work: Callable[[], None], count: int, repeats: int) -> float:
 def measure(code: Path, messages: int, size: int, repeats: int) -> dict[str, float]:
     """The figures of the tree at `code` (run in a process of its own: its mailbot is imported)."""
     real = real_world()  # read before `code` comes first on the path: the same set for every tree
-    sys.path[:0] = [str(code), str(HERE)]
-    import mailbot
-
-    assert Path(mailbot.__file__).resolve().is_relative_to(code.resolve()), mailbot.__file__
+    app = tree_app(code, "bench-reading-")
     from corpus import customer_message, sender
-    from instance import settings
 
-    from mailbot.app import App
-    from mailbot.clock import FrozenClock
     from mailbot.compose import Thread, ticket_reference, ticket_subject
-    from mailbot.config import from_mapping
     from mailbot.store.schema import InboundMessage
 
     def inbound(raw: bytes, envelope_from: str) -> InboundMessage:
@@ -292,10 +271,6 @@ def measure(code: Path, messages: int, size: int, repeats: int) -> dict[str, flo
             size=len(raw),
         )
 
-    work = Path(tempfile.mkdtemp(prefix="bench-reading-"))
-    atexit.register(shutil.rmtree, work, ignore_errors=True)
-    app = App(from_mapping(settings(f"sqlite:///{work}/mailbot.db", work / "sent"), "bench"), FrozenClock(TUESDAY_10_ET))
-    app.db.upgrade()
     intake, composer, facts = app.intake, app.composer, app.workflow.facts
     questions = [inbound(customer_message(n, size), sender(n)[1]) for n in range(messages)]
     mail = [inbound(real[n % len(real)], "someone@example.org") for n in range(messages)]

@@ -1,0 +1,35 @@
+"""One tree's mailbot in this process, for the benchmarks that compare trees in turns (reading, confirming):
+each measures a tree in a fresh process, which imports that tree's mailbot, not the one installed."""
+
+from __future__ import annotations
+
+import atexit
+import shutil
+import sys
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+TUESDAY_10_ET = datetime(2026, 12, 1, 15, 0, tzinfo=UTC)
+
+
+def tree_app(code: Path, prefix: str) -> Any:
+    """An App of the tree at `code` (SQLite in a temporary folder, upgraded, its clock pinned to a Tuesday
+    10:00 ET), that tree's mailbot first on the path for every import that follows."""
+    sys.path[:0] = [str(code), str(HERE)]
+    import mailbot
+
+    assert Path(mailbot.__file__).resolve().is_relative_to(code.resolve()), mailbot.__file__
+    from instance import settings
+
+    from mailbot.app import App
+    from mailbot.clock import FrozenClock
+    from mailbot.config import from_mapping
+
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)
+    app = App(from_mapping(settings(f"sqlite:///{work}/mailbot.db", work / "sent"), "bench"), FrozenClock(TUESDAY_10_ET))
+    app.db.upgrade()
+    return app
