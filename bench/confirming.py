@@ -25,14 +25,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from trees import tree_app
+from trees import run_tree, tree_app
 
 FIGURES = ("start_clock", "intake")
 
@@ -82,13 +80,6 @@ def measure(code: Path, messages: int, size: int, repeats: int) -> dict[str, flo
     return {"start_clock": min(p[0] for p in passes), "intake": min(p[1] for p in passes)}
 
 
-def run_one(code: Path, args: argparse.Namespace) -> dict[str, float]:
-    command = [sys.executable, __file__, "--one", str(code), "--messages", str(args.messages)]
-    command += ["--size", str(args.size), "--repeats", str(args.repeats)]
-    done = subprocess.run(command, check=True, capture_output=True, text=True)
-    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trees", nargs="+", type=Path, default=[Path(".")])
@@ -106,7 +97,7 @@ def main() -> None:
     print(f"round  {'tree':<{width}}  " + "  ".join(f"{f:>12}" for f in FIGURES) + "   (CPU µs a message)")
     for round_ in range(1, args.rounds + 1):
         for tree in args.trees:
-            figures = run_one(tree, args)
+            figures = run_tree(__file__, tree, args)
             results[tree].append(figures)
             print(f"{round_:>5}  {tree!s:<{width}}  " + "  ".join(f"{figures[f]:>12.0f}" for f in FIGURES), flush=True)
     base = args.trees[0]

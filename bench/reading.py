@@ -41,7 +41,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from trees import TUESDAY_10_ET, tree_app
+from trees import TUESDAY_10_ET, run_tree, tree_app
 
 HERE = Path(__file__).resolve().parent
 FIGURES = ("read bench", "read real", "compose")
@@ -308,13 +308,6 @@ def measure(code: Path, messages: int, size: int, repeats: int) -> dict[str, flo
     }
 
 
-def run_one(code: Path, args: argparse.Namespace) -> dict[str, float]:
-    command = [sys.executable, __file__, "--one", str(code), "--messages", str(args.messages)]
-    command += ["--size", str(args.size), "--repeats", str(args.repeats)]
-    done = subprocess.run(command, check=True, capture_output=True, text=True)
-    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trees", nargs="+", type=Path, default=[Path(".")])
@@ -337,7 +330,7 @@ def main() -> None:
     print(f"{'round':>5}  {'tree':30}" + "".join(f"{name:>12}" for name in FIGURES))
     for round_number in range(1, args.rounds + 1):
         for tree in args.trees:
-            figures = run_one(tree, args)
+            figures = run_tree(__file__, tree, args)
             results[tree].append(figures)
             print(f"{round_number:>5}  {tree!s:30}" + "".join(f"{figures[name]:>12.0f}" for name in FIGURES))
     print("medians, and the ratio to the first tree:")

@@ -3,8 +3,11 @@ each measures a tree in a fresh process, which imports that tree's mailbot, not 
 
 from __future__ import annotations
 
+import argparse
 import atexit
+import json
 import shutil
+import subprocess
 import sys
 import tempfile
 from datetime import UTC, datetime
@@ -33,3 +36,12 @@ def tree_app(code: Path, prefix: str) -> Any:
     app = App(from_mapping(settings(f"sqlite:///{work}/mailbot.db", work / "sent"), "bench"), FrozenClock(TUESDAY_10_ET))
     app.db.upgrade()
     return app
+
+
+def run_tree(script: str, code: Path, args: argparse.Namespace) -> dict[str, float]:
+    """`script --one code` (its --messages, --size, --repeats) in a fresh process: the figures it prints last,
+    as JSON."""
+    command = [sys.executable, script, "--one", str(code), "--messages", str(args.messages)]
+    command += ["--size", str(args.size), "--repeats", str(args.repeats)]
+    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
