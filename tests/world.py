@@ -57,13 +57,20 @@ class Running:
         raise AssertionError(f"gave up waiting for the outbox: {self.describe()}")
 
     def _outbox_quiet(self) -> bool:
-        """Nothing pending that is leased (being sent) or due (about to be). The daemon's own drain may hold a
-        due item's row lock while it claims it: SKIP LOCKED hides it from ours, so look again until it is sent."""
+        """Nothing pending that is leased (being sent) or due (about to be), and nothing recorded as sent still
+        on its way into the maildir. The daemon's own drain may hold a due item's row lock while it claims it:
+        SKIP LOCKED hides it from ours, so look again until it is sent. And it records a group as sent before
+        it moves the group's files from tmp/ into new/ (mailbot.sender): look again until tmp/ is empty."""
         now = self.app.clock.now()
         busy = (OutboxItem.status == "pending") & (
             OutboxItem.claimed_until.is_not(None) | (OutboxItem.next_attempt_at <= now)
         )
-        return self.count(OutboxItem, busy) == 0
+        return self.count(OutboxItem, busy) == 0 and not self._staged()
+
+    def _staged(self) -> bool:
+        outbound = self.app.config.outbound
+        tmp = outbound.maildir / "tmp"
+        return outbound.transport == "maildir" and tmp.is_dir() and any(tmp.iterdir())
 
     def count(self, model: type, *where: Any) -> int:
         return int(self.app.db.call(lambda s: s.scalar(select(func.count()).select_from(model).where(*where))))
