@@ -1,7 +1,7 @@
 """The runner that turns stored raw messages into tickets, off the accepting path.
 
-A batch goes in three steps: its pending rows are claimed under a lease (a short transaction of its own);
-they are read (parsed, their senders authenticated) outside any transaction, so neither that work nor a
+A batch goes in three steps: its pending rows are claimed under a lease (by the transaction that decided
+the batch before it, or by a short one of its own when the runner wakes to new mail); they are read (parsed, their senders authenticated) outside any transaction, so neither that work nor a
 DNS wait holds SQLite's write lock, and several runners share the work; then the intake decides the whole
 batch inside one savepoint of one transaction. The daemon reads each claimed row on a pool of reader
 threads and decides whichever rows are read: a message whose reading is slow (a slow name server, within
@@ -56,6 +56,8 @@ READERS = 4
 # How long a batch waits for its slowest reading before deciding the rows already read; a normal reading
 # takes milliseconds. The rest are decided as soon as they are read, in a later batch.
 PATIENCE = 0.5  # seconds
+# The doors are storing mail if one did within this many seconds (under load they do every few milliseconds).
+STORING = 0.1
 RETRY_CAP = timedelta(hours=4)
 Read = Reading | None  # None: reading raised (a bug); the row is then run isolated, which records it
 
@@ -83,6 +85,9 @@ class Processor:
         self.clock = clock
         self.owner = owner  # the name this instance's claims carry (mailbot.leases)
         self.batch = batch
+        self.batch_while_storing: int | None = None  # rows a batch while the doors store mail (`_room`)
+        self._stored_at = -STORING  # monotonic instant a door last stored mail
+        self._claimed_ahead = False  # the last batch's transaction claimed the rows now being read
         self.on_outcome = on_outcome
         self.metrics = metrics  # set by the daemon when it serves /metrics
         self._wake = asyncio.Event()
@@ -196,8 +201,12 @@ class Processor:
     async def _run_batch(self) -> list[Outcome]:
         """`run_once`, with each row read on a reader thread: the database's threads (SQLite's one, which
         also stores what the doors accept) never wait on parsing or DNS, and the rows read within PATIENCE
-        are decided without waiting for a slow one (see the module docstring)."""
-        await self._start_reading()
+        are decided without waiting for a slow one (see the module docstring). The transaction that decides
+        a batch also claims the next one, which is read as soon as it commits: a transaction a batch, not two
+        (on SQLite each waits for its turn behind the doors)."""
+        if not self._claimed_ahead and (room := self._room()) > 0:
+            self._read_claimed(await self.db.run(self._claim, room))
+        self._claimed_ahead = False
         if not self._reading:
             return []
         done, _ = await asyncio.wait(self._reading, timeout=PATIENCE)
@@ -206,10 +215,19 @@ class Processor:
             return []  # a reading that ends wakes the loop
         rows, readings = [row for row, _ in read], [reading for _, reading in read]
         try:
-            return self._committed(await self.db.run(self._decide, rows, readings))
+            outcomes, claimed = await self.db.run(self._decide_and_claim, rows, readings, self._room())
         except TransientStoreError:
             await asyncio.to_thread(self._give_back, rows)
             raise
+        self._read_claimed(claimed)
+        self._claimed_ahead = bool(claimed)
+        return self._committed(outcomes)
+
+    def _decide_and_claim(
+        self, session: Session, rows: list[InboundMessage], readings: list[Read], room: int
+    ) -> tuple[list[Outcome], list[InboundMessage]]:
+        outcomes = self._decide(session, rows, readings)
+        return outcomes, self._claim(session, room) if room > 0 else []
 
     def _committed(self, outcomes: list[Outcome]) -> list[Outcome]:
         """Count the outcomes of a transaction that committed (a failed one's messages are processed again)."""
@@ -217,12 +235,18 @@ class Processor:
             self.metrics.decided(outcome.action for outcome in outcomes)
         return outcomes
 
-    async def _start_reading(self) -> None:
-        """Claim as many pending rows as the batch has room for beside the readings in flight; read each."""
-        room = self.batch - len(self._reading)
-        if room <= 0:
+    def _room(self) -> int:
+        """How many more rows the next batch claims beside the readings in flight: `batch_while_storing` while
+        the doors store mail (a 250 may be waiting for the turn to write, mailbot.store.writers), else `batch`."""
+        limit = self.batch
+        if self.batch_while_storing is not None and time.monotonic() - self._stored_at < STORING:
+            limit = self.batch_while_storing
+        return limit - len(self._reading)
+
+    def _read_claimed(self, rows: list[InboundMessage]) -> None:
+        """Each claimed row read on a reader thread; each reading that ends wakes the runner."""
+        if not rows:
             return
-        rows = await self.db.run(self._claim, room)
         if self._readers is None:
             self._readers = ThreadPoolExecutor(READERS, thread_name_prefix="mailbot-read")
         loop = asyncio.get_running_loop()
@@ -232,6 +256,8 @@ class Processor:
             self._reading[future] = row
 
     def wake(self) -> None:
+        """A door stored mail."""
+        self._stored_at = time.monotonic()
         self._wake.set()
 
     def close(self) -> None:
@@ -266,8 +292,8 @@ class Processor:
                 if (not outcomes and not self._reading) or time.monotonic() >= self._stop_at:
                     return  # what is left is pending, and what is still claimed the daemon gives back
                 continue
-            if len(outcomes) >= self.batch:
-                continue  # more is waiting
+            if self._claimed_ahead:
+                continue  # the next batch, claimed with this one
             await self._sleep(sweep)
 
     async def _sleep(self, seconds: float) -> None:

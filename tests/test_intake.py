@@ -9,6 +9,7 @@ from email.policy import SMTP
 import pytest
 import sqlalchemy as sa
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from mailbot.app import App
 from mailbot.dns import FixedResolver
@@ -234,3 +235,38 @@ class TestRunner:
         finally:
             runner.cancel()
         assert done == ["created", "created"]
+
+    async def test_while_the_doors_store_mail_a_batch_is_short_and_claims_the_next(
+        self, app: App, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A door waiting for its turn to write waits for one short batch: `batch_while_storing` rows while
+        the doors store mail, `batch` once they are quiet. The transaction that decides a batch claims the
+        next one, so the next batch is read and decided without a claim of its own."""
+        raws = [RawMessage(plain(f"<b{n}@x.example>"), "test") for n in range(12)]
+        ids = app.db.call(inbound_store.insert_many, raws, app.clock.now())
+        processor = app.processor
+        processor.batch, processor.batch_while_storing = 6, 2
+        claims: list[int | None] = []  # each claim's limit
+        claim = processor._claim
+
+        def counted(session: Session, limit: int | None = None) -> list[InboundMessage]:
+            claims.append(limit)
+            return claim(session, limit)
+
+        monkeypatch.setattr(processor, "_claim", counted)
+
+        def owners() -> dict[int, str | None]:
+            rows = app.db.call(lambda s: s.execute(select(InboundMessage.id, InboundMessage.claimed_by)).all())
+            return {row_id: owner for row_id, owner in rows}
+
+        processor.wake()  # a door stored mail just now
+        assert len(await processor._run_batch()) == 2
+        assert claims == [2, 2]  # its own claim, then the next batch's in the deciding transaction
+        held = owners()
+        assert [held[i] for i in ids[2:5]] == [processor.owner, processor.owner, None]
+        assert len(await processor._run_batch()) == 2 and claims == [2, 2, 2]  # no claim of its own
+        monkeypatch.setattr("mailbot.processor.STORING", 0.0)  # the doors fell quiet
+        assert len(await processor._run_batch()) == 2  # the batch claimed while they were storing
+        assert claims[-1] == 6  # the rest, in one batch
+        assert len(await processor._run_batch()) == 6
+        assert app.db.call(lambda s: s.scalar(select(func.count()).select_from(Ticket))) == 12
