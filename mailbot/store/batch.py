@@ -1,8 +1,8 @@
 """The intake's batch written at its end as Core statements: one executemany per table, not a unit of work.
 
-The decisions of a batch build its new rows as mapped objects: the tickets it opens (the session never
-holds them: the batch's facts list them, mailbot.facts), with their messages and attachments, and what the
-session holds new (attachment bytes, outbox items, a message on a stored ticket). Nothing reads them back
+The decisions of a batch build its new rows as mapped objects: the tickets it opens, with their messages
+and attachments, and the mail it queues (the session never holds them: the batch's facts list them,
+mailbot.facts), and what the session holds new (attachment bytes, a message on a stored ticket). Nothing reads them back
 through the session: the batch's facts answer every question. Here their column values are taken as they
 stand and written, table by table in the order of the foreign keys, through the driver's executemany (each
 value bound by its column type, as SQLAlchemy binds it); an id the database allocates is read
@@ -81,18 +81,22 @@ def _layout(cls: type[Base]) -> _Layout:
 
 
 def write(
-    session: Session, opened: Sequence[Ticket] = (), inbound: Sequence[InboundMessage] = (), owner: str = ""
+    session: Session,
+    opened: Sequence[Ticket] = (),
+    planned: Sequence[OutboxItem] = (),
+    inbound: Sequence[InboundMessage] = (),
+    owner: str = "",
 ) -> None:
-    """Write the tickets `opened` (the session does not hold them) with their messages and attachments, the
-    session's new rows, and the outcomes of `inbound`, rows `owner` claimed (TakenOver when it no longer
-    holds one of them); then let them go.
+    """Write the tickets `opened` with their messages and attachments and the outbox items `planned` (the
+    session holds neither), the session's new rows, and the outcomes of `inbound`, rows `owner` claimed
+    (TakenOver when it no longer holds one of them); then let them go.
 
     A new object of a kind not in ORDER leaves the whole batch to the session's flush, as before: the
-    tickets `opened` join the session for it."""
-    made = _made(session, opened)
+    tickets `opened` and the items `planned` join the session for it."""
+    made = _made(session, opened, planned)
     groups: dict[type[Base], list[Any]] = {cls: [] for cls in ORDER}
     if any(type(obj) not in groups for obj in made):
-        session.add_all([ticket for ticket in opened if ticket not in session])
+        session.add_all([*(ticket for ticket in opened if ticket not in session), *planned])
         return
     for obj in made:
         groups[type(obj)].append(obj)
@@ -112,9 +116,10 @@ def _kind(obj: Any) -> type[Base]:
     return cast(type[Base], type(obj))
 
 
-def _made(session: Session, opened: Sequence[Ticket]) -> list[Any]:
-    """The rows to write: what the session holds new, in the order it was made, and the tickets `opened` with
-    what hangs from them (their messages, their attachments), which no session holds."""
+def _made(session: Session, opened: Sequence[Ticket], planned: Sequence[OutboxItem]) -> list[Any]:
+    """The rows to write: what the session holds new, in the order it was made, the tickets `opened` with
+    what hangs from them (their messages, their attachments), and the items `planned`, which no session
+    holds."""
     made = sorted(session.new, key=lambda obj: inspect(obj).insert_order or 0)
     below: list[Any] = [ticket for ticket in opened if ticket not in session]
     while below:
@@ -126,7 +131,7 @@ def _made(session: Session, opened: Sequence[Ticket]) -> list[Any]:
             for child in obj.__dict__.get(link) or ()
             if child not in session
         ]
-    return made
+    return [*made, *planned]
 
 
 def _insert(connection: Connection, layout: _Layout, objects: list[Any]) -> None:
