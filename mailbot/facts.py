@@ -83,7 +83,8 @@ class _Cache(Generic[K, V]):
         self.values.update({key: found[key] if key in found else self._empty() for key in missing})
 
     def get(self, key: K) -> V:
-        self.fill([key])
+        if key not in self.values:  # most questions are about a key read already: no list made for them
+            self.fill([key])
         return self.values[key]
 
 
