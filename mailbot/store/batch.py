@@ -195,22 +195,27 @@ def _values(layout: _Layout, obj: Any) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class _Plain:
-    """An INSERT as the driver runs it on one dialect: its SQL, and for each column it names, in the
-    driver's order, the bind processor SQLAlchemy would apply (the column type's own)."""
+    """A statement as the driver runs it on one dialect: its SQL, and for each parameter, in the driver's
+    order, the bind processor SQLAlchemy would apply (its type's own); the values of those the statement
+    holds itself (a literal it compares with)."""
 
     sql: str
     order: tuple[str, ...]
     positional: bool
     binds: Mapping[str, Callable[[Any], Any] | None]
+    constants: Mapping[str, Any]
 
 
 @cache
-def _plain(statement: Insert, columns: tuple[str, ...], dialect: Dialect) -> _Plain:
-    compiled = statement.compile(dialect=dialect, column_keys=list(columns), for_executemany=True)
-    order = tuple(compiled.positiontup or ()) if compiled.positional else columns
-    binds = {name: compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in columns}
-    assert set(order) == set(columns), compiled.string  # every parameter is one of the row's columns
-    return _Plain(compiled.string, order, compiled.positional, binds)
+def _plain(statement: Insert | Update, names: tuple[str, ...], dialect: Dialect) -> _Plain:
+    """`statement` with the parameters `names` given for each row (an INSERT's: its columns)."""
+    compiled = statement.compile(dialect=dialect, column_keys=list(names), for_executemany=True)
+    order = tuple(compiled.positiontup or ()) if compiled.positional else tuple(compiled.binds)
+    binds = {name: compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in order}
+    constants = {name: compiled.binds[name].effective_value for name in order if name not in names}
+    assert set(names) <= set(order), compiled.string  # every value given is a parameter
+    assert not any(compiled.binds[name].required for name in constants), compiled.string  # none is missing
+    return _Plain(compiled.string, order, compiled.positional, binds, constants)
 
 
 def _unnamed_parent(layout: _Layout, obj: Any) -> bool:
@@ -271,5 +276,19 @@ def _outcomes(session: Session, inbound: Sequence[InboundMessage], owner: str) -
             by_columns.setdefault(changed, []).append({"row_id": row.id, "owner": owner, **values})
     connection = session.connection()
     for changed, rows in by_columns.items():
-        if connection.execute(_outcome_update(changed), rows).rowcount != len(rows):
+        if _update_many(connection, _outcome_update(changed), rows) != len(rows):
             raise TakenOver(f"another instance took over some of inbound messages {[r['row_id'] for r in rows]}")
+
+
+def _update_many(connection: Connection, statement: Update, rows: list[dict[str, Any]]) -> int:
+    """`statement` for each of `rows` (their values by parameter name, the same names in each) through the
+    driver's executemany, each value bound as SQLAlchemy binds it, like `_insert_many` and for the same
+    reason: SQLAlchemy's executemany makes a parameter dict per row and reads it again. The rows matched."""
+    plain = _plain(statement, tuple(rows[0]), connection.dialect)
+    order = [(name, plain.constants.get(name), plain.binds[name]) for name in plain.order]
+    bound = [
+        tuple(row.get(name, constant) if bind is None else bind(row.get(name, constant)) for name, constant, bind in order)
+        for row in rows
+    ]
+    parameters = bound if plain.positional else [dict(zip(plain.order, values)) for values in bound]
+    return connection.exec_driver_sql(plain.sql, parameters).rowcount
