@@ -2,12 +2,12 @@
 
 The decisions of a batch build its new rows as mapped objects: the tickets it opens, with their messages
 and attachments, and the mail it queues (the session never holds them: the batch's facts list them,
-mailbot.facts), and what the session holds new (attachment bytes, a message on a stored ticket). Nothing reads them back
-through the session: the batch's facts answer every question. Here their column values are taken as they
-stand and written, table by table in the order of the foreign keys, through the driver's executemany (each
-value bound by its column type, as SQLAlchemy binds it); an id the database allocates is read
-back (RETURNING, in order) only for a row whose children name it (a message with attachments). The
-inbound rows get their outcomes in one UPDATE per set of columns. Then the rows leave the session: its
+mailbot.facts), and what the session holds new (attachment bytes, a message on a stored ticket). Nothing
+reads them back through the session: the batch's facts answer every question. Here their column values are
+taken as they stand and written, table by table in the order of the foreign keys, through the driver's
+executemany (each value bound by its column type, as SQLAlchemy binds it); an id the database allocates is
+read back (RETURNING, in order) only for a row whose children name it (a message with attachments). The
+inbound rows get their outcomes in one UPDATE per set of columns, through the driver too. Then the rows leave the session: its
 flush has nothing left of them. The unit of work's flush cost about 0.6 ms of CPU a message for the same
 rows, its session.add and expunge cascades more (bench/RESULTS.md, section 11.A).
 
@@ -285,10 +285,12 @@ def _update_many(connection: Connection, statement: Update, rows: list[dict[str,
     driver's executemany, each value bound as SQLAlchemy binds it, like `_insert_many` and for the same
     reason: SQLAlchemy's executemany makes a parameter dict per row and reads it again. The rows matched."""
     plain = _plain(statement, tuple(rows[0]), connection.dialect)
-    order = [(name, plain.constants.get(name), plain.binds[name]) for name in plain.order]
-    bound = [
-        tuple(row.get(name, constant) if bind is None else bind(row.get(name, constant)) for name, constant, bind in order)
-        for row in rows
-    ]
-    parameters = bound if plain.positional else [dict(zip(plain.order, values)) for values in bound]
+    order = [(name, plain.constants.get(name), plain.binds[name] or _as_is) for name in plain.order]
+    bound = [tuple(bind(row.get(name, constant)) for name, constant, bind in order) for row in rows]
+    parameters = bound if plain.positional else [dict(zip(plain.order, row)) for row in bound]
     return connection.exec_driver_sql(plain.sql, parameters).rowcount
+
+
+def _as_is(value: Any) -> Any:
+    """The bind step of a type that has none."""
+    return value
