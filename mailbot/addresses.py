@@ -54,6 +54,7 @@ _MAX_LOCAL_OCTETS = 64  # RFC 5321 section 4.5.3.1.1
 _MAX_ADDRESS_OCTETS = 254  # a 256-octet path (section 4.5.3.1.3) less its angle brackets
 
 
+@functools.lru_cache(maxsize=4096)  # pure; the intake asks about each message's sender and requester ten times
 def normalize(address: str) -> str:
     """The key that identifies the person behind `address` (see the module docstring for the rules).
 

@@ -83,7 +83,8 @@ class _Cache(Generic[K, V]):
         self.values.update({key: found[key] if key in found else self._empty() for key in missing})
 
     def get(self, key: K) -> V:
-        self.fill([key])
+        if key not in self.values:  # most questions are about a key read already: no list made for them
+            self.fill([key])
         return self.values[key]
 
 
@@ -110,6 +111,7 @@ class Facts:
         self._to = _Cache[str, list[Sent]](session, lambda keys: deliveries.sent_to(session, keys, self._since()), list)
         self._on = _Cache[int, list[Sent]](session, lambda ids: deliveries.sent_on(session, ids, self._since()), list)
         self._opened: dict[int, Ticket] = {}
+        self._planned: list[OutboxItem] = []  # the mail this batch queued, in order
         self._tickets: dict[int, Ticket] = {}  # as stored, read in `load`
         self._last_ticket_id: int | None = None
         self._stored_blobs = _Cache[str, bool](
@@ -289,8 +291,15 @@ class Facts:
         else:
             self.uses(message.message_id).append(use)
 
+    @property
+    def planned_mail(self) -> list[OutboxItem]:
+        """The outbox items this batch queued, in order: no session holds them, the batch's write writes
+        them at its end (mailbot.store.batch)."""
+        return list(self._planned)
+
     def queued(self, item: OutboxItem) -> None:
-        """Mail planned: it counts against its recipient and its ticket."""
+        """Mail planned in this batch (`planned_mail`): it counts against its recipient and its ticket."""
+        self._planned.append(item)
         sent = Sent(item.kind, item.created_at, item.status == "withheld")
         if item.recipient is not None:
             self._to.get(item.recipient).append(sent)

@@ -283,7 +283,9 @@ class Workflow:
         facts: Facts | None = None,
     ) -> OutboxItem:
         """Queue an outgoing message as it is, and record it in the ticket's conversation, in one transaction:
-        a person's mail (a resolution), or what `send` let go."""
+        a person's mail (a resolution), or what `send` let go. `facts`: the intake's batch (mailbot.facts),
+        which learns of it and has it written at the batch's end (mailbot.store.batch); without it, the
+        session's next flush writes it."""
         message = ticket_store.add_message(
             session,
             ticket,
@@ -297,10 +299,12 @@ class Workflow:
             at=now,
             text=outgoing.text,
         )
-        item = outbox.plan(session, outgoing, ticket_id=ticket.id, now=now, deadline_at=deadline, withheld=withheld)
-        if facts is not None:
-            facts.recorded(message, ticket.id)
-            facts.queued(item)
+        if facts is None:
+            return outbox.plan(session, outgoing, ticket_id=ticket.id, now=now, deadline_at=deadline, withheld=withheld)
+        # Kept out of the session: its add and expunge cascades cost more than the batch's write of the row.
+        item = outbox.item(outgoing, ticket_id=ticket.id, now=now, deadline_at=deadline, withheld=withheld)
+        facts.recorded(message, ticket.id)
+        facts.queued(item)
         return item
 
     def answer(

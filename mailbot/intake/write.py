@@ -69,10 +69,10 @@ class Write:
         return self._open(session, inbound, reading, decision, facts)
 
     def finish(self, session: Session, facts: Facts, inbound: Sequence[InboundMessage] = (), owner: str = "") -> None:
-        """Write what the decisions made (the tickets the facts were told of, what the session holds new), with
-        the outcomes `inbound` (claimed by `owner`) records: an executemany per table at the batch's end
-        (mailbot.store.batch)."""
-        batch.write(session, facts.opened_tickets, inbound, owner)
+        """Write what the decisions made (the tickets and the mail the facts were told of, what the session
+        holds new), with the outcomes `inbound` (claimed by `owner`) records: an executemany per table at the
+        batch's end (mailbot.store.batch)."""
+        batch.write(session, facts.opened_tickets, facts.planned_mail, inbound, owner)
 
     def _join(
         self, session: Session, inbound: InboundMessage, reading: Reading, follow_up: FollowUp, facts: Facts

@@ -1,13 +1,13 @@
 """The intake's batch written at its end as Core statements: one executemany per table, not a unit of work.
 
-The decisions of a batch build its new rows as mapped objects: the tickets it opens (the session never
-holds them: the batch's facts list them, mailbot.facts), with their messages and attachments, and what the
-session holds new (attachment bytes, outbox items, a message on a stored ticket). Nothing reads them back
-through the session: the batch's facts answer every question. Here their column values are taken as they
-stand and written, table by table in the order of the foreign keys, through the driver's executemany (each
-value bound by its column type, as SQLAlchemy binds it); an id the database allocates is read
-back (RETURNING, in order) only for a row whose children name it (a message with attachments). The
-inbound rows get their outcomes in one UPDATE per set of columns. Then the rows leave the session: its
+The decisions of a batch build its new rows as mapped objects: the tickets it opens, with their messages
+and attachments, and the mail it queues (the session never holds them: the batch's facts list them,
+mailbot.facts), and what the session holds new (attachment bytes, a message on a stored ticket). Nothing
+reads them back through the session: the batch's facts answer every question. Here their column values are
+taken as they stand and written, table by table in the order of the foreign keys, through the driver's
+executemany (each value bound by its column type, as SQLAlchemy binds it); an id the database allocates is
+read back (RETURNING, in order) only for a row whose children name it (a message with attachments). The
+inbound rows get their outcomes in one UPDATE per set of columns, through the driver too. Then the rows leave the session: its
 flush has nothing left of them. The unit of work's flush cost about 0.6 ms of CPU a message for the same
 rows, its session.add and expunge cascades more (bench/RESULTS.md, section 11.A).
 
@@ -81,18 +81,22 @@ def _layout(cls: type[Base]) -> _Layout:
 
 
 def write(
-    session: Session, opened: Sequence[Ticket] = (), inbound: Sequence[InboundMessage] = (), owner: str = ""
+    session: Session,
+    opened: Sequence[Ticket] = (),
+    planned: Sequence[OutboxItem] = (),
+    inbound: Sequence[InboundMessage] = (),
+    owner: str = "",
 ) -> None:
-    """Write the tickets `opened` (the session does not hold them) with their messages and attachments, the
-    session's new rows, and the outcomes of `inbound`, rows `owner` claimed (TakenOver when it no longer
-    holds one of them); then let them go.
+    """Write the tickets `opened` with their messages and attachments and the outbox items `planned` (the
+    session holds neither), the session's new rows, and the outcomes of `inbound`, rows `owner` claimed
+    (TakenOver when it no longer holds one of them); then let them go.
 
     A new object of a kind not in ORDER leaves the whole batch to the session's flush, as before: the
-    tickets `opened` join the session for it."""
-    made = _made(session, opened)
+    tickets `opened` and the items `planned` join the session for it."""
+    made = _made(session, opened, planned)
     groups: dict[type[Base], list[Any]] = {cls: [] for cls in ORDER}
     if any(type(obj) not in groups for obj in made):
-        session.add_all([ticket for ticket in opened if ticket not in session])
+        session.add_all([*(ticket for ticket in opened if ticket not in session), *planned])
         return
     for obj in made:
         groups[type(obj)].append(obj)
@@ -112,9 +116,10 @@ def _kind(obj: Any) -> type[Base]:
     return cast(type[Base], type(obj))
 
 
-def _made(session: Session, opened: Sequence[Ticket]) -> list[Any]:
-    """The rows to write: what the session holds new, in the order it was made, and the tickets `opened` with
-    what hangs from them (their messages, their attachments), which no session holds."""
+def _made(session: Session, opened: Sequence[Ticket], planned: Sequence[OutboxItem]) -> list[Any]:
+    """The rows to write: what the session holds new, in the order it was made, the tickets `opened` with
+    what hangs from them (their messages, their attachments), and the items `planned`, which no session
+    holds."""
     made = sorted(session.new, key=lambda obj: inspect(obj).insert_order or 0)
     below: list[Any] = [ticket for ticket in opened if ticket not in session]
     while below:
@@ -126,7 +131,7 @@ def _made(session: Session, opened: Sequence[Ticket]) -> list[Any]:
             for child in obj.__dict__.get(link) or ()
             if child not in session
         ]
-    return made
+    return [*made, *planned]
 
 
 def _insert(connection: Connection, layout: _Layout, objects: list[Any]) -> None:
@@ -190,22 +195,27 @@ def _values(layout: _Layout, obj: Any) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class _Plain:
-    """An INSERT as the driver runs it on one dialect: its SQL, and for each column it names, in the
-    driver's order, the bind processor SQLAlchemy would apply (the column type's own)."""
+    """A statement as the driver runs it on one dialect: its SQL, and for each parameter, in the driver's
+    order, the bind processor SQLAlchemy would apply (its type's own); the values of those the statement
+    holds itself (a literal it compares with)."""
 
     sql: str
     order: tuple[str, ...]
     positional: bool
     binds: Mapping[str, Callable[[Any], Any] | None]
+    constants: Mapping[str, Any]
 
 
 @cache
-def _plain(statement: Insert, columns: tuple[str, ...], dialect: Dialect) -> _Plain:
-    compiled = statement.compile(dialect=dialect, column_keys=list(columns), for_executemany=True)
-    order = tuple(compiled.positiontup or ()) if compiled.positional else columns
-    binds = {name: compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in columns}
-    assert set(order) == set(columns), compiled.string  # every parameter is one of the row's columns
-    return _Plain(compiled.string, order, compiled.positional, binds)
+def _plain(statement: Insert | Update, names: tuple[str, ...], dialect: Dialect) -> _Plain:
+    """`statement` with the parameters `names` given for each row (an INSERT's: its columns)."""
+    compiled = statement.compile(dialect=dialect, column_keys=list(names), for_executemany=True)
+    order = tuple(compiled.positiontup or ()) if compiled.positional else tuple(compiled.binds)
+    binds = {name: compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in order}
+    constants = {name: compiled.binds[name].effective_value for name in order if name not in names}
+    assert set(names) <= set(order), compiled.string  # every value given is a parameter
+    assert not any(compiled.binds[name].required for name in constants), compiled.string  # none is missing
+    return _Plain(compiled.string, order, compiled.positional, binds, constants)
 
 
 def _unnamed_parent(layout: _Layout, obj: Any) -> bool:
@@ -266,5 +276,21 @@ def _outcomes(session: Session, inbound: Sequence[InboundMessage], owner: str) -
             by_columns.setdefault(changed, []).append({"row_id": row.id, "owner": owner, **values})
     connection = session.connection()
     for changed, rows in by_columns.items():
-        if connection.execute(_outcome_update(changed), rows).rowcount != len(rows):
+        if _update_many(connection, _outcome_update(changed), rows) != len(rows):
             raise TakenOver(f"another instance took over some of inbound messages {[r['row_id'] for r in rows]}")
+
+
+def _update_many(connection: Connection, statement: Update, rows: list[dict[str, Any]]) -> int:
+    """`statement` for each of `rows` (their values by parameter name, the same names in each) through the
+    driver's executemany, each value bound as SQLAlchemy binds it, like `_insert_many` and for the same
+    reason: SQLAlchemy's executemany makes a parameter dict per row and reads it again. The rows matched."""
+    plain = _plain(statement, tuple(rows[0]), connection.dialect)
+    order = [(name, plain.constants.get(name), plain.binds[name] or _as_is) for name in plain.order]
+    bound = [tuple(bind(row.get(name, constant)) for name, constant, bind in order) for row in rows]
+    parameters = bound if plain.positional else [dict(zip(plain.order, row)) for row in bound]
+    return connection.exec_driver_sql(plain.sql, parameters).rowcount
+
+
+def _as_is(value: Any) -> Any:
+    """The bind step of a type that has none."""
+    return value

@@ -26,8 +26,7 @@ from mailbot.compose import Outgoing
 from mailbot.store.schema import OutboxItem, Ticket, fresh
 
 
-def plan(
-    session: Session,
+def item(
     outgoing: Outgoing,
     *,
     ticket_id: int | None,
@@ -36,8 +35,10 @@ def plan(
     deadline_at: datetime | None = None,
     withheld: str | None = None,
 ) -> OutboxItem:
-    """Queue `outgoing`; `withheld`: kept back for that reason (the loop governor), never sent as it stands."""
-    item = fresh(
+    """The outbox row that queues `outgoing`, not in any session (`plan` adds it to one; the intake's batch
+    writes it itself, mailbot.store.batch); `withheld`: kept back for that reason (the loop governor), never
+    sent as it stands."""
+    return fresh(
         OutboxItem,
         ticket_id=ticket_id,
         kind=outgoing.kind,
@@ -54,8 +55,22 @@ def plan(
         attempts=0,
         next_attempt_at=due_at or now,
     )
-    session.add(item)  # written with the caller's batch (mailbot.store.batch) or next flush; its id is not read
-    return item
+
+
+def plan(
+    session: Session,
+    outgoing: Outgoing,
+    *,
+    ticket_id: int | None,
+    now: datetime,
+    due_at: datetime | None = None,
+    deadline_at: datetime | None = None,
+    withheld: str | None = None,
+) -> OutboxItem:
+    """Queue `outgoing` (its `item`) with the session's next flush."""
+    queued = item(outgoing, ticket_id=ticket_id, now=now, due_at=due_at, deadline_at=deadline_at, withheld=withheld)
+    session.add(queued)
+    return queued
 
 
 @dataclass(frozen=True, slots=True)

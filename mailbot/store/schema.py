@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from datetime import UTC, date, datetime
 from typing import Any, ClassVar, TypeVar
@@ -42,6 +43,7 @@ def naive_utc(value: datetime | None) -> datetime | None:
 _SQLITE_TEXT = "%(year)04d-%(month)02d-%(day)02d %(hour)02d:%(minute)02d:%(second)02d.%(microsecond)06d"
 
 
+@functools.lru_cache(maxsize=256)  # an intake batch binds the same few instants (its `now`) many times a message
 def _sqlite_text(value: datetime | None) -> str | None:
     return None if value is None else _utc(value).isoformat(" ", "microseconds")[:26]  # without "+00:00"
 

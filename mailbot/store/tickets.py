@@ -42,7 +42,7 @@ def next_id(session: Session, after: int | None) -> int:
     caller allocated last in this transaction, else past the highest id stored; the transaction holds
     SQLite's write lock (BEGIN IMMEDIATE), so no other writer can take it meanwhile."""
     if session.get_bind().dialect.name == "postgresql":
-        return int(session.scalar(_NEXT_ID_POSTGRESQL))
+        return int(session.connection().scalar(_NEXT_ID_POSTGRESQL))  # a plain value: not the ORM's execute path
     if after is None:
         after = session.connection().scalar(_LAST_ID) or 0
     return after + 1
