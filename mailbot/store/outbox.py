@@ -165,9 +165,12 @@ class ItemState(NamedTuple):
     message_id: str
     attempts: int
     sent: bool
+    kind: str
 
 
-_STATES = select(_outbox.c.id, _outbox.c.message_id, _outbox.c.attempts, _outbox.c.status == "sent").where(
+_STATES = select(
+    _outbox.c.id, _outbox.c.message_id, _outbox.c.attempts, _outbox.c.status == "sent", _outbox.c.kind
+).where(
     _outbox.c.id.in_(bindparam("ids", expanding=True))
 )
 
@@ -175,7 +178,7 @@ _STATES = select(_outbox.c.id, _outbox.c.message_id, _outbox.c.attempts, _outbox
 def states(session: Session | Connection, ids: Sequence[int]) -> dict[int, ItemState]:
     """These items (those that exist), by id."""
     rows = _connection(session).execute(_STATES, {"ids": list(ids)})
-    return {row[0]: ItemState(row[1], row[2], bool(row[3])) for row in rows}
+    return {row[0]: ItemState(row[1], row[2], bool(row[3]), row[4]) for row in rows}
 
 
 def mark_attempt_failed(
