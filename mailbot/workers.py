@@ -27,6 +27,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from mailbot.clock import Clock
 from mailbot.config import Config
 from mailbot.runners import DRAIN_TIMEOUT, Local
 
@@ -89,6 +90,26 @@ class Channel:
         self.connection.close()
 
 
+class Told:
+    """The instants the other process's jobs were woken for, so that a wake-up that changes nothing is not
+    sent: a job woken for an instant still to come runs then, or sooner, and each run re-arms the job at its
+    next instant read from the database (mailbot.runners), so a later instant told meanwhile would change
+    nothing there (mailbot.scheduler keeps the earliest). The intake told the sweep a new instant for each
+    of its batches: a pickle, a pipe write and a wake-up of a loop in three processes each time."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self._at: dict[str, datetime] = {}
+
+    def needed(self, job: str, at: datetime) -> bool:
+        """Whether waking `job` at `at` may change when it runs (then it counts as told)."""
+        told = self._at.get(job)
+        if told is not None and self.clock.now() <= told <= at:
+            return False
+        self._at[job] = at
+        return True
+
+
 class Counts:
     """The worker's Tally (mailbot.metrics): what it counted, sent to the parent's /metrics once per turn."""
 
@@ -132,11 +153,15 @@ async def _serve(role: str, config: Config, templates: Path, connection: Connect
     app = App(config, templates=templates, gives_way=True)
     channel = Channel(connection)
     counts = Counts(channel) if config.metrics.listen else None
+    told = Told(app.clock)
     stop = asyncio.Event()
     within = DRAIN_TIMEOUT
 
     def elsewhere(job: str, at: datetime | None) -> None:
-        channel.post(job if at is None else (job, at))
+        if at is None:
+            channel.post(job)
+        elif told.needed(job, at):
+            channel.post((job, at))
 
     if role == INTAKE and app.db.is_sqlite:  # PostgreSQL locks rows, not the database: a door never waits on it
         app.processor.batch = INTAKE_BATCH
