@@ -41,6 +41,7 @@ class Sending:
     def __init__(self, app: App) -> None:
         self.app = app
         self.scheduler = Scheduler(app.clock)
+        self._gathering = False  # a drain is due within GATHER and has not started: it claims what comes meanwhile
 
     def start(self) -> None:
         self.scheduler.every(OUTBOX, timedelta(seconds=15), self.drain_outbox)
@@ -50,10 +51,14 @@ class Sending:
     def wake(self, job: str, at: datetime | None = None) -> None:
         """Run `job` at `at`, or when woken for now: at once, the outbox's drain within GATHER."""
         if job == OUTBOX and at is None:
+            if self._gathering:
+                return  # each decided batch wakes it: under load, hundreds of times a second
+            self._gathering = True
             at = self.app.clock.now() + GATHER
         self.scheduler.wake(job, at)
 
     async def drain_outbox(self) -> None:
+        self._gathering = False  # what is queued after its claim needs the next drain
         await self.app.sender.drain()
         # Only ahead: what is due already is either leased by another instance (its sweep sends it) or was
         # queued during this drain by someone who woke the job (it runs again at once).

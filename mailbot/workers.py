@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import pickle
+import select
 import signal
 import sys
 from collections import Counter
@@ -47,6 +49,9 @@ class Channel:
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
+        # Kept for the pipe's life: Connection.poll builds, fills and closes a selector on every call.
+        self._poller = select.poll()
+        self._poller.register(connection.fileno(), select.POLLIN)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queued: list[Any] = []
         self._on_message: Callable[[Any], None] = lambda _: None
@@ -62,7 +67,7 @@ class Channel:
         if self.connection.closed:
             return
         try:
-            while self.connection.poll():
+            while self._poller.poll(0):  # readable, or the other end gone (recv raises EOFError then)
                 self._on_message(self.connection.recv())
         except (EOFError, OSError):
             assert self._loop is not None
@@ -80,7 +85,9 @@ class Channel:
         queued, self._queued = self._queued, []
         try:
             for message in queued:
-                self.connection.send(message)
+                # Plain pickle: Connection.send's ForkingPickler (a pickler object per message, for the
+                # sockets and handles it can carry) cost seven times as much for these small values.
+                self.connection.send_bytes(pickle.dumps(message))
         except OSError:  # the other end is gone: the parent restarts a worker, a worker stops (its `on_end`)
             pass
 
