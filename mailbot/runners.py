@@ -41,7 +41,9 @@ class Sending:
     def __init__(self, app: App) -> None:
         self.app = app
         self.scheduler = Scheduler(app.clock)
-        self._gathering = False  # a drain is due within GATHER and has not started: it claims what comes meanwhile
+        # A drain is due within GATHER and has not started: it claims what is queued meanwhile. Every drain
+        # clears it, the first as the scheduler starts.
+        self._gathering = False
 
     def start(self) -> None:
         self.scheduler.every(OUTBOX, timedelta(seconds=15), self.drain_outbox)

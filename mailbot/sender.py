@@ -263,7 +263,7 @@ class _Folders:
     def write(self, files: Sequence[tuple[str, bytes]]) -> list[OSError | None]:
         """The files in tmp/, their bytes durable (not yet their names: `os.fsync(self.tmp)`): what failed for
         each, None where nothing did. Every file is written before the first fsync: the file system then
-        makes them durable in fewer journal commits (a third less CPU than an fsync after each write)."""
+        makes them durable in fewer journal commits (a third less CPU for 50 files, measured here)."""
         failures: list[OSError | None] = [None] * len(files)
         opened: list[tuple[int, int]] = []  # (index, descriptor)
         for index, (name, message) in enumerate(files):
@@ -290,10 +290,10 @@ class _Folders:
         return failures
 
     def settle(self, placed: Collection[str], removed: Collection[str]) -> list[str]:
-        """Files from tmp/ into new/, durably, and others removed; returns the files this call placed. One
+        """Files from tmp/ into new/, durably, and others removed; returns the files this call moved. One
         already gone was placed by another drain (one that found it after a crash, below): a rename happens
         once, so no file is placed twice. A file that cannot be moved stays in tmp/, recorded as sent: a
-        later drain moves it (_recover)."""
+        later drain moves it (_recover), and counts it then."""
         self.remove(removed)
         moved = []
         try:
@@ -307,7 +307,6 @@ class _Folders:
                 os.fsync(self.new)
         except OSError as exc:
             log.error("cannot move sent mail into %s: %s; the next drain tries again", self.path / "new", exc.strerror)
-            return []  # none surely durable in new/: each is recovered, and counted, by a later drain
         return moved
 
     def remove(self, names: Collection[str]) -> None:

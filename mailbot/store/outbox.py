@@ -2,8 +2,8 @@
 
 Planning goes through the ORM with the rest of the intake's write. Sending does not: the sender claims a
 batch, then records what went out, many times a second under load, so those are Core statements built once
-(a claim of 50 items is one statement, a record of a group two), run on a bare connection
-(Database.statements) or a session's, and a claimed item is a small frozen value holding only what sending
+(a claim of 50 items is one statement, a record of a group two, each an executemany through the driver),
+run on a bare connection (Database.statements) or a session's, and a claimed item is a small frozen value holding only what sending
 needs.
 
 A claim adds one to the item's `attempts`, and exactly one claimer wins each claim (a conditional UPDATE):
