@@ -31,7 +31,7 @@ from typing import Any
 
 from mailbot.clock import Clock
 from mailbot.config import Config
-from mailbot.runners import DRAIN_TIMEOUT, Local
+from mailbot.runners import DRAIN_TIMEOUT, GATHER, Local
 
 log = logging.getLogger("mailbot.workers")
 INTAKE, SENDER = "intake", "sender"
@@ -117,6 +117,35 @@ class Told:
         return True
 
 
+class Paced:
+    """Wake-ups for now, posted at most once per `every` seconds for each job: the intake woke the outbox
+    drain for each batch it decided (a hundred times a second under load), each wake-up crossing two pipes
+    and three event loops while the drain it woke was gathering anyway (mailbot.runners.GATHER). One asked
+    for meanwhile is posted when the interval ends, so every commit is still followed by a wake-up."""
+
+    def __init__(self, post: Callable[[Any], None], every: float) -> None:
+        self.post = post
+        self.every = every
+        self._last: dict[str, float] = {}  # loop time of each job's last wake-up posted
+        self._later: set[str] = set()  # jobs whose wake-up waits for the interval's end
+
+    def wake(self, job: str) -> None:
+        if job in self._later:
+            return
+        loop = asyncio.get_running_loop()
+        wait = self._last.get(job, -self.every) + self.every - loop.time()
+        if wait > 0:
+            self._later.add(job)
+            loop.call_later(wait, self._post, job)
+        else:
+            self._post(job)
+
+    def _post(self, job: str) -> None:
+        self._later.discard(job)
+        self._last[job] = asyncio.get_running_loop().time()
+        self.post(job)
+
+
 class Counts:
     """The worker's Tally (mailbot.metrics): what it counted, sent to the parent's /metrics once per turn."""
 
@@ -161,12 +190,13 @@ async def _serve(role: str, config: Config, templates: Path, connection: Connect
     channel = Channel(connection)
     counts = Counts(channel) if config.metrics.listen else None
     told = Told(app.clock)
+    paced = Paced(channel.post, GATHER.total_seconds())
     stop = asyncio.Event()
     within = DRAIN_TIMEOUT
 
     def elsewhere(job: str, at: datetime | None) -> None:
         if at is None:
-            channel.post(job)
+            paced.wake(job)
         elif told.needed(job, at):
             channel.post((job, at))
 
