@@ -24,6 +24,7 @@ mailbot.governor: written by a person, not to ourselves, `explanations_per_day`,
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 from datetime import datetime
@@ -70,10 +71,14 @@ def submitted_locally(inbound: InboundMessage) -> bool:
 
     LMTP never counts: it is how a local MTA delivers mail that came from anywhere.
     """
-    if inbound.source != "smtp" or not inbound.peer:
-        return False
+    return inbound.source == "smtp" and bool(inbound.peer) and _loopback(inbound.peer)
+
+
+@functools.lru_cache(maxsize=256)
+def _loopback(address: str) -> bool:
+    """Whether an address is a loopback one; the same few peers send all day, so each is parsed once."""
     try:
-        peer = ipaddress.ip_address(inbound.peer)
+        peer = ipaddress.ip_address(address)
     except ValueError:
         return False
     if isinstance(peer, ipaddress.IPv6Address) and peer.ipv4_mapped is not None:

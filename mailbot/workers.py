@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import pickle
+import select
 import signal
 import sys
 from collections import Counter
@@ -27,8 +29,9 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from mailbot.clock import Clock
 from mailbot.config import Config
-from mailbot.runners import DRAIN_TIMEOUT, Local
+from mailbot.runners import DRAIN_TIMEOUT, GATHER, Local
 
 log = logging.getLogger("mailbot.workers")
 INTAKE, SENDER = "intake", "sender"
@@ -47,6 +50,9 @@ class Channel:
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
+        # Kept for the pipe's life: Connection.poll builds, fills and closes a selector on every call.
+        self._poller = select.poll()
+        self._poller.register(connection.fileno(), select.POLLIN)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queued: list[Any] = []
         self._on_message: Callable[[Any], None] = lambda _: None
@@ -62,7 +68,7 @@ class Channel:
         if self.connection.closed:
             return
         try:
-            while self.connection.poll():
+            while self._poller.poll(0):  # readable, or the other end gone (recv raises EOFError then)
                 self._on_message(self.connection.recv())
         except (EOFError, OSError):
             assert self._loop is not None
@@ -80,7 +86,9 @@ class Channel:
         queued, self._queued = self._queued, []
         try:
             for message in queued:
-                self.connection.send(message)
+                # Plain pickle: Connection.send's ForkingPickler (a pickler object per message, for the
+                # sockets and handles it can carry) cost seven times as much for these small values.
+                self.connection.send_bytes(pickle.dumps(message))
         except OSError:  # the other end is gone: the parent restarts a worker, a worker stops (its `on_end`)
             pass
 
@@ -88,6 +96,55 @@ class Channel:
         if self._loop is not None and not self.connection.closed:
             self._loop.remove_reader(self.connection.fileno())
         self.connection.close()
+
+
+class Told:
+    """The instants the other process's jobs were woken for, so that a wake-up that changes nothing is not
+    sent: a job woken for an instant still to come runs then, or sooner, and each run re-arms the job at its
+    next instant read from the database (mailbot.runners), so a later instant told meanwhile would change
+    nothing there (mailbot.scheduler keeps the earliest). The intake told the sweep a new instant for each
+    of its batches: a pickle, a pipe write and a wake-up of a loop in three processes each time."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self._at: dict[str, datetime] = {}
+
+    def needed(self, job: str, at: datetime) -> bool:
+        """Whether waking `job` at `at` may change when it runs (then it counts as told)."""
+        told = self._at.get(job)
+        if told is not None and self.clock.now() <= told <= at:
+            return False
+        self._at[job] = at
+        return True
+
+
+class Paced:
+    """Wake-ups for now, posted at most once per `every` seconds for each job: the intake woke the outbox
+    drain for each batch it decided (a hundred times a second under load), each wake-up crossing two pipes
+    and three event loops while the drain it woke was gathering anyway (mailbot.runners.GATHER). One asked
+    for meanwhile is posted when the interval ends, so every commit is still followed by a wake-up."""
+
+    def __init__(self, post: Callable[[Any], None], every: float) -> None:
+        self.post = post
+        self.every = every
+        self._last: dict[str, float] = {}  # loop time of each job's last wake-up posted
+        self._later: set[str] = set()  # jobs whose wake-up waits for the interval's end
+
+    def wake(self, job: str) -> None:
+        if job in self._later:
+            return
+        loop = asyncio.get_running_loop()
+        wait = self._last.get(job, -self.every) + self.every - loop.time()
+        if wait > 0:
+            self._later.add(job)
+            loop.call_later(wait, self._post, job)
+        else:
+            self._post(job)
+
+    def _post(self, job: str) -> None:
+        self._later.discard(job)
+        self._last[job] = asyncio.get_running_loop().time()
+        self.post(job)
 
 
 class Counts:
@@ -133,11 +190,16 @@ async def _serve(role: str, config: Config, templates: Path, connection: Connect
     app = App(config, templates=templates, gives_way=True)
     channel = Channel(connection)
     counts = Counts(channel) if config.metrics.listen else None
+    told = Told(app.clock)
+    paced = Paced(channel.post, GATHER.total_seconds())
     stop = asyncio.Event()
     within = DRAIN_TIMEOUT
 
     def elsewhere(job: str, at: datetime | None) -> None:
-        channel.post(job if at is None else (job, at))
+        if at is None:
+            paced.wake(job)
+        elif told.needed(job, at):
+            channel.post((job, at))
 
     if role == INTAKE and app.db.is_sqlite:  # PostgreSQL locks rows, not the database: a door never waits on it
         app.processor.batch_while_storing = INTAKE_BATCH

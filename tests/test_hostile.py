@@ -11,6 +11,7 @@ import asyncio
 import smtplib
 import socket
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -297,6 +298,27 @@ class TestSessionLimits:
         replies = await asyncio.to_thread(idle)
         assert replies.startswith(b"220") and replies.endswith(b"421 4.4.2 Idle too long, closing connection\r\n")
         await still_serving(service)
+
+    async def test_each_command_moves_the_idle_deadline(self, world) -> None:
+        """A client that keeps talking is served past the timeout; once it stops, it gets the 421 no sooner
+        than the timeout after its last command."""
+        service: World = await world({"smtp": {"timeout": "1s"}})
+
+        def talking() -> tuple[list[bytes], float]:
+            with socket.create_connection(("127.0.0.1", service.port), timeout=10) as sock:
+                reader = sock.makefile("rb")
+                answers = [reader.readline()]
+                for _ in range(6):  # 1.8 s in all: past the timeout, never idle for as long
+                    time.sleep(0.3)
+                    sock.sendall(b"NOOP\r\n")
+                    answers.append(reader.readline())
+                last = time.monotonic()
+                answers.append(reader.readline())
+                return answers, time.monotonic() - last
+
+        answers, idle = await asyncio.to_thread(talking)
+        assert answers[0].startswith(b"220") and all(a.startswith(b"250") for a in answers[1:-1])
+        assert answers[-1] == b"421 4.4.2 Idle too long, closing connection\r\n" and idle >= 0.9
 
 
 def greets(port: int) -> bool:

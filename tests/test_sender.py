@@ -21,6 +21,7 @@ from mailbot.app import App
 from mailbot.clock import FrozenClock
 from mailbot.compose import Outgoing
 from mailbot.leases import LEASE
+from mailbot.metrics import Metrics
 from mailbot.outbox import retry_delay
 from mailbot.sender import BATCH, MAX_UNRECORDED
 from mailbot.store import outbox as outbox_store
@@ -385,9 +386,14 @@ class TestMaildirCrash:
         maildir = tmp_path / "sent"
         assert len(delivered(maildir)) == BATCH and len(list((maildir / "tmp").iterdir())) == 10
         assert set(statuses(app).values()) == {"sent"}
+        app.sender.metrics = metrics = Metrics()
         assert await app.sender.drain() == 0
         assert sorted(delivered(maildir)) == sorted(o.message_id for o in planned)  # each once, none lost
         assert list((maildir / "tmp").iterdir()) == []
+        # The dead sender never counted them: the drain that delivered them did, once.
+        assert metrics.registry.get_sample_value("mailbot_outbox_sent_total", {"kind": "notification"}) == 10
+        assert await app.sender.drain() == 0
+        assert metrics.registry.get_sample_value("mailbot_outbox_sent_total", {"kind": "notification"}) == 10
 
     async def test_a_file_of_another_database_is_left_alone(self, app: App, tmp_path: Path) -> None:
         """A staged file in a shared maildir that names an item of this database's numbering but not its
