@@ -47,17 +47,25 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mailbot.intake")
 DEFERRED_RETRY = timedelta(minutes=5)  # a message that could not be decided now (DNS) is tried again then
-# Rows per transaction. Small on purpose: on SQLite the door's group commits wait on the same database
-# thread, so a batch is how long the listener may have to wait for its next 250 while a backlog drains (at
-# about 1.5 ms a message, 25 rows hold it 40 ms). Larger batches were no faster (bench/RESULTS.md).
-BATCH = 25
+# Rows per transaction: a batch shares its transaction's cost (the claim, the facts' reads, an INSERT per
+# table, the commit) among its rows. 100 drained a backlog of 2 KB questions about 1.3 times as fast as 25
+# (bench/RESULTS.md section 15)...
+BATCH = 100
+# ... and no more raw mail than this beyond its first message, so memory stays bounded however large the
+# messages in the backlog are (the doors take up to 25 MB each).
+BATCH_BYTES = 16 * 2**20
+# On SQLite, rows per transaction while the doors store mail (one did within STORING seconds): a door's commit
+# waits for its turn behind at most one intake transaction (mailbot.store.writers). Measured on 2 cores, 10
+# SMTP sessions (section 15): 2 rows, the doors accept at 56 to 60% of a null handler's rate; 8, at 34 to 35%;
+# the backlog drains as fast (a batch's transaction claims the next, so a short batch costs one transaction).
+BATCH_WHILE_STORING = 2
+# Under load a door stores mail every few milliseconds.
+STORING = 0.02  # seconds
 # Reader threads: DNS waits overlap, and one slow message holds one thread, not the intake.
 READERS = 4
 # How long a batch waits for its slowest reading before deciding the rows already read; a normal reading
 # takes milliseconds. The rest are decided as soon as they are read, in a later batch.
 PATIENCE = 0.5  # seconds
-# The doors are storing mail if one did within this many seconds (under load they do every few milliseconds).
-STORING = 0.1
 RETRY_CAP = timedelta(hours=4)
 Read = Reading | None  # None: reading raised (a bug); the row is then run isolated, which records it
 
@@ -85,7 +93,7 @@ class Processor:
         self.clock = clock
         self.owner = owner  # the name this instance's claims carry (mailbot.leases)
         self.batch = batch
-        self.batch_while_storing: int | None = None  # rows a batch while the doors store mail (`_room`)
+        self.batch_while_storing = BATCH_WHILE_STORING if db.is_sqlite else None  # PostgreSQL locks rows alone
         self._stored_at = -STORING  # monotonic instant a door last stored mail
         self._claimed_ahead = False  # the last batch's transaction claimed the rows now being read
         self.on_outcome = on_outcome
@@ -122,7 +130,9 @@ class Processor:
         return outcome
 
     def _claim(self, session: Session, limit: int | None = None) -> list[InboundMessage]:
-        return inbound_store.claim_pending(session, self.clock.now(), LEASE, limit or self.batch, self.owner)
+        return inbound_store.claim_pending(
+            session, self.clock.now(), LEASE, limit or self.batch, self.owner, budget=BATCH_BYTES
+        )
 
     def _read_one(self, row: InboundMessage) -> Read:
         """What the intake reads of a row; None where reading failed (the isolated run says why)."""

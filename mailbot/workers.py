@@ -36,12 +36,6 @@ from mailbot.runners import DRAIN_TIMEOUT, GATHER, Local
 log = logging.getLogger("mailbot.workers")
 INTAKE, SENDER = "intake", "sender"
 ROLES = (INTAKE, SENDER)
-# Rows per intake transaction in the worker while the doors store mail (Processor.batch_while_storing; once
-# they are quiet, mailbot.processor.BATCH): a door's commit waits for at most one of them
-# (mailbot.store.writers), so they are short. Measured on 2 cores, SQLite, 10 SMTP sessions: 25 rows -> the
-# listener accepts 178 msgs/s, p99 250 ms; 8 -> about 250-300/s, p99 100 ms; 3 -> 357/s, but the backlog
-# drains at half the speed.
-INTAKE_BATCH = 8
 
 
 class Channel:
@@ -201,8 +195,6 @@ async def _serve(role: str, config: Config, templates: Path, connection: Connect
         elif told.needed(job, at):
             channel.post((job, at))
 
-    if role == INTAKE and app.db.is_sqlite:  # PostgreSQL locks rows, not the database: a door never waits on it
-        app.processor.batch_while_storing = INTAKE_BATCH
     local = Local(app, intake=role == INTAKE, sending=role == SENDER, tally=counts, elsewhere=elsewhere)
 
     def on_message(message: Any) -> None:

@@ -116,6 +116,22 @@ class TestInbound:
         ]
         assert claims == [ids[i : i + 8] for i in range(0, 52, 8)] + [[]]
 
+    def test_a_claim_takes_no_more_raw_mail_than_its_budget_beyond_its_first_message(self, db: Database) -> None:
+        """Memory stays bounded: rows are taken, oldest first, while the mail before them in the claim is under
+        the budget, and the first always, however large."""
+        sizes = [3000, 500, 400, 200, 100, 5000, 10]
+        ids = db.call(inbound_store.insert_many, [RawMessage(b"x" * n, "smtp") for n in sizes], NOW)
+
+        def claim(budget: int) -> list[int]:
+            return db.call(
+                lambda s: [r.id for r in inbound_store.claim_pending(s, NOW, timedelta(minutes=5), 10, "me", budget=budget)]
+            )
+
+        assert claim(1000) == ids[:1]  # 3000 bytes, alone
+        assert claim(1000) == ids[1:4]  # 500 + 400 = 900 before the third: under; 1100 before the fourth
+        assert claim(1000) == ids[4:6]  # the 5000-byte message after 100 bytes
+        assert claim(1000) == ids[6:]
+
     def test_failed_rows_can_be_retried(self, db: Database) -> None:
         [row_id] = db.call(inbound_store.insert_many, [RawMessage(b"x", "smtp")], NOW)
 

@@ -10,11 +10,13 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import (
+    BigInteger,
     Connection,
     Dialect,
     Table,
     and_,
     bindparam,
+    func,
     insert,
     or_,
     select,
@@ -105,7 +107,7 @@ _CLAIMABLE = and_(
 # the inner side of a nested loop and run it again for each row: each run locks and skips the rows the
 # statement just updated, so a claim of 8 took the whole backlog (52 of 52 rows).
 _CANDIDATES = (
-    select(_inbound.c.id)
+    select(_inbound.c.id, _inbound.c.size)
     .where(_CLAIMABLE)
     .order_by(_inbound.c.id)
     .limit(bindparam("limit"))
@@ -113,18 +115,25 @@ _CANDIDATES = (
     .cte("candidates")
     .prefix_with("MATERIALIZED", dialect="postgresql")
 )
+# The candidates whose raw mail before them in the batch stays under the budget: the first always (a message
+# as large as the door allows is decided too, alone). A window function may not share a query with FOR UPDATE,
+# hence a step of its own.
+_BEFORE = (func.sum(_CANDIDATES.c.size).over(order_by=_CANDIDATES.c.id) - _CANDIDATES.c.size).label("before")
+_ORDERED = select(_CANDIDATES.c.id, _BEFORE).subquery("ordered")
+_WITHIN = select(_ORDERED.c.id).where(_ORDERED.c.before < bindparam("budget", type_=BigInteger))
 _CLAIM = (
     update(_inbound)
-    .where(_inbound.c.id.in_(select(_CANDIDATES.c.id)), _CLAIMABLE)
+    .where(_inbound.c.id.in_(_WITHIN), _CLAIMABLE)
     .values(claimed_by=bindparam("owner"), claimed_until=bindparam("until"), attempts=_inbound.c.attempts + 1)
     .returning(*(column for column in _inbound.c if column.key != "trail"))  # the trail is written, never read
 )
 
 
 def claim_pending(
-    session: Session, now: datetime, lease: timedelta, limit: int, owner: str | None = None
+    session: Session, now: datetime, lease: timedelta, limit: int, owner: str | None = None, *, budget: int = 2**62
 ) -> list[InboundMessage]:
-    """Take up to `limit` pending messages for processing as `owner`; a lease keeps other instances off them.
+    """Take up to `limit` pending messages for processing as `owner`, and no more than `budget` bytes of raw
+    mail beyond the first of them; a lease keeps other instances off them.
 
     A lease that ran out (its holder died, its renewals stopped) makes the message claimable again. The conditional UPDATE is the
     lock: with several instances on one database, each row goes to exactly one of them (one statement for
@@ -137,7 +146,7 @@ def claim_pending(
     statement: the ORM's loading of the same rows cost more than the statement, bench/RESULTS.md 13.D);
     the intake writes their outcomes itself (mailbot.store.batch), and a row decided alone is read again
     through the session (`many`)."""
-    values = {"now": now, "limit": limit, "until": now + lease, "owner": owner}
+    values = {"now": now, "limit": limit, "until": now + lease, "owner": owner, "budget": budget}
     claimed = session.connection().execute(_CLAIM, values).mappings().all()
     return sorted((fresh(InboundMessage, **row) for row in claimed), key=lambda row: row.id)
 

@@ -13,8 +13,8 @@ turn here, with two flock(2) locks on files beside the database:
   writes; one that gives way (a worker) takes it exclusively, for an instant, before it queues. A worker
   therefore does not start a transaction while a door waits, for GIVE_WAY at most: then it queues anyway,
   so a steady stream of mail, which keeps some door waiting nearly all the time, never starves the backlog
-  behind it. A 250 waits for one worker transaction at most, which the intake keeps short (the worker's
-  batch, mailbot.workers.INTAKE_BATCH), and the doors and the intake take turns.
+  behind it. A 250 waits for one worker transaction at most, which the intake keeps short while the doors
+  store mail (mailbot.processor.BATCH_WHILE_STORING), and the doors and the intake take turns.
 
 The kernel frees a dead holder's locks. A waiter sleeps in the kernel until the lock is free, on a thread
 of the lock's own (`_Lock`: flock(2) has no timeout), and gives up after the database's lock timeout, as
@@ -39,7 +39,7 @@ from mailbot.errors import TransientStoreError
 
 log = logging.getLogger("mailbot.store")
 # How long a worker lets the doors go first before it queues for the lock with them. A door commit lasts a
-# millisecond or two; an intake transaction of INTAKE_BATCH rows about 15 ms. Strict priority (waiting until
+# millisecond or two; an intake transaction of BATCH_WHILE_STORING rows about as long. Strict priority (waiting until
 # no door waits) let the intake write only when the listener paused: under steady mail it drained at less
 # than half its speed (bench/RESULTS.md section 10).
 GIVE_WAY = 0.005
