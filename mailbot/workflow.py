@@ -299,10 +299,10 @@ class Workflow:
             at=now,
             text=outgoing.text,
         )
-        if facts is None:
-            return outbox.plan(session, outgoing, ticket_id=ticket.id, now=now, deadline_at=deadline, withheld=withheld)
-        # Kept out of the session: its add and expunge cascades cost more than the batch's write of the row.
         item = outbox.item(outgoing, ticket_id=ticket.id, now=now, deadline_at=deadline, withheld=withheld)
+        if facts is None:
+            return outbox.plan(session, item)
+        # Kept out of the session: its add and expunge cascades cost more than the batch's write of the row.
         facts.recorded(message, ticket.id)
         facts.queued(item)
         return item

@@ -428,7 +428,7 @@ class TestSeveralInstances:
         one, two = make_app(outbound, db=db_url), make_app(outbound, db=db_url)
         one.sender.worker, two.sender.worker = "instance-one", "instance-two"
         planned = [queued(n) for n in range(120)]
-        one.db.call(lambda s: [outbox_store.plan(s, o, ticket_id=None, now=clock.now()) for o in planned])
+        one.db.call(lambda s: [outbox_store.plan(s, outbox_store.item(o, ticket_id=None, now=clock.now())) for o in planned])
         sent = await asyncio.gather(
             one.sender.drain(), two.sender.drain(), one.sender.drain(), two.sender.drain()
         )

@@ -36,7 +36,7 @@ def relayed_app(make_app: Callable[..., App], relay: SmtpSink, db: str | None = 
 
 
 def plan(app: App, *outgoing: Outgoing, ticket_id: int | None = None) -> None:
-    app.db.call(lambda s: [outbox_store.plan(s, o, ticket_id=ticket_id, now=app.clock.now()) for o in outgoing])
+    app.db.call(lambda s: [outbox_store.plan(s, outbox_store.item(o, ticket_id=ticket_id, now=app.clock.now())) for o in outgoing])
 
 
 def message_ids(relay: SmtpSink) -> list[str]:

@@ -148,20 +148,20 @@ class TestInbound:
 class TestOutbox:
     def test_two_workers_never_claim_the_same_item(self, db: Database) -> None:
         for n in range(6):
-            db.call(lambda s, n=n: outbox_store.plan(s, outgoing(n), ticket_id=None, now=NOW))
+            db.call(lambda s, n=n: outbox_store.plan(s, outbox_store.item(outgoing(n), ticket_id=None, now=NOW)))
         a = db.call(lambda s: [i.id for i in outbox_store.claim_due(s, NOW, "a", timedelta(minutes=2), limit=4)])
         b = db.call(lambda s: [i.id for i in outbox_store.claim_due(s, NOW, "b", timedelta(minutes=2), limit=4)])
         assert len(a) == 4 and len(b) == 2 and not set(a) & set(b)
 
     def test_not_due_until_next_attempt(self, db: Database) -> None:
-        item = db.call(lambda s: outbox_store.plan(s, outgoing(1), ticket_id=None, now=NOW, due_at=NOW + timedelta(hours=1)))
+        item = db.call(lambda s: outbox_store.plan(s, outbox_store.item(outgoing(1), ticket_id=None, now=NOW, due_at=NOW + timedelta(hours=1))))
         assert db.call(outbox_store.claim_due, NOW, "a", timedelta(minutes=2)) == []
         assert db.call(outbox_store.next_due) == NOW + timedelta(hours=1)
         claimed = db.call(outbox_store.claim_due, NOW + timedelta(hours=1), "a", timedelta(minutes=2))
         assert [i.id for i in claimed] == [item.id]
 
     def test_failed_attempt_backs_off_and_permanent_failure_stops(self, db: Database) -> None:
-        item = db.call(lambda s: outbox_store.plan(s, outgoing(1), ticket_id=None, now=NOW))
+        item = db.call(lambda s: outbox_store.plan(s, outbox_store.item(outgoing(1), ticket_id=None, now=NOW)))
         db.call(outbox_store.claim_due, NOW, "a", timedelta(minutes=2))
         db.call(outbox_store.mark_attempt_failed, item.id, "relay down", NOW + timedelta(seconds=5))
         assert db.call(outbox_store.claim_due, NOW, "a", timedelta(minutes=2)) == []

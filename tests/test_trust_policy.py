@@ -320,7 +320,7 @@ class TestOperatorsSide:
         app = make_app()
         app.db.call(lambda s: None)
         assert stat.S_IMODE(os.stat(tmp_path / "mailbot.db").st_mode) == 0o600
-        app.db.call(lambda s: outbox.plan(s, queued(0), ticket_id=None, now=app.clock.now()))
+        app.db.call(lambda s: outbox.plan(s, outbox.item(queued(0), ticket_id=None, now=app.clock.now())))
         assert await app.sender.drain() == 1
         [sent] = (tmp_path / "sent" / "new").iterdir()
         assert stat.S_IMODE(sent.stat().st_mode) == 0o600

@@ -59,18 +59,8 @@ def item(
     )
 
 
-def plan(
-    session: Session,
-    outgoing: Outgoing,
-    *,
-    ticket_id: int | None,
-    now: datetime,
-    due_at: datetime | None = None,
-    deadline_at: datetime | None = None,
-    withheld: str | None = None,
-) -> OutboxItem:
-    """Queue `outgoing` (its `item`) with the session's next flush."""
-    queued = item(outgoing, ticket_id=ticket_id, now=now, due_at=due_at, deadline_at=deadline_at, withheld=withheld)
+def plan(session: Session, queued: OutboxItem) -> OutboxItem:
+    """Queue an `item` with the session's next flush."""
     session.add(queued)
     return queued
 
