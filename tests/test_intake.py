@@ -259,6 +259,7 @@ class TestRunner:
             rows = app.db.call(lambda s: s.execute(select(InboundMessage.id, InboundMessage.claimed_by)).all())
             return {row_id: owner for row_id, owner in rows}
 
+        monkeypatch.setattr("mailbot.processor.STORING", 60.0)  # whatever this machine's speed
         processor.wake()  # a door stored mail just now
         assert len(await processor._run_batch()) == 2
         assert claims == [2, 2]  # its own claim, then the next batch's in the deciding transaction
@@ -270,3 +271,20 @@ class TestRunner:
         assert claims[-1] == 6  # the rest, in one batch
         assert len(await processor._run_batch()) == 6
         assert app.db.call(lambda s: s.scalar(select(func.count()).select_from(Ticket))) == 12
+
+    async def test_the_next_batch_is_claimed_before_this_one_is_done(self, make_app, db_url: str) -> None:  # type: ignore[no-untyped-def]
+        """No pass waits for a claim of its own while a backlog drains: the transaction that decides a batch
+        claims the next, on both databases; the backlog becomes tickets in the order it came."""
+        app = make_app(db=db_url)
+        raws = [RawMessage(plain(f"<n{n}@x.example>"), "test") for n in range(7)]
+        ids = app.db.call(inbound_store.insert_many, raws, app.clock.now())
+        app.processor.batch = 3
+        decided = [len(await app.processor._run_batch())]
+        claimed = (InboundMessage.status == "pending") & InboundMessage.claimed_until.is_not(None)
+        held = app.db.call(lambda s: s.scalars(select(InboundMessage.id).where(claimed)).all())
+        assert decided == [3] and sorted(held) == ids[3:6]
+        while len(decided) < 4:
+            decided.append(len(await app.processor._run_batch()))
+        assert decided == [3, 3, 1, 0]
+        tickets = app.db.call(lambda s: s.execute(select(InboundMessage.id, InboundMessage.ticket_id).order_by(InboundMessage.id)).all())
+        assert [ticket for _, ticket in tickets] == sorted(ticket for _, ticket in tickets) and None not in dict(tickets).values()
