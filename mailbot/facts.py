@@ -94,12 +94,14 @@ def _each(read: Callable[[K], V | None]) -> Callable[[list[K]], dict[K, V]]:
 
 
 class Facts:
-    def __init__(self, session: Session, *, since: datetime | None = None, now: datetime | None = None) -> None:
-        """`since`: the earliest instant a count of planned mail may ask about (the loop governor's longest
-        window before the batch's `now`); None for a caller that counts none. `now`: the batch's instant,
-        for the rules that ask it (None for a caller outside the intake)."""
+    def __init__(
+        self, session: Session, *, counts_from: Collection[datetime] = (), now: datetime | None = None
+    ) -> None:
+        """`counts_from`: the instants a count of planned mail may start at (the batch's `now` less each of the
+        loop governor's windows, mailbot.governor); none for a caller that counts none. `now`: the batch's
+        instant, for the rules that ask it (None for a caller outside the intake)."""
         self.session = session
-        self.since = since
+        self.counts_from = tuple(sorted(set(counts_from)))
         self._now = now
         self._uses = _Cache[str, list[Use]](session, lambda ids: conversations.uses(session, ids), list)
         self._exists = _Cache[int, bool](
@@ -108,8 +110,8 @@ class Facts:
         self._contacts = _Cache[str, ContactRecord | None](
             session, lambda keys: dict(registry.contact_records(session, keys)), lambda: None
         )
-        self._to = _Cache[str, list[Sent]](session, lambda keys: deliveries.sent_to(session, keys, self._since()), list)
-        self._on = _Cache[int, list[Sent]](session, lambda ids: deliveries.sent_on(session, ids, self._since()), list)
+        self._to = _Cache[str, list[Sent]](session, lambda keys: deliveries.sent_to(session, keys, self._cuts()), list)
+        self._on = _Cache[int, list[Sent]](session, lambda ids: deliveries.sent_on(session, ids, self._cuts()), list)
         self._opened: dict[int, Ticket] = {}
         self._planned: list[OutboxItem] = []  # the mail this batch queued, in order
         self._tickets: dict[int, Ticket] = {}  # as stored, read in `load`
@@ -130,9 +132,11 @@ class Facts:
         self._colleagues: dict[int, list[str]] = {}  # by ticket
 
     @classmethod
-    def load(cls, session: Session, readings: Iterable[Reading], *, now: datetime, since: datetime) -> Facts:
+    def load(
+        cls, session: Session, readings: Iterable[Reading], *, now: datetime, counts_from: Collection[datetime]
+    ) -> Facts:
         """The facts a batch of `readings` decided at `now` needs, in a few statements."""
-        facts = cls(session, since=since, now=now)
+        facts = cls(session, counts_from=counts_from, now=now)
         readings = list(readings)
         facts._outgoing.fill(
             m for r in readings for m in (
@@ -245,14 +249,16 @@ class Facts:
         return self._contacts.get(key) if key is not None else None
 
     def sent_to(self, address: str, kinds: Collection[str], since: datetime) -> int:
-        """Mail of `kinds` planned (withheld mail aside) to `address` (any case or plus form) since `since`."""
+        """Mail of `kinds` planned (withheld mail aside) to `address` (any case or plus form) since `since`,
+        one of `counts_from`."""
         since = self._checked(since)
-        return sum(1 for s in self._to.get(key_of(address)) if s.kind in kinds and s.at >= since and not s.withheld)
+        sent = self._to.get(key_of(address))
+        return sum(s.count for s in sent if s.kind in kinds and s.at >= since and not s.withheld)
 
     def sent_on(self, ticket_id: int, kinds: Collection[str], since: datetime) -> int:
-        """Mail of `kinds` planned on one ticket since `since`."""
+        """Mail of `kinds` planned on one ticket since `since`, one of `counts_from`."""
         since = self._checked(since)
-        return sum(1 for s in self._on.get(ticket_id) if s.kind in kinds and s.at >= since)
+        return sum(s.count for s in self._on.get(ticket_id) if s.kind in kinds and s.at >= since)
 
     def known(self, sha256: str) -> bool:
         """Whether an attachment's bytes are stored, or being stored by this batch (ticket_store.Blobs)."""
@@ -315,12 +321,14 @@ class Facts:
         if (record := self.contact(address)) is not None:
             self._contacts.values[record.facts.address] = replace(record, bouncing=True)
 
-    def _since(self) -> datetime:
-        if self.since is None:
+    def _cuts(self) -> tuple[datetime, ...]:
+        if not self.counts_from:
             raise ValueError("these facts count no planned mail")
-        return self.since
+        return self.counts_from
 
     def _checked(self, since: datetime) -> datetime:
-        if since < self._since():
-            raise ValueError(f"the facts hold planned mail since {self.since}, not since {since}")
+        """The store counted by the instants in `counts_from` (mailbot.store.deliveries): a count from any
+        other would be silently wrong, so it raises."""
+        if since not in self._cuts():
+            raise ValueError(f"the facts count planned mail since {self.counts_from}, not since {since}")
         return since

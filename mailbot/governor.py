@@ -25,9 +25,10 @@ so the SLA check reports the ticket at risk at once and breached at the deadline
 genuine issue that ever meets a cap is a recorded breach, not a silence. Any other refusal composes nothing
 and the ticket keeps the reason (`auto_reply_refused`). Every limit hit is logged with its reason.
 
-The counts are the batch's facts (mailbot.facts): read once per batch on an index (`outbox.recipient`,
-`created_at`), so they cost the same whatever an address's history, and kept up to date as the batch plans
-mail, so what an earlier message of the batch queued counts though it is not written yet. A caller outside
+The counts are the batch's facts (mailbot.facts): counted by the database once per batch, for each window's
+start (`counts_from`), on an index (`outbox.recipient`, `created_at`), so they cost the same whatever an
+address's history, and kept up to date as the batch plans mail, so what an earlier message of the batch
+queued counts though it is not written yet. A caller outside
 the intake (a command, the SLA sweep) gives none: they are read for the one message.
 """
 
@@ -80,16 +81,16 @@ class Governor:
         self.security = security
         self.own = frozenset(key_of(address) for address in own_addresses)
 
-    @property
-    def horizon(self) -> timedelta:
-        """The longest window a rule counts planned mail over: how far back the facts must reach."""
-        return max(self.security.auto_reply_window, EXPLANATION_WINDOW, TICKET_WINDOW)
+    def counts_from(self, now: datetime) -> tuple[datetime, ...]:
+        """The instants the rules count planned mail from at `now`: now less each of their windows (the
+        facts count by these, mailbot.facts)."""
+        return tuple(now - window for window in (self.security.auto_reply_window, EXPLANATION_WINDOW, TICKET_WINDOW))
 
     def facts(self, session: Session, now: datetime) -> Facts:
         """Facts for a caller outside the intake's batches (a command, the SLA sweep), read as the rules ask:
         what its transaction planned so far is written first, so the counts read it."""
         session.flush()
-        return Facts(session, since=now - self.horizon)
+        return Facts(session, counts_from=self.counts_from(now))
 
     def limit(
         self,

@@ -3,6 +3,7 @@ although nothing of the batch is written until its one flush; on SQLite and Post
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -12,6 +13,7 @@ from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session
 
 from mailbot.app import App
+from mailbot.compose import Outgoing
 from mailbot.facts import Facts
 from mailbot.store import inbound as inbound_store
 from mailbot.store import outbox
@@ -99,7 +101,7 @@ class TestFacts:
         now = app.clock.now()
 
         def queue_one(session: Session) -> tuple[int, int]:
-            facts = Facts(session, since=now - timedelta(days=1))
+            facts = Facts(session, counts_from=app.workflow.governor.counts_from(now))
             [ticket] = session.scalars(select(Ticket)).all()
             outgoing = app.workflow.to_requester(session, ticket, "confirmation", now=now)
             facts.queued(outbox.item(outgoing, ticket_id=ticket.id, now=now))
@@ -141,13 +143,50 @@ class TestFacts:
 
         assert app.db.call(ask) == []
 
-    def test_counts_before_what_was_read_are_refused(self, make_app: Callable[..., App], db_url: str) -> None:
-        """A count over a window longer than the facts reach would be silently short: it raises instead."""
+    def test_the_store_s_counts_are_the_rows_counted_one_by_one(self, make_app: Callable[..., App], db_url: str) -> None:
+        """Counted by the database (by kind, withheld or not, and the latest window start each row follows):
+        every count equals the rows' own, whatever the windows, kinds and statuses."""
+        app = make_app(db=db_url)
+        now = app.clock.now()
+        rng = random.Random(13)
+        kinds = ["confirmation", "explanation", "introduction", "notification", "relay"]
+        people = ["ana@lincoln.example", "bo@lincoln.example", "cy@lincoln.example"]
+        rows = [
+            (rng.choice(people), rng.choice(kinds), now - timedelta(minutes=rng.randrange(0, 3 * 24 * 60)), rng.random() < 0.2)
+            for _ in range(300)
+        ]
+        items = [
+            outbox.item(
+                Outgoing(kind, f"<c{n}@schoolmint.com>", "herosupport@schoolmint.com", [to], "s", "t", b"b"),
+                ticket_id=None, now=at, withheld="kept back" if withheld else None,
+            )
+            for n, (to, kind, at, withheld) in enumerate(rows)
+        ]
+        app.db.call(lambda s: s.add_all(items))
+        starts = app.workflow.governor.counts_from(now)
+
+        def counts(session: Session) -> list[int]:
+            facts = Facts(session, counts_from=starts)
+            return [
+                facts.sent_to(to.upper(), wanted, since)
+                for to in people for since in starts for wanted in ({"confirmation"}, {"explanation", "introduction"})
+            ]
+
+        expected = [
+            sum(1 for t, kind, at, withheld in rows if t == to and kind in wanted and at >= since and not withheld)
+            for to in people for since in starts for wanted in ({"confirmation"}, {"explanation", "introduction"})
+        ]
+        assert app.db.call(counts) == expected and sum(expected) > 0
+
+    def test_counts_from_an_instant_not_read_are_refused(self, make_app: Callable[..., App], db_url: str) -> None:
+        """The store counted from the facts' instants only: a count from another would be silently wrong, so
+        it raises instead."""
         app = make_app(db=db_url)
         now = app.clock.now()
 
         def too_far(session: Session) -> None:
-            Facts(session, since=now - timedelta(hours=1)).sent_to("ana@lincoln.example", {"x"}, now - timedelta(days=1))
+            facts = Facts(session, counts_from=[now - timedelta(hours=1)])
+            facts.sent_to("ana@lincoln.example", {"x"}, now - timedelta(minutes=30))
 
         with pytest.raises(ValueError, match="since"):
             app.db.call(too_far)

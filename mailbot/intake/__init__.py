@@ -73,7 +73,7 @@ class Intake:
 
     def facts(self, session: Session, readings: list[Reading], now: datetime) -> Facts:
         """The facts the rules will ask about `readings`, loaded at once (mailbot.facts)."""
-        return Facts.load(session, readings, now=now, since=now - self.workflow.governor.horizon)
+        return Facts.load(session, readings, now=now, counts_from=self.workflow.governor.counts_from(now))
 
     def decide(
         self, session: Session, inbound: list[InboundMessage], readings: list[Reading], now: datetime, *, owner: str

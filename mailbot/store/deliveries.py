@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import functools
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import BindParameter, Select, bindparam, case, func, literal, select
 from sqlalchemy.orm import Session
 
 from mailbot.store import chunks
@@ -17,21 +18,39 @@ K = TypeVar("K", str, int)  # an address or a ticket id
 
 # Built once with bound parameters (see mailbot.store.registry).
 _BY_MESSAGE_ID = select(OutboxItem).where(OutboxItem.message_id == bindparam("message_id"))
-_TO = select(OutboxItem.recipient, OutboxItem.kind, OutboxItem.created_at, OutboxItem.status).where(
-    OutboxItem.recipient.in_(bindparam("keys", expanding=True)), OutboxItem.created_at >= bindparam("since")
-)
-_ON = select(OutboxItem.ticket_id, OutboxItem.kind, OutboxItem.created_at, OutboxItem.status).where(
-    OutboxItem.ticket_id.in_(bindparam("keys", expanding=True)), OutboxItem.created_at >= bindparam("since")
-)
 
 
 @dataclass(frozen=True)
 class Sent:
-    """One message mailbot planned, as the loop governor counts it (mailbot.governor)."""
+    """Mail mailbot planned, as the loop governor counts it (mailbot.governor): `count` messages of `kind`
+    planned at or after `at` (and before the next instant a count may start at, mailbot.facts)."""
 
     kind: str
-    at: datetime  # when it was planned
+    at: datetime
     withheld: bool  # kept back by the governor, never sent
+    count: int = 1
+
+
+@functools.cache
+def _counted(key: str, cuts: int) -> Select[Any]:
+    """The rows planned to each of the keys (`recipient` or `ticket_id`) since `cut0`, counted by kind,
+    withheld or not, and the latest of the instants `cut0` < `cut1` < ... each was planned at or after: the
+    database counts, so a count costs the same whatever an address's history (its rows a range of
+    ix_outbox_recipient_created)."""
+    column = OutboxItem.recipient if key == "recipient" else OutboxItem.ticket_id
+    starts: list[BindParameter[datetime]] = [bindparam(f"cut{i}") for i in range(cuts)]
+    whens = [(OutboxItem.created_at >= starts[i], i) for i in range(cuts - 1, 0, -1)]
+    latest = case(*whens, else_=0) if whens else literal(0)
+    rows = (
+        select(
+            column.label("key"), OutboxItem.kind, (OutboxItem.status == "withheld").label("withheld"),
+            latest.label("cut"),
+        )
+        .where(column.in_(bindparam("keys", expanding=True)), OutboxItem.created_at >= starts[0])
+        .subquery()
+    )
+    grouped = (rows.c.key, rows.c.kind, rows.c.withheld, rows.c.cut)
+    return select(*grouped, func.count()).group_by(*grouped)
 
 
 def by_message_id(session: Session, message_id: str) -> OutboxItem | None:
@@ -39,24 +58,27 @@ def by_message_id(session: Session, message_id: str) -> OutboxItem | None:
     return session.scalar(_BY_MESSAGE_ID, {"message_id": message_id})
 
 
-def sent_to(session: Session, recipients: Collection[str], since: datetime) -> dict[str, list[Sent]]:
-    """The mail planned since `since` to each of `recipients` (keyed as mailbot.addresses.key_of keys them,
-    any case or plus form), read in one statement per CHUNK of them (ix_outbox_recipient_created: a range of
-    each address's recent rows, whatever its history)."""
-    return _sent(session, _TO, recipients, since)
-
-def sent_on(session: Session, ticket_ids: Collection[int], since: datetime) -> dict[int, list[Sent]]:
-    """The mail planned since `since` on each of `ticket_ids`."""
-    return _sent(session, _ON, ticket_ids, since)
+def sent_to(session: Session, recipients: Collection[str], cuts: Sequence[datetime]) -> dict[str, list[Sent]]:
+    """The mail planned since the first of `cuts` (ascending) to each of `recipients` (keyed as
+    mailbot.addresses.key_of keys them, any case or plus form), counted as `_counted` says, in one statement
+    per CHUNK of them."""
+    return _sent(session, "recipient", recipients, cuts)
 
 
-def _sent(session: Session, statement: Any, keys: Collection[K], since: datetime) -> dict[K, list[Sent]]:
-    """`statement`'s rows (key, kind, at, status) for `keys`, a CHUNK of keys a statement, grouped by key."""
+def sent_on(session: Session, ticket_ids: Collection[int], cuts: Sequence[datetime]) -> dict[int, list[Sent]]:
+    """The mail planned since the first of `cuts` on each of `ticket_ids`, counted the same way."""
+    return _sent(session, "ticket_id", ticket_ids, cuts)
+
+
+def _sent(session: Session, key: str, keys: Collection[K], cuts: Sequence[datetime]) -> dict[K, list[Sent]]:
+    statement = _counted(key, len(cuts))
+    instants = {f"cut{i}": cut for i, cut in enumerate(cuts)}
     found: dict[K, list[Sent]] = {}
     for some in chunks(keys):
-        for key, kind, at, status in session.connection().execute(statement, {"keys": some, "since": since}):
-            found.setdefault(cast(K, key), []).append(Sent(kind, at, status == "withheld"))
+        for found_key, kind, withheld, cut, count in session.connection().execute(statement, {"keys": some, **instants}):
+            found.setdefault(cast(K, found_key), []).append(Sent(kind, cuts[cut], bool(withheld), count))
     return found
+
 
 def opening_message(session: Session, ticket: Ticket) -> InboundMessage | None:
     """The stored raw message that opened `ticket` (its first inbound message), if it is still kept."""
