@@ -1,8 +1,9 @@
 """The runner that turns stored raw messages into tickets, off the accepting path.
 
 A batch goes in three steps: its pending rows are claimed under a lease (by the transaction that decided
-the batch before it, or by a short one of its own when the runner wakes to new mail); they are read (parsed, their senders authenticated) outside any transaction, so neither that work nor a
-DNS wait holds SQLite's write lock, and several runners share the work; then the intake decides the whole
+the batch before it, or by a short one of its own when the runner wakes to new mail); they are read
+(parsed, their senders authenticated) outside any transaction, so neither that work nor a DNS wait holds
+SQLite's write lock, and several runners share the work; then the intake decides the whole
 batch inside one savepoint of one transaction. The daemon reads each claimed row on a pool of reader
 threads and decides whichever rows are read: a message whose reading is slow (a slow name server, within
 its DNS budget) is decided in a later batch, so the mail behind it never waits for it (issue 12). When any message of it fails, that savepoint is undone and
@@ -48,8 +49,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("mailbot.intake")
 DEFERRED_RETRY = timedelta(minutes=5)  # a message that could not be decided now (DNS) is tried again then
 # Rows per transaction: a batch shares its transaction's cost (the claim, the facts' reads, an INSERT per
-# table, the commit) among its rows. 100 drained a backlog of 2 KB questions about 1.3 times as fast as 25
-# (bench/RESULTS.md section 15)...
+# table, the commit) among its rows. On the whole `mailbot run` (bench/RESULTS.md section 15), 100 rather
+# than 50 took 2,000 questions to tickets at 803 to 814 msgs/s instead of 745 to 763...
 BATCH = 100
 # ... and no more raw mail than this beyond its first message, so memory stays bounded however large the
 # messages in the backlog are (the doors take up to 25 MB each).
