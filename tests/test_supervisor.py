@@ -199,10 +199,13 @@ class TestProcesses:
 
         def watch() -> None:  # from before the kill, often: the successor may be ready within a second
             while not healthy_again.is_set():
+                # The newest worker read before asking: a 200 after the successor started is the successor's,
+                # not an answer from before the parent saw the death.
+                newest = daemon.worker("intake")
                 status, text = daemon.get("/healthz")
                 if status != 200:
                     reasons.add(text.strip())
-                elif daemon.worker("intake") != first:
+                elif newest != first:
                     healthy_again.set()
                 time.sleep(0.005)
 
