@@ -18,16 +18,17 @@ contact) is few rows, left to the session's flush.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any, cast
 
-from sqlalchemy import Connection, Dialect, Insert, Table, Update, bindparam, insert, inspect, update
+from sqlalchemy import Connection, Insert, Table, Update, bindparam, insert, inspect, update
 from sqlalchemy.orm import Mapper, RelationshipDirection, Session
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.sql.dml import ReturningInsert
 
+from mailbot.store import driver
 from mailbot.store.inbound import TakenOver
 from mailbot.store.schema import Attachment, Base, Blob, InboundMessage, OutboxItem, Ticket, TicketMessage
 
@@ -169,7 +170,7 @@ def _insert_many(connection: Connection, layout: _Layout, objects: list[Any]) ->
     attributes = {
         column: (name, default) for name, column, default in layout.columns if not (name == generated and True in allocated)
     }
-    plain = _plain(layout.insert, tuple(attributes), connection.dialect)
+    plain = driver.plain(layout.insert, tuple(attributes), connection.dialect)
     order = [(*attributes[column], plain.binds[column]) for column in plain.order]
     rows = [_bound(obj.__dict__, order) for obj in objects]
     connection.exec_driver_sql(plain.sql, rows if plain.positional else [dict(zip(plain.order, row)) for row in rows])
@@ -191,31 +192,6 @@ def _values(layout: _Layout, obj: Any) -> dict[str, Any]:
         for name, column, default in layout.columns
         if not (name == layout.generated and values.get(name) is None)
     }
-
-
-@dataclass(frozen=True)
-class _Plain:
-    """A statement as the driver runs it on one dialect: its SQL, and for each parameter, in the driver's
-    order, the bind processor SQLAlchemy would apply (its type's own); the values of those the statement
-    holds itself (a literal it compares with)."""
-
-    sql: str
-    order: tuple[str, ...]
-    positional: bool
-    binds: Mapping[str, Callable[[Any], Any] | None]
-    constants: Mapping[str, Any]
-
-
-@cache
-def _plain(statement: Insert | Update, names: tuple[str, ...], dialect: Dialect) -> _Plain:
-    """`statement` with the parameters `names` given for each row (an INSERT's: its columns)."""
-    compiled = statement.compile(dialect=dialect, column_keys=list(names), for_executemany=True)
-    order = tuple(compiled.positiontup or ()) if compiled.positional else tuple(compiled.binds)
-    binds = {name: compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in order}
-    constants = {name: compiled.binds[name].effective_value for name in order if name not in names}
-    assert set(names) <= set(order), compiled.string  # every value given is a parameter
-    assert not any(compiled.binds[name].required for name in constants), compiled.string  # none is missing
-    return _Plain(compiled.string, order, compiled.positional, binds, constants)
 
 
 def _unnamed_parent(layout: _Layout, obj: Any) -> bool:
@@ -276,21 +252,5 @@ def _outcomes(session: Session, inbound: Sequence[InboundMessage], owner: str) -
             by_columns.setdefault(changed, []).append({"row_id": row.id, "owner": owner, **values})
     connection = session.connection()
     for changed, rows in by_columns.items():
-        if _update_many(connection, _outcome_update(changed), rows) != len(rows):
+        if driver.run_many(connection, _outcome_update(changed), rows).rowcount != len(rows):
             raise TakenOver(f"another instance took over some of inbound messages {[r['row_id'] for r in rows]}")
-
-
-def _update_many(connection: Connection, statement: Update, rows: list[dict[str, Any]]) -> int:
-    """`statement` for each of `rows` (their values by parameter name, the same names in each) through the
-    driver's executemany, each value bound as SQLAlchemy binds it, like `_insert_many` and for the same
-    reason: SQLAlchemy's executemany makes a parameter dict per row and reads it again. The rows matched."""
-    plain = _plain(statement, tuple(rows[0]), connection.dialect)
-    order = [(name, plain.constants.get(name), plain.binds[name] or _as_is) for name in plain.order]
-    bound = [tuple(bind(row.get(name, constant)) for name, constant, bind in order) for row in rows]
-    parameters = bound if plain.positional else [dict(zip(plain.order, row)) for row in bound]
-    return connection.exec_driver_sql(plain.sql, parameters).rowcount
-
-
-def _as_is(value: Any) -> Any:
-    """The bind step of a type that has none."""
-    return value

@@ -13,18 +13,17 @@ claim took the item over. The sender's maildir relies on it (mailbot.sender).
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, NamedTuple, cast
+from typing import NamedTuple, cast
 
-from sqlalchemy import Connection, Table, Update, and_, bindparam, func, or_, select, update
-from sqlalchemy.engine import CursorResult, Dialect
+from sqlalchemy import Connection, Table, and_, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from mailbot.addresses import key_of
 from mailbot.compose import Outgoing
+from mailbot.store import driver
 from mailbot.store.schema import OutboxItem, Ticket, fresh
 
 
@@ -152,50 +151,12 @@ _TICKET_SENT = {
 }
 
 
-class _Plain(NamedTuple):
-    """An UPDATE as the driver runs it on one dialect: its SQL, the parameters in the driver's order, the
-    statement's own values (status="sent" ...), and each parameter's bind processor (its column type's)."""
-
-    sql: str
-    order: tuple[str, ...]
-    positional: bool
-    values: dict[str, Any]
-    binds: Mapping[str, Callable[[Any], Any] | None]
-
-
-@functools.cache
-def _plain(statement: Update, dialect: Dialect) -> _Plain:
-    compiled = statement.compile(dialect=dialect, for_executemany=True)
-    names = compiled.bind_names
-    order = tuple(compiled.positiontup or ()) if compiled.positional else tuple(names.values())
-    values = {name: bind.value for bind, name in names.items() if not bind.required}
-    binds = {name: bind.type.dialect_impl(dialect).bind_processor(dialect) for bind, name in names.items()}
-    return _Plain(compiled.string, order, compiled.positional, values, binds)
-
-
-def _run_many(connection: Connection, statement: Update, rows: list[dict[str, Any]], **same: Any) -> CursorResult[Any]:
-    """`statement` once for each row (plus the values `same` for all), through the driver's executemany, each
-    value bound as its column's type binds it. SQLAlchemy's executemany worked out every row's parameters
-    anew, a datetime's text included: most of a record's CPU."""
-    plain = _plain(statement, connection.dialect)
-
-    def bound(name: str, value: Any) -> Any:
-        bind = plain.binds[name]
-        return value if bind is None else bind(value)
-
-    fixed = {name: bound(name, value) for name, value in {**plain.values, **same}.items()}
-    params = [{**fixed, **{name: bound(name, value) for name, value in row.items()}} for row in rows]
-    if plain.positional:
-        return connection.exec_driver_sql(plain.sql, [tuple(p[name] for name in plain.order) for p in params])
-    return connection.exec_driver_sql(plain.sql, params)  # type: ignore[arg-type]
-
-
 def record_sent(session: Session | Connection, items: Sequence[Claimed], at: datetime) -> set[int]:
     """Mark these claimed items sent at `at` and note on their tickets when a promised message first went out;
     returns the ids recorded: each item whose claim is still the latest one (no other instance claimed it
     since: a stalled sender's lease ran out), and not recorded already."""
     connection = _connection(session)
-    marked = _run_many(connection, _SENT, [{"item": i.id, "claim": i.attempts} for i in items], at=at)
+    marked = driver.run_many(connection, _SENT, [{"item": i.id, "claim": i.attempts} for i in items], at=at)
     if marked.rowcount == len(items):
         recorded = {item.id for item in items}
     else:  # some claim was not the latest (or the driver does not count an executemany's rows): which
@@ -204,7 +165,7 @@ def record_sent(session: Session | Connection, items: Sequence[Claimed], at: dat
     for kind, statement in _TICKET_SENT.items():
         rows = [{"ticket": i.ticket_id} for i in items if i.id in recorded and i.kind == kind and i.ticket_id]
         if rows:
-            _run_many(connection, statement, rows, at=at)
+            driver.run_many(connection, statement, rows, at=at)
     return recorded
 
 
