@@ -18,7 +18,7 @@ look-up that could see it goes through these facts instead of the session:
   participants: the specialist's address and the requester's colleagues, read when first asked) and the
   specialists who may take one;
 - the outgoing messages our own mail coming back and the bounces name (mailbot.loops rules 1 and 2);
-- the last ticket id allocated (SQLite);
+- where new tickets' ids come from (mailbot.store.tickets.TicketIds), and the last one allocated;
 - the batch's instant, `now`.
 
 `load` reads all of it for the batch's readings in a few set-based statements. Each key is read from the
@@ -95,11 +95,18 @@ def _each(read: Callable[[K], V | None]) -> Callable[[list[K]], dict[K, V]]:
 
 class Facts:
     def __init__(
-        self, session: Session, *, counts_from: Collection[datetime] = (), now: datetime | None = None
+        self,
+        session: Session,
+        *,
+        counts_from: Collection[datetime] = (),
+        now: datetime | None = None,
+        ticket_ids: ticket_store.TicketIds | None = None,
+        size: int = 1,
     ) -> None:
         """`counts_from`: the instants a count of planned mail may start at (the batch's `now` less each of the
         loop governor's windows, mailbot.governor); none for a caller that counts none. `now`: the batch's
-        instant, for the rules that ask it (None for a caller outside the intake)."""
+        instant, for the rules that ask it (None for a caller outside the intake). `ticket_ids`: the process's
+        source of ticket ids, drawn `size` (the batch's messages) at a time; else one of its own."""
         self.session = session
         self.counts_from = tuple(sorted(set(counts_from)))
         self._now = now
@@ -115,6 +122,8 @@ class Facts:
         self._opened: dict[int, Ticket] = {}
         self._planned: list[OutboxItem] = []  # the mail this batch queued, in order
         self._tickets: dict[int, Ticket] = {}  # as stored, read in `load`
+        self._ticket_ids = ticket_ids or ticket_store.TicketIds()
+        self._size = size
         self._last_ticket_id: int | None = None
         self._stored_blobs = _Cache[str, bool](
             session, lambda hashes: dict.fromkeys(ticket_store.stored_blobs(session, hashes), True), bool
@@ -133,11 +142,17 @@ class Facts:
 
     @classmethod
     def load(
-        cls, session: Session, readings: Iterable[Reading], *, now: datetime, counts_from: Collection[datetime]
+        cls,
+        session: Session,
+        readings: Iterable[Reading],
+        *,
+        now: datetime,
+        counts_from: Collection[datetime],
+        ticket_ids: ticket_store.TicketIds | None = None,
     ) -> Facts:
         """The facts a batch of `readings` decided at `now` needs, in a few statements."""
-        facts = cls(session, counts_from=counts_from, now=now)
         readings = list(readings)
+        facts = cls(session, counts_from=counts_from, now=now, ticket_ids=ticket_ids, size=len(readings))
         facts._outgoing.fill(
             m for r in readings for m in (
                 r.parsed.message_id if r.own else None, r.bounce.original_message_id if r.bounce else None
@@ -271,7 +286,7 @@ class Facts:
             return found | ticket_store.blobs(self.session, set(sha256s) - found.keys())
 
     def next_ticket_id(self) -> int:
-        self._last_ticket_id = ticket_store.next_id(self.session, self._last_ticket_id)
+        self._last_ticket_id = self._ticket_ids.next(self.session, self._last_ticket_id, self._size)
         return self._last_ticket_id
 
     # --- what the batch's decisions write ------------------------------------------------------------------

@@ -204,6 +204,19 @@ class TestBatches:
         explained = app.db.call(lambda s: s.scalar(select(func.count()).select_from(OutboxItem)))
         assert explained == app.config.security.explanations_per_day == 3
 
+    def test_tickets_are_numbered_in_the_order_their_mail_came(self, make_app, db_url: str) -> None:  # type: ignore[no-untyped-def]
+        """A batch's new tickets are numbered in the order of their mail, on both databases; on PostgreSQL the
+        ids drawn for a batch and left (a reply opens no ticket) number the next batch's tickets, none
+        skipped."""
+        app = make_app(db=db_url)
+        reply = plain("<o2@x.example>", "Re: Login broken", extra="In-Reply-To: <o1@x.example>\r\n")
+        assert run_batch(app, [plain("<o1@x.example>"), reply, plain("<o3@x.example>")]) == [
+            "created", "threaded", "created"
+        ]
+        assert run_batch(app, [plain("<o4@x.example>")]) == ["created"]
+        order = select(InboundMessage.ticket_id).order_by(InboundMessage.id)
+        assert app.db.call(lambda s: s.scalars(order).all()) == [1, 1, 2, 3]
+
     def test_a_duplicate_of_an_earlier_batch_is_seen(self, app: App) -> None:
         """The batch finds it at its flush (the unique Message-ID index) and reruns message by message."""
         assert run_batch(app, [plain("<e1@x.example>")]) == ["created"]

@@ -16,6 +16,7 @@ from mailbot.compose import Outgoing
 from mailbot.store import Database
 from mailbot.store import inbound as inbound_store
 from mailbot.store import outbox as outbox_store
+from mailbot.store import tickets as ticket_store
 from mailbot.store.inbound import RawMessage
 from mailbot.store.schema import Base, ImapCursor, InboundMessage, UtcDateTime
 
@@ -72,6 +73,20 @@ class TestSchema:
         for bind in (fused, chained):
             with pytest.raises(ValueError, match="naive"):
                 bind(datetime(2026, 12, 1, 10, 0))
+
+
+class TestTicketIds:
+    def test_ids_count_up_and_ids_left_too_long_are_skipped(self, db: Database) -> None:
+        """Within one transaction each id follows the last. On PostgreSQL ids are drawn a batch at a time:
+        those left serve the next transaction within KEEP seconds, then are skipped, never used twice."""
+        instant = [0.0]
+        ids = ticket_store.TicketIds(clock=lambda: instant[0])
+        postgresql = not db.is_sqlite
+        assert db.call(lambda s: [ids.next(s, None, 3), ids.next(s, 1, 3)]) == [1, 2]
+        assert db.call(lambda s: ids.next(s, None, 3)) == (3 if postgresql else 1)  # SQLite: nothing was written
+        assert db.call(lambda s: ids.next(s, None, 3)) == (4 if postgresql else 1)  # PostgreSQL: 4, 5, 6 drawn
+        instant[0] += ticket_store.KEEP + 0.1
+        assert db.call(lambda s: ids.next(s, None, 3)) == (7 if postgresql else 1)  # 5 and 6 were left too long
 
 
 class TestInbound:

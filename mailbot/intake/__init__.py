@@ -37,6 +37,7 @@ from mailbot.loops import MachineMail
 from mailbot.parse import ParseLimits
 from mailbot.reading import Reading
 from mailbot.store.schema import InboundMessage
+from mailbot.store.tickets import TicketIds
 from mailbot.trail import Trail
 from mailbot.workflow import Workflow
 
@@ -66,6 +67,7 @@ class Intake:
             zone=gate.zone,
         )
         self.write = Write(workflow, gate, followups, machines)
+        self.ticket_ids = TicketIds()  # drawn a batch at a time on PostgreSQL, shared by the batches
 
     def read(self, inbound: InboundMessage) -> Reading:
         """Parse the stored bytes and authenticate the From address: no database involved."""
@@ -73,7 +75,8 @@ class Intake:
 
     def facts(self, session: Session, readings: list[Reading], now: datetime) -> Facts:
         """The facts the rules will ask about `readings`, loaded at once (mailbot.facts)."""
-        return Facts.load(session, readings, now=now, counts_from=self.workflow.governor.counts_from(now))
+        counts_from = self.workflow.governor.counts_from(now)
+        return Facts.load(session, readings, now=now, counts_from=counts_from, ticket_ids=self.ticket_ids)
 
     def decide(
         self, session: Session, inbound: list[InboundMessage], readings: list[Reading], now: datetime, *, owner: str

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
@@ -26,7 +29,10 @@ if TYPE_CHECKING:  # a type only: `ticket list` need not load the mail parser
     from mailbot.parse import Attachment as ParsedAttachment
 
 _LAST_ID = select(func.max(Ticket.id))
-_NEXT_ID_POSTGRESQL = text("SELECT nextval(pg_get_serial_sequence('tickets', 'id'))")
+_DRAW_POSTGRESQL = text("SELECT nextval(pg_get_serial_sequence('tickets', 'id')) FROM generate_series(1, :n)")
+# How long ids drawn for a batch and left unused serve later batches: long enough for the next batch under
+# load, short enough that a ticket is not numbered below the tickets other instances opened meanwhile.
+KEEP = 2.0  # seconds
 
 
 class Blobs(Protocol):
@@ -36,16 +42,38 @@ class Blobs(Protocol):
     def adding(self, sha256: str, data: bytes) -> None: ...
 
 
-def next_id(session: Session, after: int | None) -> int:
-    """The id for a new ticket, known before it is written (compose needs it), so a batch of new tickets
-    can be written in one flush. PostgreSQL: the column's sequence. SQLite: one past `after`, the id the
-    caller allocated last in this transaction, else past the highest id stored; the transaction holds
-    SQLite's write lock (BEGIN IMMEDIATE), so no other writer can take it meanwhile."""
-    if session.get_bind().dialect.name == "postgresql":
-        return int(session.connection().scalar(_NEXT_ID_POSTGRESQL))  # a plain value: not the ORM's execute path
-    if after is None:
-        after = session.connection().scalar(_LAST_ID) or 0
-    return after + 1
+class TicketIds:
+    """Where new tickets' ids come from: known before a ticket is written (its confirmation is composed with
+    it), so a batch of new tickets is written in one statement (mailbot.store.batch).
+
+    PostgreSQL: the column's sequence, drawn `wanted` ids at a time (a batch's messages): one round trip for
+    a batch's tickets rather than one each, the intake's busiest wait (bench/RESULTS.md, section 16). Ids a
+    batch left serve the batches that follow within KEEP seconds, in order, so one instance numbers its
+    tickets in the order their mail arrived. Like any sequence value, an id drawn by a transaction that rolls
+    back, or left when KEEP ends or the process stops, is never used: ticket numbers may skip, never repeat.
+    One object per process, shared by its transactions.
+
+    SQLite: one past `after`, the id the caller allocated last in this transaction, else past the highest
+    id stored; the transaction holds SQLite's write lock (BEGIN IMMEDIATE), so no other writer can take it
+    meanwhile: no gaps."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._drawn: deque[int] = deque()
+        self._drawn_at = 0.0
+        self._lock = threading.Lock()
+
+    def next(self, session: Session, after: int | None, wanted: int = 1) -> int:
+        connection = session.connection()  # plain values: not the ORM's execute path
+        if connection.dialect.name != "postgresql":
+            return (after if after is not None else connection.scalar(_LAST_ID) or 0) + 1
+        with self._lock:
+            if self._drawn and self._clock() - self._drawn_at > KEEP:
+                self._drawn.clear()
+            if not self._drawn:
+                self._drawn.extend(sorted(connection.scalars(_DRAW_POSTGRESQL, {"n": max(wanted, 1)})))
+                self._drawn_at = self._clock()
+            return self._drawn.popleft()
 
 
 def add_message(
