@@ -49,9 +49,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("mailbot.intake")
 DEFERRED_RETRY = timedelta(minutes=5)  # a message that could not be decided now (DNS) is tried again then
 # Rows per transaction: a batch shares its transaction's cost (the claim, the facts' reads, an INSERT per
-# table, the commit) among its rows. On the whole `mailbot run` (bench/RESULTS.md section 15), 100 rather
-# than 50 took 2,000 questions to tickets at 803 to 814 msgs/s instead of 745 to 763...
-BATCH = 100
+# table, the commit) among its rows. On the whole `mailbot run` (bench/RESULTS.md sections 15 and 16), 100
+# rather than 50 took 2,000 questions to tickets at 803 to 814 msgs/s instead of 745 to 763; 200 rather than
+# 100, 745 to 793 instead of 671 to 725 on PostgreSQL, 783 to 788 instead of 735 to 749 on SQLite...
+BATCH = 200
 # ... and no more raw mail than this beyond its first message, so memory stays bounded however large the
 # messages in the backlog are (the doors take up to 25 MB each).
 BATCH_BYTES = 16 * 2**20
