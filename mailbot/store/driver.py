@@ -47,7 +47,7 @@ def run_many(
     the values `same` for every row; `rows` is not empty."""
     compiled = plain(statement, (*rows[0], *same), connection.dialect)
     fixed = {name: _bound(compiled, name, value) for name, value in {**compiled.constants, **same}.items()}
-    steps = [(name, name in fixed, fixed.get(name), compiled.binds[name] or _as_is) for name in compiled.order]
+    steps = [(name, name in fixed, fixed.get(name), compiled.binds[name] or as_is) for name in compiled.order]
     bound = [tuple(value if is_fixed else bind(row[name]) for name, is_fixed, value, bind in steps) for row in rows]
     return connection.exec_driver_sql(
         compiled.sql, bound if compiled.positional else [dict(zip(compiled.order, row)) for row in bound]
@@ -59,6 +59,6 @@ def _bound(compiled: Plain, name: str, value: Any) -> Any:
     return value if bind is None else bind(value)
 
 
-def _as_is(value: Any) -> Any:
+def as_is(value: Any) -> Any:
     """The bind step of a type that has none."""
     return value

@@ -25,6 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from mailbot.errors import TransientStoreError
+from mailbot.store import driver
 from mailbot.store.schema import InboundMessage, fresh
 
 
@@ -63,9 +64,7 @@ def insert_many(session: Session | Connection, messages: Sequence[RawMessage], n
     connection = session if isinstance(session, Connection) else session.connection()
     if connection.dialect.name == "sqlite":
         return _insert_sqlite(connection, rows)
-    table = cast(Table, InboundMessage.__table__)
-    statement = insert(table).returning(table.c.id, sort_by_parameter_order=True)
-    return list(connection.scalars(statement, [dict(zip(_COLUMNS, row, strict=True)) for row in rows]))
+    return _insert_postgresql(connection, rows)
 
 
 @functools.cache
@@ -99,6 +98,34 @@ def _insert_sqlite(connection: Connection, rows: list[tuple[Any, ...]]) -> list[
 
 # Built once (see mailbot.store.registry): the runner claims a batch every few milliseconds under load.
 _inbound = cast(Table, InboundMessage.__table__)
+_INSERT_RETURNING = insert(_inbound).returning(_inbound.c.id)
+
+
+def _insert_postgresql(connection: Connection, rows: list[tuple[Any, ...]]) -> list[int]:
+    """The rows through psycopg's executemany, one INSERT ... RETURNING each, in one pipeline (one round trip).
+
+    The same SQL for any number of rows, so psycopg prepares it once and keeps its conversion: SQLAlchemy's
+    multi-row INSERT was a new statement for each number of rows, over the 4 KB psycopg caches, parsed
+    again on every commit (with its compilation, a quarter of the doors' CPU in the database's thread under
+    load, bench/RESULTS.md section 16). The values pass the columns' own bind processors (mailbot.store.driver),
+    so they are stored exactly as the ORM stores them."""
+    import psycopg  # here: an instance on SQLite never loads the PostgreSQL driver
+
+    plain = driver.plain(_INSERT_RETURNING, _COLUMNS, connection.dialect)
+    binds = [plain.binds[name] or driver.as_is for name in _COLUMNS]
+    values = [{name: bind(value) for name, bind, value in zip(_COLUMNS, binds, row, strict=True)} for row in rows]
+    cursor = cast(psycopg.Connection[Any], connection.connection.driver_connection).cursor()
+    try:
+        cursor.executemany(plain.sql, values, returning=True)
+        ids = []
+        while True:  # a result per row, in order
+            ids.append(cast(tuple[int], cursor.fetchone())[0])
+            if not cursor.nextset():
+                return ids
+    except psycopg.OperationalError as exc:  # the server gone, a lock timeout: the caller answers 451
+        raise TransientStoreError(f"database unavailable: {exc}") from exc
+    finally:
+        cursor.close()
 _CLAIMABLE = and_(
     _inbound.c.status == "pending",
     or_(_inbound.c.claimed_until.is_(None), _inbound.c.claimed_until < bindparam("now")),
