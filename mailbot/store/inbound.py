@@ -52,6 +52,7 @@ _SQLITE_INSERT = (
     f"INSERT INTO {InboundMessage.__tablename__} ({', '.join(_COLUMNS)}) "
     f"VALUES ({', '.join('?' for _ in _COLUMNS)}) RETURNING id"
 )
+_POSTGRESQL_INSERT = insert(cast(Table, InboundMessage.__table__)).returning(InboundMessage.__table__.c.id)
 
 
 def insert_many(session: Session | Connection, messages: Sequence[RawMessage], now: datetime) -> list[int]:
@@ -96,11 +97,6 @@ def _insert_sqlite(connection: Connection, rows: list[tuple[Any, ...]]) -> list[
         cursor.close()
 
 
-# Built once (see mailbot.store.registry): the runner claims a batch every few milliseconds under load.
-_inbound = cast(Table, InboundMessage.__table__)
-_INSERT_RETURNING = insert(_inbound).returning(_inbound.c.id)
-
-
 def _insert_postgresql(connection: Connection, rows: list[tuple[Any, ...]]) -> list[int]:
     """The rows through psycopg's executemany, one INSERT ... RETURNING each, in one pipeline (one round trip).
 
@@ -111,7 +107,7 @@ def _insert_postgresql(connection: Connection, rows: list[tuple[Any, ...]]) -> l
     so they are stored exactly as the ORM stores them."""
     import psycopg  # here: an instance on SQLite never loads the PostgreSQL driver
 
-    plain = driver.plain(_INSERT_RETURNING, _COLUMNS, connection.dialect)
+    plain = driver.plain(_POSTGRESQL_INSERT, _COLUMNS, connection.dialect)
     binds = [plain.binds[name] or driver.as_is for name in _COLUMNS]
     values = [{name: bind(value) for name, bind, value in zip(_COLUMNS, binds, row, strict=True)} for row in rows]
     cursor = cast(psycopg.Connection[Any], connection.connection.driver_connection).cursor()
@@ -126,6 +122,10 @@ def _insert_postgresql(connection: Connection, rows: list[tuple[Any, ...]]) -> l
         raise TransientStoreError(f"database unavailable: {exc}") from exc
     finally:
         cursor.close()
+
+
+# Built once (see mailbot.store.registry): the runner claims a batch every few milliseconds under load.
+_inbound = cast(Table, InboundMessage.__table__)
 _CLAIMABLE = and_(
     _inbound.c.status == "pending",
     or_(_inbound.c.claimed_until.is_(None), _inbound.c.claimed_until < bindparam("now")),
