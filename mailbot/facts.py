@@ -101,12 +101,11 @@ class Facts:
         counts_from: Collection[datetime] = (),
         now: datetime | None = None,
         ticket_ids: ticket_store.TicketIds | None = None,
-        size: int = 1,
     ) -> None:
         """`counts_from`: the instants a count of planned mail may start at (the batch's `now` less each of the
         loop governor's windows, mailbot.governor); none for a caller that counts none. `now`: the batch's
         instant, for the rules that ask it (None for a caller outside the intake). `ticket_ids`: the process's
-        source of ticket ids, drawn `size` (the batch's messages) at a time; else one of its own."""
+        source of ticket ids; else one of its own."""
         self.session = session
         self.counts_from = tuple(sorted(set(counts_from)))
         self._now = now
@@ -123,7 +122,7 @@ class Facts:
         self._planned: list[OutboxItem] = []  # the mail this batch queued, in order
         self._tickets: dict[int, Ticket] = {}  # as stored, read in `load`
         self._ticket_ids = ticket_ids or ticket_store.TicketIds()
-        self._size = size
+        self._openers = 1  # how many tickets the batch may open (`load`): how many ids to draw at once
         self._last_ticket_id: int | None = None
         self._stored_blobs = _Cache[str, bool](
             session, lambda hashes: dict.fromkeys(ticket_store.stored_blobs(session, hashes), True), bool
@@ -152,7 +151,7 @@ class Facts:
     ) -> Facts:
         """The facts a batch of `readings` decided at `now` needs, in a few statements."""
         readings = list(readings)
-        facts = cls(session, counts_from=counts_from, now=now, ticket_ids=ticket_ids, size=len(readings))
+        facts = cls(session, counts_from=counts_from, now=now, ticket_ids=ticket_ids)
         facts._outgoing.fill(
             m for r in readings for m in (
                 r.parsed.message_id if r.own else None, r.bounce.original_message_id if r.bounce else None
@@ -170,7 +169,18 @@ class Facts:
             with session.no_autoflush:
                 facts._tickets.update({t.id: t for t in ticket_store.many(session, candidates)})
         facts._stored_blobs.fill(a.sha256 for r in readings for a in r.parsed.attachments)
+        facts._openers = sum(map(facts._may_open, readings))
         return facts
+
+    def _may_open(self, reading: Reading) -> bool:
+        """Whether a message may open a ticket, as far as the facts loaded tell: neither our own mail nor a
+        bounce, not stored already, naming no stored message or ticket. Only how many ticket ids to draw at
+        once: too few costs a round trip more, too many leaves ids a later batch uses, or skips."""
+        if reading.own or reading.bounce is not None or self._uses.values.get(reading.key):
+            return False
+        clues = reading.clues
+        named = any(self._uses.values.get(m) for m in clues.message_ids)
+        return not named and not any(self._exists.values.get(t) for t in clues.ticket_ids())
 
     @classmethod
     def given(
@@ -286,7 +296,8 @@ class Facts:
             return found | ticket_store.blobs(self.session, set(sha256s) - found.keys())
 
     def next_ticket_id(self) -> int:
-        self._last_ticket_id = self._ticket_ids.next(self.session, self._last_ticket_id, self._size)
+        wanted = self._openers - len(self._opened)  # the tickets the batch may still open, this one included
+        self._last_ticket_id = self._ticket_ids.next(self.session, self._last_ticket_id, wanted)
         return self._last_ticket_id
 
     # --- what the batch's decisions write ------------------------------------------------------------------

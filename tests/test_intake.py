@@ -18,6 +18,7 @@ from mailbot.intake import reading as intake_module
 from mailbot.store import inbound as inbound_store
 from mailbot.store.inbound import RawMessage
 from mailbot.store.schema import Attachment, Blob, InboundMessage, OutboxItem, Ticket, TicketMessage
+from mailbot.store.tickets import KEEP, TicketIds
 
 
 def ingest(app: App, raw: bytes, sender: str | None = "ana@lincoln.example"):  # type: ignore[no-untyped-def]
@@ -216,6 +217,22 @@ class TestBatches:
         assert run_batch(app, [plain("<o4@x.example>")]) == ["created"]
         order = select(InboundMessage.ticket_id).order_by(InboundMessage.id)
         assert app.db.call(lambda s: s.scalars(order).all()) == [1, 1, 2, 3]
+
+    def test_a_batch_draws_ids_only_for_the_tickets_it_may_open(self, make_app, db_url: str) -> None:  # type: ignore[no-untyped-def]
+        """A reply to a stored message and a duplicate open no ticket: on PostgreSQL no id is drawn
+        for them, so none is left to be skipped once its time to serve a later batch has passed."""
+        app = make_app(db=db_url)
+        instant = [0.0]
+        app.intake.ticket_ids = TicketIds(clock=lambda: instant[0])
+        assert run_batch(app, [plain("<s1@x.example>")]) == ["created"]
+        reply = plain("<s2@x.example>", "Re: Login broken", extra="In-Reply-To: <s1@x.example>\r\n")
+        assert run_batch(app, [reply, plain("<s1@x.example>"), plain("<s3@x.example>")]) == [
+            "threaded", "duplicate", "created"
+        ]
+        instant[0] += KEEP + 1
+        assert run_batch(app, [plain("<s4@x.example>")]) == ["created"]
+        opened = select(InboundMessage.ticket_id).where(InboundMessage.action == "created").order_by(InboundMessage.id)
+        assert app.db.call(lambda s: s.scalars(opened).all()) == [1, 2, 3]
 
     def test_a_duplicate_of_an_earlier_batch_is_seen(self, app: App) -> None:
         """The batch finds it at its flush (the unique Message-ID index) and reruns message by message."""

@@ -46,10 +46,10 @@ class TicketIds:
     """Where new tickets' ids come from: known before a ticket is written (its confirmation is composed with
     it), so a batch of new tickets is written in one statement (mailbot.store.batch).
 
-    PostgreSQL: the column's sequence, drawn `wanted` ids at a time (a batch's messages): one round trip for
-    a batch's tickets rather than one each, the intake's busiest wait (bench/RESULTS.md, section 16). Ids a
-    batch left serve the batches that follow within KEEP seconds, in order, so one instance numbers its
-    tickets in the order their mail arrived. Like any sequence value, an id drawn by a transaction that rolls
+    PostgreSQL: the column's sequence, drawn `wanted` ids at a time (the tickets a batch may still open,
+    mailbot.facts): one round trip for a batch's tickets rather than one each, the intake's busiest wait
+    (bench/RESULTS.md, section 16). Ids a batch left serve the batches that follow within KEEP seconds, in
+    order, so one instance numbers its tickets in the order their mail arrived. Like any sequence value, an id drawn by a transaction that rolls
     back, or left when KEEP ends or the process stops, is never used: ticket numbers may skip, never repeat.
     One object per process, shared by its transactions.
 
