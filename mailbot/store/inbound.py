@@ -52,7 +52,8 @@ _SQLITE_INSERT = (
     f"INSERT INTO {InboundMessage.__tablename__} ({', '.join(_COLUMNS)}) "
     f"VALUES ({', '.join('?' for _ in _COLUMNS)}) RETURNING id"
 )
-_POSTGRESQL_INSERT = insert(cast(Table, InboundMessage.__table__)).returning(InboundMessage.__table__.c.id)
+_inbound = cast(Table, InboundMessage.__table__)
+_POSTGRESQL_INSERT = insert(_inbound).returning(_inbound.c.id)
 
 
 def insert_many(session: Session | Connection, messages: Sequence[RawMessage], now: datetime) -> list[int]:
@@ -125,7 +126,6 @@ def _insert_postgresql(connection: Connection, rows: list[tuple[Any, ...]]) -> l
 
 
 # Built once (see mailbot.store.registry): the runner claims a batch every few milliseconds under load.
-_inbound = cast(Table, InboundMessage.__table__)
 _CLAIMABLE = and_(
     _inbound.c.status == "pending",
     or_(_inbound.c.claimed_until.is_(None), _inbound.c.claimed_until < bindparam("now")),

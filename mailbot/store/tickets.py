@@ -49,9 +49,9 @@ class TicketIds:
     PostgreSQL: the column's sequence, drawn `wanted` ids at a time (the tickets a batch may still open,
     mailbot.facts): one round trip for a batch's tickets rather than one each, the intake's busiest wait
     (bench/RESULTS.md, section 16). Ids a batch left serve the batches that follow within KEEP seconds, in
-    order, so one instance numbers its tickets in the order their mail arrived. Like any sequence value, an id drawn by a transaction that rolls
-    back, or left when KEEP ends or the process stops, is never used: ticket numbers may skip, never repeat.
-    One object per process, shared by its transactions.
+    order, so one instance numbers its tickets in the order their mail arrived. Like any sequence value, an
+    id drawn by a transaction that rolls back, or left when KEEP ends or the process stops, is never used:
+    ticket numbers may skip, never repeat. One object per process, shared by its transactions.
 
     SQLite: one past `after`, the id the caller allocated last in this transaction, else past the highest
     id stored; the transaction holds SQLite's write lock (BEGIN IMMEDIATE), so no other writer can take it
