@@ -38,7 +38,7 @@ from mailbot.errors import TransientError, TransientStoreError
 from mailbot.intake import Intake, Outcome
 from mailbot.leases import LEASE
 from mailbot.reading import Reading
-from mailbot.store import Database
+from mailbot.store import Database, by_index
 from mailbot.store import inbound as inbound_store
 from mailbot.store.schema import InboundMessage
 from mailbot.trail import ended
@@ -147,6 +147,7 @@ class Processor:
         return [self._read_one(row) for row in rows]
 
     def _decide(self, session: Session, rows: list[InboundMessage], readings: list[Read]) -> list[Outcome]:
+        by_index(session)  # the batch's look-ups, however stale the planner's statistics
         if None not in readings:  # else a message could not even be read: each runs isolated at once
             now = self.clock.now()
             try:

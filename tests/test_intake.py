@@ -14,7 +14,9 @@ from sqlalchemy.orm import Session
 from mailbot.app import App
 from mailbot.dns import FixedResolver
 from mailbot.errors import TransientStoreError
+from mailbot.identity import Use
 from mailbot.intake import reading as intake_module
+from mailbot.store import conversations
 from mailbot.store import inbound as inbound_store
 from mailbot.store.inbound import RawMessage
 from mailbot.store.schema import Attachment, Blob, InboundMessage, OutboxItem, Ticket, TicketMessage
@@ -217,6 +219,48 @@ class TestBatches:
         assert run_batch(app, [plain("<o4@x.example>")]) == ["created"]
         order = select(InboundMessage.ticket_id).order_by(InboundMessage.id)
         assert app.db.call(lambda s: s.scalars(order).all()) == [1, 1, 2, 3]
+
+    def test_a_batch_finds_stored_messages_by_index_on_a_table_never_analysed(  # type: ignore[no-untyped-def]
+        self, make_app, db_url: str, monkeypatch
+    ) -> None:
+        """The batch's Message-ID look-up searches the index, not the table, on both databases. PostgreSQL's
+        planner guesses an IN list's rows from statistics that a table autovacuum has not analysed yet lacks
+        (a new database, a restored one): it took 200 Message-IDs for the whole table and scanned it."""
+        app = make_app(db=db_url)
+        assert run_batch(app, [plain("<n1@x.example>")]) == ["created"]
+        postgresql = not app.db.is_sqlite
+        explain = "EXPLAIN " if postgresql else "EXPLAIN QUERY PLAN "
+
+        def plan(session: Session, ids: list[str]) -> str:
+            statement = conversations._USES.params(ids=ids)
+            sql = statement.compile(session.bind, compile_kwargs={"render_postcompile": True, "literal_binds": True})
+            return str(session.connection().exec_driver_sql(explain + str(sql)).all())
+
+        def fill(session: Session) -> None:
+            if postgresql:  # no analysis may come meanwhile
+                session.connection().exec_driver_sql("ALTER TABLE ticket_messages SET (autovacuum_enabled = off)")
+            stored = [
+                {"ticket_id": 1, "direction": "in", "kind": "customer", "message_id": f"<f{n}@x.example>",
+                 "identity": f"<f{n}@x.example> {n}", "from_address": "ana@lincoln.example", "at": app.clock.now()}
+                for n in range(5000)
+            ]
+            session.execute(sa.insert(TicketMessage), stored)
+
+        app.db.call(fill)
+        ids = [f"<f{n}@x.example>" for n in range(0, 5000, 25)]
+        if postgresql:  # the premise: without the intake's setting, the planner scans the table
+            assert "Seq Scan" in app.db.call(plan, ids)
+        plans: list[str] = []
+        uses = conversations.uses
+
+        def explained(session: Session, message_ids: list[str]) -> dict[str, list[Use]]:
+            plans.append(plan(session, list(message_ids)))
+            return uses(session, message_ids)
+
+        monkeypatch.setattr(conversations, "uses", explained)
+        assert len(run_batch(app, [plain(message_id) for message_id in ids])) == len(ids)
+        assert plans and all("ix_ticket_messages_message_id" in found for found in plans), plans
+        assert not any("Seq Scan" in found or "SCAN ticket_messages" in found for found in plans), plans
 
     def test_a_batch_draws_ids_only_for_the_tickets_it_may_open(self, make_app, db_url: str) -> None:  # type: ignore[no-untyped-def]
         """A reply to a stored message and a duplicate open no ticket: on PostgreSQL no id is drawn

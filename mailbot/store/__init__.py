@@ -46,6 +46,23 @@ def chunks(values: Collection[V]) -> Iterator[list[V]]:
         yield listed[start : start + CHUNK]
 
 
+# PostgreSQL, for the rest of a transaction: no sequential scan where an index can answer, no parallel workers.
+# The planner estimates an IN list's rows from the table's statistics, and a table autovacuum has not analysed
+# yet (a new database, one restored from a dump, a minute's burst of mail) has none: it then took the batch's
+# 200 Message-IDs for the whole of ticket_messages and scanned it, with parallel workers, for every batch, so
+# the intake's cost grew with the conversations stored (bench/RESULTS.md, section 17).
+_BY_INDEX = "SELECT set_config('enable_seqscan', 'off', true), set_config('max_parallel_workers_per_gather', '0', true)"
+
+
+def by_index(session: Session) -> None:
+    """Make the rest of this transaction's look-ups use the indexes, whatever the planner's statistics say:
+    for a transaction of look-ups by key (the intake's batch), where a scan of a growing table is never
+    cheaper. SQLite's planner needs no statistics for that."""
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql(_BY_INDEX)
+
+
 def _sqlite_pragmas(lock_timeout: float) -> Callable[[Any, Any], None]:
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         # WAL lets readers work beside the writer; synchronous=FULL makes a commit durable before we answer 250.
