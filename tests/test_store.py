@@ -11,9 +11,10 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Dialect, TypeDecorator, select
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.dialects.postgresql import psycopg
+from sqlalchemy.orm import Session
 
 from mailbot.compose import Outgoing
-from mailbot.store import Database
+from mailbot.store import Database, by_index, deliveries
 from mailbot.store import inbound as inbound_store
 from mailbot.store import outbox as outbox_store
 from mailbot.store import tickets as ticket_store
@@ -158,6 +159,23 @@ class TestInbound:
         assert [r.id for r in db.call(inbound_store.failed)] == [row_id]
         assert len(db.call(inbound_store.requeue, [row_id])) == 1
         assert db.call(lambda s: inbound_store.get(s, row_id).status) == "pending"
+
+
+class TestDeliveries:
+    def test_the_governors_count_is_read_from_its_index(self, db: Database) -> None:
+        """The loop governor's count of mail planned to an address reads its index, not the table's rows
+        (SQLite: a covering index; PostgreSQL: the index, as the intake's batch runs it)."""
+        statement = deliveries._counted("recipient", 3).params(keys=["ana@lincoln.example"], cut0=NOW, cut1=NOW, cut2=NOW)
+
+        def plan(session: Session) -> str:
+            by_index(session)
+            sql = statement.compile(session.bind, compile_kwargs={"render_postcompile": True, "literal_binds": True})
+            explain = "EXPLAIN QUERY PLAN " if db.is_sqlite else "EXPLAIN "
+            return str(session.connection().exec_driver_sql(explain + str(sql)).all())
+
+        found = db.call(plan)
+        assert ("USING COVERING INDEX" if db.is_sqlite else "Index") in found, found
+        assert "ix_outbox_recipient_created" in found, found
 
 
 class TestOutbox:

@@ -36,7 +36,7 @@ def _counted(key: str, cuts: int) -> Select[Any]:
     """The rows planned to each of the keys (`recipient` or `ticket_id`) since `cut0`, counted by kind,
     withheld or not, and the latest of the instants `cut0` < `cut1` < ... each was planned at or after: the
     database counts, so a count costs the same whatever an address's history (its rows a range of
-    ix_outbox_recipient_created)."""
+    ix_outbox_recipient_created, which holds every column the count reads: on SQLite the table is not read)."""
     column = OutboxItem.recipient if key == "recipient" else OutboxItem.ticket_id
     starts: list[BindParameter[datetime]] = [bindparam(f"cut{i}") for i in range(cuts)]
     whens = [(OutboxItem.created_at >= starts[i], i) for i in range(cuts - 1, 0, -1)]

@@ -274,7 +274,8 @@ class OutboxItem(Base):
     __tablename__ = "outbox"
     __table_args__ = (
         Index("ix_outbox_status_next", "status", "next_attempt_at"),
-        Index("ix_outbox_recipient_created", "recipient", "created_at"),  # the loop governor's count
+        # The loop governor's count, from the index alone (mailbot.store.deliveries).
+        Index("ix_outbox_recipient_created", "recipient", "created_at", "kind", "status"),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id", ondelete="CASCADE"), index=True)
