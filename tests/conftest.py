@@ -137,6 +137,14 @@ def make_config(tmp_path: Path, sqlite_url: str) -> Callable[..., Config]:
     return build
 
 
+def query_plan(session: Session, statement: sa.Executable) -> str:
+    """How the database would run `statement` (its bound values written in), as one string to search:
+    SQLite's EXPLAIN QUERY PLAN, PostgreSQL's EXPLAIN, in `session`'s transaction and its settings."""
+    sql = statement.compile(session.bind, compile_kwargs={"render_postcompile": True, "literal_binds": True})
+    explain = "EXPLAIN QUERY PLAN " if session.bind.dialect.name == "sqlite" else "EXPLAIN "
+    return str(session.connection().exec_driver_sql(explain + str(sql)).all())
+
+
 def register_customer(session: Session, now: datetime) -> None:
     """The test customer, once per database: Lincoln High (Full Hero, Silver, no end date) and its named
     contact Ana Diaz <ana@lincoln.example>, the sender of tests.mailers.message()."""

@@ -21,6 +21,7 @@ from mailbot.store import inbound as inbound_store
 from mailbot.store.inbound import RawMessage
 from mailbot.store.schema import Attachment, Blob, InboundMessage, OutboxItem, Ticket, TicketMessage
 from mailbot.store.tickets import KEEP, TicketIds
+from tests.conftest import query_plan
 
 
 def ingest(app: App, raw: bytes, sender: str | None = "ana@lincoln.example"):  # type: ignore[no-untyped-def]
@@ -229,12 +230,9 @@ class TestBatches:
         app = make_app(db=db_url)
         assert run_batch(app, [plain("<n1@x.example>")]) == ["created"]
         postgresql = not app.db.is_sqlite
-        explain = "EXPLAIN " if postgresql else "EXPLAIN QUERY PLAN "
 
         def plan(session: Session, ids: list[str]) -> str:
-            statement = conversations._USES.params(ids=ids)
-            sql = statement.compile(session.bind, compile_kwargs={"render_postcompile": True, "literal_binds": True})
-            return str(session.connection().exec_driver_sql(explain + str(sql)).all())
+            return query_plan(session, conversations._USES.params(ids=ids))
 
         def fill(session: Session) -> None:
             if postgresql:  # no analysis may come meanwhile

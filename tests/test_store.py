@@ -20,6 +20,7 @@ from mailbot.store import outbox as outbox_store
 from mailbot.store import tickets as ticket_store
 from mailbot.store.inbound import RawMessage
 from mailbot.store.schema import Base, ImapCursor, InboundMessage, UtcDateTime
+from tests.conftest import query_plan
 
 NOW = datetime(2026, 12, 1, 15, 0, tzinfo=UTC)
 
@@ -169,9 +170,7 @@ class TestDeliveries:
 
         def plan(session: Session) -> str:
             by_index(session)
-            sql = statement.compile(session.bind, compile_kwargs={"render_postcompile": True, "literal_binds": True})
-            explain = "EXPLAIN QUERY PLAN " if db.is_sqlite else "EXPLAIN "
-            return str(session.connection().exec_driver_sql(explain + str(sql)).all())
+            return query_plan(session, statement)
 
         found = db.call(plan)
         assert ("USING COVERING INDEX" if db.is_sqlite else "Index") in found, found
