@@ -17,7 +17,9 @@ with each load generator; then the medians.
 
 Columns:
   msgs/s   accepted messages per second, from the first MAIL to the last 250
-  /null    msgs/s as a share of the null handler's in the same round
+  /null    msgs/s as a share of the null handler's in the same round; on a medians line, the median of the
+           rounds' shares (each round's pair measured back to back, so a round the machine ran slower for
+           both does not count against either)
   p50/p99  accept latency, from writing the end of a message's DATA to reading its 250, in milliseconds
   e2e/s    messages per second from the first MAIL until every message is a ticket with its confirmation
            queued in the outbox
@@ -195,11 +197,11 @@ HEADER = (
 ROLES = ("doors", "intake", "sender")
 
 
-def row(database: str, generator: str, kind: str, result: dict[str, Any], null: dict[str, Any]) -> str:
+def row(database: str, generator: str, kind: str, result: dict[str, Any]) -> str:
     def shown(key: str, form: str, scale: float = 1.0) -> str:
         return format(result[key] * scale, form) if key in result else "-"
 
-    ratio = f"{result['rate'] / null['rate']:.0%}" if kind != "null" else "-"
+    ratio = f"{result['share']:.0%}" if kind != "null" else "-"
     return (
         f"{database:<10} {generator:<13} {kind:<7} {result['rate']:>7,.0f} {ratio:>5}"
         f" {shown('p50', '.1f'):>6} {shown('p99', '.1f'):>6} {shown('end_to_end', ',.0f'):>6}"
@@ -253,15 +255,16 @@ def measure(kind: str, null: Server, workdir: Path, args: argparse.Namespace, nu
                     mailbot_run = daemon_round(
                         instance, watcher, make(instance.port, n), args.messages, args.give_up
                     )
+                    mailbot_run["share"] = mailbot_run["rate"] / null_run["rate"]
                     for server, result in (("null", null_run), ("mailbot", mailbot_run)):
                         runs.setdefault((generator, server), []).append(result)
-                        line = row(kind, f"{generator} {n + 1}", server, combined([result]), null_run)
+                        line = row(kind, f"{generator} {n + 1}", server, combined([result]))
                         print(line, flush=True)
             print(f"medians of {args.rounds} rounds:")
             for generator in generators:
                 medians = {server: combined(runs[generator, server]) for server in ("null", "mailbot")}
                 for server, result in medians.items():
-                    print(row(kind, generator, server, result, medians["null"]), flush=True)
+                    print(row(kind, generator, server, result), flush=True)
         finally:
             stopped = instance.stop()
             left = watcher.progress()
