@@ -43,8 +43,8 @@ ROLES = (INTAKE, SENDER)
 # speed beside them, a door with a 250 to write waited for a core. On 2 cores, 10 sessions (bench/RESULTS.md
 # section 18) the doors accepted at 60 to 72% of a null handler's rate instead of 46 to 58%, the backlog
 # became tickets about as fast. Not on SQLite: there the doors also wait for the one write lock, and a worker
-# preempted while it holds the lock keeps them waiting longer (priority inversion); measured, end to end
-# fell by 4% and the doors gained nothing.
+# preempted while it holds the lock keeps them waiting longer (priority inversion); measured there with 5,
+# end to end fell by 4% and the doors gained nothing.
 WORKER_NICE = 10
 
 
