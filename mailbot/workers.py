@@ -185,8 +185,6 @@ def main(role: str, config: Config, templates: Path, verbose: bool, connection: 
     from mailbot import logs
 
     logs.setup(verbose)
-    if not config.database.url.startswith("sqlite"):
-        os.nice(WORKER_NICE)  # relative to the parent's, whatever systemd's Nice= set it to
     sys.exit(asyncio.run(_serve(role, config, templates, connection)))
 
 
@@ -194,6 +192,8 @@ async def _serve(role: str, config: Config, templates: Path, connection: Connect
     from mailbot.app import App
 
     app = App(config, templates=templates, gives_way=True)
+    if not app.db.is_sqlite:
+        os.nice(WORKER_NICE)  # relative to the parent's, whatever systemd's Nice= set it to
     channel = Channel(connection)
     counts = Counts(channel) if config.metrics.listen else None
     told = Told(app.clock)
